@@ -1,0 +1,113 @@
+//! The pure decision core: `decide(policy, card, txn, now) -> Decision`.
+//!
+//! No I/O, no clock of its own, no panics on input. The service runs it under the card's
+//! lock and then applies `Decision::effects`.
+
+mod codes;
+mod engine;
+mod trace;
+mod types;
+
+pub use codes::{ResponseCode, KNOWN_CODES};
+pub use engine::decide;
+pub use trace::{Detail, RuleRef, TraceEntry, TraceLine, TraceOutcome};
+pub use types::*;
+
+use std::borrow::Cow;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use smallvec::SmallVec;
+
+use crate::money::{Currency, FxQuote};
+use crate::policy::{Counts, VelocityScope};
+use crate::velocity::Activity;
+
+/// One window update the decision asks for; the service applies those whose `counts`
+/// matches the outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VelocityEffect {
+    pub scope: VelocityScope,
+    pub key: u64,
+    pub start_ms: i64,
+    pub amount: Decimal,
+    pub counts: Counts,
+}
+
+/// State changes that follow from a decision, applied atomically under the card's lock.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    pub velocity: SmallVec<[VelocityEffect; 8]>,
+    /// `key_hash` of the authorization id, so reversals can find the window events.
+    pub auth_key: u64,
+    pub at_ms: i64,
+    /// The location to remember for impossible-travel checks (approved, located only).
+    pub location: Option<LatLon>,
+    pub activity: Option<Activity>,
+}
+
+/// The answer to an authorization.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub approved: bool,
+    pub response_code: ResponseCode,
+    /// Why: `approved`, a rule's reason, or a step's reason (`card_frozen`, ...).
+    pub reason: Cow<'static, str>,
+    /// The rule that decided a decline, if a rule did.
+    pub rule: Option<String>,
+    /// In the card currency; less than requested on a partial approval (code 10).
+    pub amount_approved: Decimal,
+    /// The requested amount converted into the card currency.
+    pub amount_card: Decimal,
+    pub currency: Currency,
+    pub fx: Option<FxQuote>,
+    /// Rules that flagged the transaction for review (enforced `flag` outcomes).
+    pub flags: SmallVec<[RuleRef; 2]>,
+    pub score: i64,
+    pub trace: Vec<TraceEntry>,
+    pub policy_version: String,
+    pub effects: Effects,
+}
+
+impl Decision {
+    /// Renders the trace with rule ids and human-readable details.
+    pub fn explain(&self, policy: &crate::policy::CompiledPolicy, controls: Option<&crate::policy::CompiledPolicy>) -> Vec<TraceLine> {
+        self.trace.iter().map(|t| t.render(policy, controls)).collect()
+    }
+
+    pub fn flag_ids(&self, policy: &crate::policy::CompiledPolicy, controls: Option<&crate::policy::CompiledPolicy>) -> Vec<String> {
+        self.flags.iter().map(|r| r.id(policy, controls).to_string()).collect()
+    }
+}
+
+/// A decision as JSON and CLI show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionSummary {
+    pub approved: bool,
+    pub response_code: ResponseCode,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub amount_approved: String,
+    pub currency: Currency,
+    pub flags: Vec<String>,
+    pub score: i64,
+    pub policy_version: String,
+    pub trace: Vec<TraceLine>,
+}
+
+impl DecisionSummary {
+    pub fn new(d: &Decision, policy: &crate::policy::CompiledPolicy, controls: Option<&crate::policy::CompiledPolicy>) -> DecisionSummary {
+        DecisionSummary {
+            approved: d.approved,
+            response_code: d.response_code,
+            reason: d.reason.to_string(),
+            rule: d.rule.clone(),
+            amount_approved: crate::money::format_amount(d.amount_approved, d.currency),
+            currency: d.currency,
+            flags: d.flag_ids(policy, controls),
+            score: d.score,
+            policy_version: d.policy_version.clone(),
+            trace: d.explain(policy, controls),
+        }
+    }
+}

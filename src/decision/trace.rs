@@ -1,0 +1,187 @@
+//! The decision trace: one entry per step and rule, stored compactly (indices and
+//! numbers, no strings) and rendered to text only when someone reads it.
+
+use rhai::ImmutableString;
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::{Country, LatLon, ResponseCode};
+use crate::money::format_amount;
+use crate::policy::{Check, CompiledPolicy, Rule};
+use crate::velocity::Totals;
+
+/// Which rule (or built-in step) a trace entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleRef {
+    /// A built-in step: `request`, `card`, `fx`, `score`, `funds`.
+    Step(&'static str),
+    /// Index into the program policy's rules.
+    Policy(u16),
+    /// Index into the card's own controls.
+    Controls(u16),
+}
+
+impl RuleRef {
+    pub fn rule<'p>(&self, policy: &'p CompiledPolicy, controls: Option<&'p CompiledPolicy>) -> Option<&'p Rule> {
+        match *self {
+            RuleRef::Step(_) => None,
+            RuleRef::Policy(i) => policy.rules.get(usize::from(i)),
+            RuleRef::Controls(i) => controls.and_then(|c| c.rules.get(usize::from(i))),
+        }
+    }
+    pub fn id<'p>(&self, policy: &'p CompiledPolicy, controls: Option<&'p CompiledPolicy>) -> &'p str {
+        match *self {
+            RuleRef::Step(s) => s,
+            _ => self.rule(policy, controls).map_or("?", |r| r.id.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceOutcome {
+    Pass,
+    /// Conditions did not match; the rule did not apply.
+    NotApplicable,
+    /// Could not be evaluated (e.g. no location); treated as pass.
+    Skipped,
+    Decline(ResponseCode),
+    Flag,
+    Score(i64),
+    /// Shadow rules: what would have happened.
+    ShadowDecline(ResponseCode),
+    ShadowFlag,
+    ShadowScore(i64),
+    /// The rule (a script) failed; `on_error` decided.
+    Error(ResponseCode),
+    ErrorIgnored,
+}
+
+impl TraceOutcome {
+    fn label(&self) -> String {
+        match self {
+            TraceOutcome::Pass => "pass".into(),
+            TraceOutcome::NotApplicable => "not_applicable".into(),
+            TraceOutcome::Skipped => "skipped".into(),
+            TraceOutcome::Decline(c) => format!("decline {c}"),
+            TraceOutcome::Flag => "flag".into(),
+            TraceOutcome::Score(p) => format!("score {p:+}"),
+            TraceOutcome::ShadowDecline(c) => format!("shadow: would decline {c}"),
+            TraceOutcome::ShadowFlag => "shadow: would flag".into(),
+            TraceOutcome::ShadowScore(p) => format!("shadow: would score {p:+}"),
+            TraceOutcome::Error(c) => format!("error, decline {c}"),
+            TraceOutcome::ErrorIgnored => "error, ignored (on_error: approve)".into(),
+        }
+    }
+}
+
+/// What a step or rule saw, as numbers; rendered by [`TraceEntry::render`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    None,
+    Text(&'static str),
+    /// Transaction amount in the rule currency against a bound.
+    Limit { amount: Decimal },
+    Velocity { used: Totals, amount: Decimal },
+    Country(Country),
+    Location(LatLon),
+    Travel { speed_kmh: f64 },
+    Script { reason: ImmutableString },
+    Error(String),
+    Funds { amount: Decimal, available: Decimal },
+    Score { total: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceEntry {
+    pub rule: RuleRef,
+    pub outcome: TraceOutcome,
+    pub detail: Detail,
+}
+
+/// A rendered trace line: `{rule, outcome, detail}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceLine {
+    pub rule: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl TraceEntry {
+    pub fn render(&self, policy: &CompiledPolicy, controls: Option<&CompiledPolicy>) -> TraceLine {
+        let rule = self.rule.rule(policy, controls);
+        let currency = match self.rule {
+            RuleRef::Controls(_) => controls.map_or(policy.currency, |c| c.currency),
+            _ => policy.currency,
+        };
+        let fmt = |d: Decimal| format_amount(d, currency);
+        let detail = match (&self.detail, rule.map(|r| &r.check)) {
+            (Detail::None, _) => String::new(),
+            (Detail::Text(t), _) => (*t).to_string(),
+            (Detail::Limit { amount }, Some(Check::Limit { amount_max, amount_min })) => {
+                let mut parts = Vec::new();
+                if let Some(max) = amount_max {
+                    let op = if amount > max { ">" } else { "<=" };
+                    parts.push(format!("{} {op} {} {currency}", fmt(*amount), fmt(*max)));
+                }
+                if let Some(min) = amount_min {
+                    let op = if amount < min { "<" } else { ">=" };
+                    parts.push(format!("{} {op} {} {currency}", fmt(*amount), fmt(*min)));
+                }
+                parts.join("; ")
+            }
+            (Detail::Velocity { used, amount }, Some(Check::Velocity(v))) => {
+                let mut parts = Vec::new();
+                if let Some(max) = v.amount_max {
+                    let total = used.amount + amount;
+                    let op = if total > max { ">" } else { "<=" };
+                    parts.push(format!("{} + {} {op} {} {currency}", fmt(used.amount), fmt(*amount), fmt(max)));
+                }
+                if let Some(max) = v.count_max {
+                    match v.counts {
+                        crate::policy::Counts::Approved => {
+                            let op = if used.count + 1 > u64::from(max) { ">" } else { "<=" };
+                            parts.push(format!("{} + 1 {op} {max} transactions", used.count));
+                        }
+                        crate::policy::Counts::Declined => {
+                            let op = if used.count >= u64::from(max) { ">=" } else { "<" };
+                            parts.push(format!("{} declines {op} {max}", used.count));
+                        }
+                    }
+                }
+                format!("{} in {} ({} scope)", parts.join(", "), v.window, v.scope.as_str())
+            }
+            (Detail::Country(c), Some(Check::Countries { allow, list, .. })) => {
+                let verb = if *allow { "allow" } else { "deny" };
+                format!("country {c} against {verb} list {list}")
+            }
+            (Detail::Country(c), _) => format!("country {c}"),
+            (Detail::Location(p), Some(Check::Geofence { shape, fires_inside })) => {
+                let side = if shape.contains(*p) { "inside" } else { "outside" };
+                let fires = if *fires_inside { "inside" } else { "outside" };
+                format!("{side} fence ({}); fires {fires}", shape.describe(*p))
+            }
+            (Detail::Travel { speed_kmh }, Some(Check::Travel { speed_kmh_max })) => {
+                if speed_kmh.is_infinite() {
+                    format!("moved between two places at the same instant; max {speed_kmh_max} km/h")
+                } else {
+                    format!("{speed_kmh:.0} km/h since last located transaction; max {speed_kmh_max} km/h")
+                }
+            }
+            (Detail::Script { reason }, _) => reason.to_string(),
+            (Detail::Error(e), _) => e.clone(),
+            (Detail::Funds { amount, available }, _) => {
+                format!("{amount} requested, {available} available")
+            }
+            (Detail::Score { total }, _) => match policy.score_decline_at {
+                Some(at) => format!("score {total}, declines at {at}"),
+                None => format!("score {total}"),
+            },
+            (d, _) => format!("{d:?}"),
+        };
+        TraceLine {
+            rule: self.rule.id(policy, controls).to_string(),
+            outcome: self.outcome.label(),
+            detail,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! spendgate: a low-latency authorization-decision and spend-control engine for card
+//! issuers.
+//!
+//! The decision path, top to bottom:
+//! - [`service::Engine::authorize`] takes the card's lock, builds a [`decision::CardView`],
+//! - [`decision::decide`] (pure) runs the checks and the [`policy`] rules,
+//! - [`service::CardState::apply`] applies the decision's effects (velocity windows,
+//!   location, funds) before the lock is released.
+
+pub mod decision;
+pub mod geo;
+pub mod money;
+pub mod policy;
+pub mod policy_tests;
+pub mod service;
+pub mod velocity;
+pub mod cli;

@@ -1,0 +1,256 @@
+//! The Rhai sandbox: one engine built once, with hard limits, and the objects scripts see.
+//!
+//! Scripts and `when:` expressions compile to `AST` at load. At run time they see
+//! `txn`, `card`, `history` and `lists` (read-only objects with getters, so no map is built
+//! per decision) and return `pass()`, `decline(code, reason)`, `flag(reason)` or
+//! `score(points, reason)`. Any runtime error (operation limit, recursion, string
+//! size, type error) becomes the policy's `on_error` outcome.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Scope, AST};
+use rust_decimal::Decimal;
+
+use crate::decision::ResponseCode;
+use crate::velocity::{Activity, WindowSpec};
+
+/// Limits of the sandbox; a script that exceeds any of them errors out promptly.
+pub const OPERATIONS_MAX: u64 = 20_000;
+pub const CALL_LEVELS_MAX: usize = 16;
+pub const EXPR_DEPTH_MAX: usize = 32;
+pub const FN_EXPR_DEPTH_MAX: usize = 16;
+pub const STRING_LEN_MAX: usize = 1_024;
+pub const ARRAY_LEN_MAX: usize = 256;
+pub const MAP_LEN_MAX: usize = 64;
+pub const VARIABLES_MAX: usize = 64;
+pub const FUNCTIONS_MAX: usize = 16;
+pub const SCRIPT_BYTES_MAX: usize = 32 * 1024;
+
+/// What a script decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Pass,
+    Decline { code: ResponseCode, reason: ImmutableString },
+    Flag { reason: ImmutableString },
+    Score { points: i64, reason: ImmutableString },
+}
+
+/// The transaction as scripts see it (amounts in the policy currency).
+#[derive(Debug, Clone)]
+pub struct ScriptTxn {
+    pub amount: Decimal,
+    pub original_amount: Decimal,
+    pub original_currency: ImmutableString,
+    pub mcc: ImmutableString,
+    pub country: ImmutableString,
+    pub channel: ImmutableString,
+    pub txn_type: ImmutableString,
+    pub merchant_id: ImmutableString,
+    pub merchant_name: ImmutableString,
+    pub location: Option<(f64, f64)>,
+    pub local_hour: i64,
+    pub local_minute: i64,
+    /// ISO weekday, Monday = 1.
+    pub weekday: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScriptCard {
+    pub status: ImmutableString,
+    pub currency: ImmutableString,
+    pub kyc: ImmutableString,
+    pub available: Option<Decimal>,
+    pub last_location: Option<(f64, f64)>,
+    pub minutes_since_last: Option<i64>,
+}
+
+/// The card's recent activity (amounts in the policy currency at decision time).
+#[derive(Debug, Clone)]
+pub struct ScriptHistory {
+    pub now_ms: i64,
+    pub events: Arc<[Activity]>,
+}
+
+impl ScriptHistory {
+    fn since(&self, window: &str) -> Result<impl Iterator<Item = &Activity>, Box<EvalAltResult>> {
+        let spec = WindowSpec::parse(window).map_err(|e| e.to_string())?;
+        let WindowSpec::Rolling { length_ms } = spec else {
+            return Err("history windows are rolling lengths such as 1h or 24h".into());
+        };
+        let start = self.now_ms - length_ms + 1;
+        Ok(self.events.iter().filter(move |a| a.at_ms >= start))
+    }
+}
+
+/// Named lists of the policy, for `lists.has("name", value)`.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptLists(pub Arc<BTreeMap<String, BTreeSet<String>>>);
+
+fn build_engine(allow_loops: bool) -> Engine {
+    let mut e = Engine::new();
+    e.set_max_operations(OPERATIONS_MAX)
+        .set_max_call_levels(CALL_LEVELS_MAX)
+        .set_max_expr_depths(EXPR_DEPTH_MAX, FN_EXPR_DEPTH_MAX)
+        .set_max_string_size(STRING_LEN_MAX)
+        .set_max_array_size(ARRAY_LEN_MAX)
+        .set_max_map_size(MAP_LEN_MAX)
+        .set_max_variables(VARIABLES_MAX)
+        .set_max_functions(FUNCTIONS_MAX)
+        .set_allow_looping(allow_loops)
+        .set_strict_variables(true)
+        .set_fail_on_invalid_map_property(true);
+    // No dynamic code, no output channels.
+    e.disable_symbol("eval");
+    e.on_print(|_| {});
+    e.on_debug(|_, _, _| {});
+
+    e.register_fn("pass", || Verdict::Pass);
+    e.register_fn("decline", |code: &str, reason: ImmutableString| -> Result<Verdict, Box<EvalAltResult>> {
+        let code = ResponseCode::parse_decline(code).map_err(|m| -> Box<EvalAltResult> { m.into() })?;
+        Ok(Verdict::Decline { code, reason })
+    });
+    e.register_fn("flag", |reason: ImmutableString| Verdict::Flag { reason });
+    e.register_fn("score", |points: i64, reason: ImmutableString| -> Result<Verdict, Box<EvalAltResult>> {
+        if !(-1000..=1000).contains(&points) {
+            return Err("score points must be within -1000..=1000".into());
+        }
+        Ok(Verdict::Score { points, reason })
+    });
+    e.register_fn("distance_km", |lat1: f64, lon1: f64, lat2: f64, lon2: f64| {
+        crate::geo::distance_km((lat1, lon1), (lat2, lon2))
+    });
+
+    e.register_type_with_name::<Verdict>("Verdict");
+    e.register_type_with_name::<ScriptTxn>("Txn")
+        .register_get("amount", |t: &mut ScriptTxn| t.amount)
+        .register_get("original_amount", |t: &mut ScriptTxn| t.original_amount)
+        .register_get("original_currency", |t: &mut ScriptTxn| t.original_currency.clone())
+        .register_get("mcc", |t: &mut ScriptTxn| t.mcc.clone())
+        .register_get("country", |t: &mut ScriptTxn| t.country.clone())
+        .register_get("channel", |t: &mut ScriptTxn| t.channel.clone())
+        .register_get("type", |t: &mut ScriptTxn| t.txn_type.clone())
+        .register_get("merchant_id", |t: &mut ScriptTxn| t.merchant_id.clone())
+        .register_get("merchant_name", |t: &mut ScriptTxn| t.merchant_name.clone())
+        .register_get("has_location", |t: &mut ScriptTxn| t.location.is_some())
+        .register_get("lat", |t: &mut ScriptTxn| t.location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.0)))
+        .register_get("lon", |t: &mut ScriptTxn| t.location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1)))
+        .register_get("local_hour", |t: &mut ScriptTxn| t.local_hour)
+        .register_get("local_minute", |t: &mut ScriptTxn| t.local_minute)
+        .register_get("weekday", |t: &mut ScriptTxn| t.weekday);
+    e.register_type_with_name::<ScriptCard>("Card")
+        .register_get("status", |c: &mut ScriptCard| c.status.clone())
+        .register_get("currency", |c: &mut ScriptCard| c.currency.clone())
+        .register_get("kyc", |c: &mut ScriptCard| c.kyc.clone())
+        .register_get("available", |c: &mut ScriptCard| c.available.map_or(Dynamic::UNIT, Dynamic::from_decimal))
+        .register_get("has_last_location", |c: &mut ScriptCard| c.last_location.is_some())
+        .register_get("last_lat", |c: &mut ScriptCard| c.last_location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.0)))
+        .register_get("last_lon", |c: &mut ScriptCard| c.last_location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1)))
+        .register_get("minutes_since_last", |c: &mut ScriptCard| {
+            c.minutes_since_last.map_or(Dynamic::UNIT, Dynamic::from_int)
+        });
+    e.register_type_with_name::<ScriptHistory>("History")
+        .register_fn("count", |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
+            Ok(h.since(w)?.filter(|a| a.approved).count() as i64)
+        })
+        .register_fn("sum", |h: &mut ScriptHistory, w: &str| -> Result<Decimal, Box<EvalAltResult>> {
+            Ok(h.since(w)?.filter(|a| a.approved).map(|a| a.amount).sum())
+        })
+        .register_fn("declined", |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
+            Ok(h.since(w)?.filter(|a| !a.approved).count() as i64)
+        })
+        .register_fn("countries", |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
+            let set: BTreeSet<_> = h.since(w)?.filter(|a| a.approved).map(|a| a.country).collect();
+            Ok(set.len() as i64)
+        })
+        .register_fn("seen_merchant", |h: &mut ScriptHistory, merchant: &str| -> bool {
+            let k = crate::velocity::key_hash(&[merchant.as_bytes()]);
+            h.events.iter().any(|a| a.approved && a.merchant == k)
+        });
+    e.register_type_with_name::<ScriptLists>("Lists").register_fn(
+        "has",
+        |l: &mut ScriptLists, name: &str, value: ImmutableString| -> Result<bool, Box<EvalAltResult>> {
+            match l.0.get(name) {
+                Some(set) => Ok(set.contains(value.as_str())),
+                None => Err(format!("no list named `{name}`").into()),
+            }
+        },
+    );
+    e
+}
+
+/// The shared engine; scripts that allow loops get a twin with looping on.
+pub fn engine(allow_loops: bool) -> &'static Engine {
+    static STRICT: OnceLock<Engine> = OnceLock::new();
+    static LOOPING: OnceLock<Engine> = OnceLock::new();
+    if allow_loops {
+        LOOPING.get_or_init(|| build_engine(true))
+    } else {
+        STRICT.get_or_init(|| build_engine(false))
+    }
+}
+
+/// The names scripts may use, so that strict variables catch typos at load time.
+fn compile_scope() -> Scope<'static> {
+    let mut s = Scope::new();
+    s.push_constant("txn", ());
+    s.push_constant("card", ());
+    s.push_constant("history", ());
+    s.push_constant("lists", ());
+    s
+}
+
+/// Compiles a script file's text.
+/// Errors carry the 1-based (line, column) in the script where Rhai knows it.
+pub fn compile_script(text: &str, allow_loops: bool) -> Result<AST, (String, Option<(usize, usize)>)> {
+    if text.len() > SCRIPT_BYTES_MAX {
+        return Err((format!("script is {} bytes, above the {SCRIPT_BYTES_MAX}-byte limit", text.len()), None));
+    }
+    engine(allow_loops).compile_with_scope(&compile_scope(), text).map_err(|e| {
+        let pos = e.position();
+        let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
+        (e.0.to_string(), at)
+    })
+}
+
+/// Compiles a `when:` / `unless:` expression (no statements, no loops).
+pub fn compile_condition(text: &str) -> Result<AST, String> {
+    engine(false)
+        .compile_expression_with_scope(&compile_scope(), text)
+        .map_err(|e| e.to_string())
+}
+
+/// The per-decision script inputs, built once on first use.
+pub struct ScriptInputs {
+    pub scope: Scope<'static>,
+}
+
+impl ScriptInputs {
+    pub fn new(txn: ScriptTxn, card: ScriptCard, history: ScriptHistory, lists: ScriptLists) -> ScriptInputs {
+        let mut scope = Scope::new();
+        scope.push_constant("txn", txn);
+        scope.push_constant("card", card);
+        scope.push_constant("history", history);
+        scope.push_constant("lists", lists);
+        ScriptInputs { scope }
+    }
+
+    /// Runs a script; any error or an unexpected return value is an `Err` message.
+    pub fn run_script(&mut self, ast: &AST, allow_loops: bool) -> Result<Verdict, String> {
+        let r = engine(allow_loops).eval_ast_with_scope::<Dynamic>(&mut self.scope, ast);
+        self.scope.rewind(4);
+        let v = r.map_err(|e| e.to_string())?;
+        if v.is_unit() {
+            return Ok(Verdict::Pass);
+        }
+        v.try_cast::<Verdict>()
+            .ok_or_else(|| "script must end with pass(), decline(code, reason), flag(reason) or score(points, reason)".to_string())
+    }
+
+    pub fn run_condition(&mut self, ast: &AST) -> Result<bool, String> {
+        let r = engine(false).eval_ast_with_scope::<Dynamic>(&mut self.scope, ast);
+        self.scope.rewind(4);
+        let v = r.map_err(|e| e.to_string())?;
+        v.as_bool().map_err(|t| format!("condition must be true or false, got {t}"))
+    }
+}
