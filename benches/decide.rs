@@ -1,1 +1,242 @@
-fn main(){}
+//! Decision-core benchmarks on the shipped reference policy (`rules/`).
+//!
+//! Criterion measures throughput; afterwards a percentile pass times single calls and
+//! prints p50/p99/p99.9, since criterion reports means and medians of batches only.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use rust_decimal::Decimal;
+
+use spendgate::decision::{
+    decide, Authorization, Channel, Country, LatLon, Mcc, Merchant, TxnType,
+};
+use spendgate::money::Currency;
+use spendgate::policy::{load_policy_dir, CompiledPolicy};
+use spendgate::service::{CardState, Engine};
+use spendgate::velocity::{VelocityState, WindowSpec};
+
+const POLICY: &str = "consumer-prepaid-africa";
+
+fn policy() -> Arc<CompiledPolicy> {
+    let set = load_policy_dir(Path::new("rules")).expect("reference rules load");
+    set.get(POLICY).expect("reference policy").clone()
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap()
+}
+
+fn txn(i: u64, card: &str) -> Authorization {
+    let mccs = ["5411", "5812", "5999", "4121", "5732"];
+    Authorization {
+        id: format!("auth-{i}"),
+        card_id: card.to_string(),
+        amount: Decimal::new(150_000 + (i % 7) as i64 * 10_000, 2), // 1500.00.. NGN
+        currency: Currency::NGN,
+        merchant: Merchant {
+            id: format!("merchant-{}", i % 50),
+            name: "Shoprite Lekki".into(),
+            mcc: Mcc::parse(mccs[(i % 5) as usize]).unwrap(),
+            country: Country::parse("NG").unwrap(),
+            location: Some(LatLon {
+                lat: 6.45,
+                lon: 3.40,
+            }),
+        },
+        channel: Channel::Pos,
+        txn_type: TxnType::Purchase,
+        timestamp: None,
+        partial_ok: false,
+    }
+}
+
+/// A card with ten earlier approvals, as a typical active card has.
+fn warm_card(p: &CompiledPolicy) -> (CardState, VelocityState, VelocityState) {
+    let mut card = CardState::new("card-1", "holder-1", POLICY, Currency::NGN);
+    card.available = Some(Decimal::new(500_000_000, 2));
+    let (mut h, mut g) = (VelocityState::default(), VelocityState::default());
+    for i in 0..10 {
+        let now = t0() + Duration::minutes(i * 30);
+        let d = decide(
+            p,
+            &card.view(Some(&h), Some(&g)),
+            &txn(i as u64, "card-1"),
+            now,
+        );
+        card.apply(&d, Some(&mut h), Some(&mut g));
+    }
+    (card, h, g)
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let full = policy();
+    let plain = Arc::new(full.without_scripts());
+    let mut g = c.benchmark_group("decide");
+    g.throughput(Throughput::Elements(1));
+    for (name, p) in [
+        ("reference_without_scripts", &plain),
+        ("reference_with_scripts", &full),
+    ] {
+        let (card, h, gs) = warm_card(p);
+        let t = txn(99, "card-1");
+        let now = t0() + Duration::hours(6);
+        let d = decide(p, &card.view(Some(&h), Some(&gs)), &t, now);
+        assert!(
+            d.approved,
+            "bench transaction is an approval: {:?}",
+            d.reason
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                decide(
+                    black_box(p),
+                    &card.view(Some(&h), Some(&gs)),
+                    black_box(&t),
+                    now,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_velocity(c: &mut Criterion) {
+    let mut g = c.benchmark_group("velocity");
+    g.throughput(Throughput::Elements(1));
+    let spec = WindowSpec::parse("24h").unwrap();
+    g.bench_function("record_and_read_24h_window", |b| {
+        let mut s = VelocityState::default();
+        let mut now_ms = t0().timestamp_millis();
+        b.iter(|| {
+            now_ms += 60_000; // one event a minute: ~1440 live events, capped at 128
+            let start = spec.start_ms(
+                DateTime::from_timestamp_millis(now_ms).unwrap(),
+                chrono_tz::UTC,
+            );
+            let t = s.totals(7, start);
+            s.record(7, start, now_ms, Decimal::new(1234, 2), now_ms as u64);
+            t
+        })
+    });
+    g.finish();
+}
+
+fn engine_10k(p: &Arc<CompiledPolicy>) -> Engine {
+    let set = load_policy_dir(Path::new("rules")).unwrap();
+    let e = Engine::new(set);
+    let _ = p;
+    for i in 0..10_000 {
+        let mut c = CardState::new(
+            &format!("card-{i}"),
+            &format!("holder-{}", i / 2),
+            POLICY,
+            Currency::NGN,
+        );
+        c.available = Some(Decimal::new(1_000_000_000, 2));
+        e.add_card(c).unwrap();
+    }
+    e
+}
+
+/// Mixed traffic: mostly approvals, some gambling and foreign declines, some ATM.
+fn mixed_txn(i: u64) -> Authorization {
+    let mut t = txn(i, &format!("card-{}", (i * 7919) % 10_000));
+    match i % 10 {
+        0 => t.merchant.mcc = Mcc::parse("7995").unwrap(),
+        1 => t.merchant.country = Country::parse("BR").unwrap(),
+        2 => {
+            t.channel = Channel::Atm;
+            t.txn_type = TxnType::Withdrawal;
+            t.merchant.mcc = Mcc::parse("6011").unwrap();
+        }
+        _ => {}
+    }
+    t
+}
+
+fn bench_authorize(c: &mut Criterion) {
+    let p = policy();
+    let e = engine_10k(&p);
+    let txns: Vec<Authorization> = (0..100_000).map(mixed_txn).collect();
+    let mut g = c.benchmark_group("authorize");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    let mut now = t0();
+    g.bench_function("mixed_10k_cards", |b| {
+        b.iter_batched(
+            || {
+                i = (i + 1) % txns.len();
+                now += Duration::milliseconds(10);
+                (&txns[i], now)
+            },
+            |(t, now)| e.authorize(t, now).unwrap().decision.approved,
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_velocity, bench_authorize);
+
+fn percentiles(name: &str, samples: &mut [u64]) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "{name:<36} n={:<8} p50={:>6} ns  p99={:>6} ns  p99.9={:>7} ns",
+        samples.len(),
+        at(0.50),
+        at(0.99),
+        at(0.999)
+    );
+}
+
+/// Single-call latency distribution (criterion only reports batch statistics).
+fn latency_pass(quick: bool) {
+    let n = if quick { 1_000 } else { 200_000 };
+    let full = policy();
+    let plain = Arc::new(full.without_scripts());
+    println!("\nsingle-call latency ({n} calls each, Instant::now overhead included)");
+    for (name, p) in [
+        ("decide/reference_without_scripts", &plain),
+        ("decide/reference_with_scripts", &full),
+    ] {
+        let (card, h, g) = warm_card(p);
+        let t = txn(99, "card-1");
+        let now = t0() + Duration::hours(6);
+        let mut s = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            black_box(decide(
+                p,
+                &card.view(Some(&h), Some(&g)),
+                black_box(&t),
+                now,
+            ));
+            s.push(start.elapsed().as_nanos() as u64);
+        }
+        percentiles(name, &mut s);
+    }
+    let e = engine_10k(&full);
+    let mut s = Vec::with_capacity(n);
+    let mut now = t0();
+    for i in 0..n as u64 {
+        let t = mixed_txn(i);
+        now += Duration::milliseconds(10);
+        let start = Instant::now();
+        black_box(e.authorize(&t, now).unwrap());
+        s.push(start.elapsed().as_nanos() as u64);
+    }
+    percentiles("authorize/mixed_10k_cards", &mut s);
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test" || a == "--quick");
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    latency_pass(quick);
+}

@@ -10,7 +10,11 @@ use crate::policy::{load_policy_dir, load_policy_file, CompiledPolicy, PolicyErr
 use crate::policy_tests::run_policy_tests;
 
 #[derive(Debug, Parser)]
-#[command(name = "spendgate", version, about = "Authorization decisions and spend controls for card issuers")]
+#[command(
+    name = "spendgate",
+    version,
+    about = "Authorization decisions and spend controls for card issuers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -47,7 +51,11 @@ fn print_errors(errors: &[PolicyError]) {
     for e in errors {
         eprintln!("{e}");
     }
-    eprintln!("{} error{}", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} error{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -90,7 +98,13 @@ pub fn run(cli: Cli) -> ExitCode {
                         println!("  PASS {}", r.name);
                     } else {
                         failed += 1;
-                        println!("  FAIL {}:{}: {}: {}", p.file.display(), r.line, r.name, r.message);
+                        println!(
+                            "  FAIL {}:{}: {}: {}",
+                            p.file.display(),
+                            r.line,
+                            r.name,
+                            r.message
+                        );
                     }
                     if !r.passed || verbose {
                         if let Some(d) = &r.decision {

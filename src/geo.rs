@@ -41,7 +41,9 @@ impl Shape {
 
     pub fn contains(&self, p: LatLon) -> bool {
         match self {
-            Shape::Circle { center, radius_km } => distance_km((center.lat, center.lon), (p.lat, p.lon)) <= *radius_km,
+            Shape::Circle { center, radius_km } => {
+                distance_km((center.lat, center.lon), (p.lat, p.lon)) <= *radius_km
+            }
             Shape::Polygon(poly) => poly.contains(&Point::new(p.lon, p.lat)),
         }
     }
@@ -77,8 +79,14 @@ pub fn travel_speed_kmh(from: LatLon, from_ms: i64, to: LatLon, to_ms: i64) -> f
 mod tests {
     use super::*;
 
-    const LAGOS: LatLon = LatLon { lat: 6.5244, lon: 3.3792 };
-    const NAIROBI: LatLon = LatLon { lat: -1.2921, lon: 36.8219 };
+    const LAGOS: LatLon = LatLon {
+        lat: 6.5244,
+        lon: 3.3792,
+    };
+    const NAIROBI: LatLon = LatLon {
+        lat: -1.2921,
+        lon: 36.8219,
+    };
 
     #[test]
     fn lagos_to_nairobi_is_about_3800_km() {
@@ -88,7 +96,10 @@ mod tests {
 
     #[test]
     fn circle_and_polygon() {
-        let c = Shape::Circle { center: LAGOS, radius_km: 80.0 };
+        let c = Shape::Circle {
+            center: LAGOS,
+            radius_km: 80.0,
+        };
         assert!(c.contains(LatLon { lat: 6.6, lon: 3.3 }));
         assert!(!c.contains(NAIROBI));
         let square = Shape::polygon(&[[6.0, 3.0], [7.0, 3.0], [7.0, 4.0], [6.0, 4.0]]);

@@ -7,6 +7,7 @@
 //! - [`service::CardState::apply`] applies the decision's effects (velocity windows,
 //!   location, funds) before the lock is released.
 
+pub mod cli;
 pub mod decision;
 pub mod geo;
 pub mod money;
@@ -14,4 +15,3 @@ pub mod policy;
 pub mod policy_tests;
 pub mod service;
 pub mod velocity;
-pub mod cli;

@@ -122,7 +122,8 @@ pub fn parse_amount(s: &str, currency: Currency) -> Result<Decimal, MoneyError> 
 
 /// Formats an amount with exactly the currency's number of fraction digits.
 pub fn format_amount(amount: Decimal, currency: Currency) -> String {
-    let mut a = amount.round_dp_with_strategy(currency.exponent(), RoundingStrategy::MidpointNearestEven);
+    let mut a =
+        amount.round_dp_with_strategy(currency.exponent(), RoundingStrategy::MidpointNearestEven);
     a.rescale(currency.exponent());
     a.to_string()
 }
@@ -140,14 +141,22 @@ impl Money {
     }
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
         assert_eq!(self.currency, other.currency, "adding different currencies");
-        let amount = self.amount.checked_add(other.amount).ok_or(MoneyError::Overflow)?;
+        let amount = self
+            .amount
+            .checked_add(other.amount)
+            .ok_or(MoneyError::Overflow)?;
         Ok(Money::new(amount, self.currency))
     }
 }
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", format_amount(self.amount, self.currency), self.currency)
+        write!(
+            f,
+            "{} {}",
+            format_amount(self.amount, self.currency),
+            self.currency
+        )
     }
 }
 
@@ -222,7 +231,9 @@ impl FxTable {
         if let Some(r) = self.rates.get(&(from, to)) {
             return Some(*r);
         }
-        self.rates.get(&(to, from)).and_then(|r| Decimal::ONE.checked_div(*r))
+        self.rates
+            .get(&(to, from))
+            .and_then(|r| Decimal::ONE.checked_div(*r))
     }
 
     /// Mid-market rate: direct, the inverse of the opposite pair, or a cross rate
@@ -234,7 +245,8 @@ impl FxTable {
         if let Some(r) = self.direct(from, to) {
             return Ok(r);
         }
-        let pivots: std::collections::BTreeSet<Currency> = self.rates.keys().flat_map(|(a, b)| [*a, *b]).collect();
+        let pivots: std::collections::BTreeSet<Currency> =
+            self.rates.keys().flat_map(|(a, b)| [*a, *b]).collect();
         pivots
             .into_iter()
             .find_map(|p| self.direct(from, p)?.checked_mul(self.direct(p, to)?))
@@ -243,7 +255,12 @@ impl FxTable {
 
     /// Converts what the cardholder pays: mid rate plus spread, rounded half-even to
     /// the target currency's minor units.
-    pub fn convert_charge(&self, amount: Decimal, from: Currency, to: Currency) -> Result<(Decimal, FxQuote), MoneyError> {
+    pub fn convert_charge(
+        &self,
+        amount: Decimal,
+        from: Currency,
+        to: Currency,
+    ) -> Result<(Decimal, FxQuote), MoneyError> {
         let mid = self.mid_rate(from, to)?;
         let rate = if from == to {
             mid
@@ -252,13 +269,19 @@ impl FxTable {
             mid.checked_mul(markup).ok_or(MoneyError::Overflow)?
         };
         let converted = amount.checked_mul(rate).ok_or(MoneyError::Overflow)?;
-        let rounded = converted.round_dp_with_strategy(to.exponent(), RoundingStrategy::MidpointNearestEven);
+        let rounded =
+            converted.round_dp_with_strategy(to.exponent(), RoundingStrategy::MidpointNearestEven);
         Ok((rounded, FxQuote { from, to, rate }))
     }
 
     /// Converts for limit checks: mid rate, rounded *up* to the target's minor units so
     /// that conversion can never let spending slip under a limit.
-    pub fn convert_for_limit(&self, amount: Decimal, from: Currency, to: Currency) -> Result<Decimal, MoneyError> {
+    pub fn convert_for_limit(
+        &self,
+        amount: Decimal,
+        from: Currency,
+        to: Currency,
+    ) -> Result<Decimal, MoneyError> {
         if from == to {
             return Ok(amount);
         }
@@ -282,16 +305,34 @@ mod tests {
         assert_eq!(cur("USD").exponent(), 2);
         assert_eq!(cur("KWD").exponent(), 3);
         assert!(Currency::from_code("XXX").is_err() || cur("XXX").exponent() == 0);
-        assert!(matches!(Currency::from_code("ABC"), Err(MoneyError::UnknownCurrency(_))));
+        assert!(matches!(
+            Currency::from_code("ABC"),
+            Err(MoneyError::UnknownCurrency(_))
+        ));
     }
 
     #[test]
     fn parse_rejects_excess_precision_instead_of_rounding() {
-        assert_eq!(parse_amount("25.00", cur("USD")).unwrap(), Decimal::new(2500, 2));
-        assert_eq!(parse_amount("1000", cur("JPY")).unwrap(), Decimal::new(1000, 0));
-        assert!(matches!(parse_amount("1.5", cur("JPY")), Err(MoneyError::TooPrecise { .. })));
-        assert!(matches!(parse_amount("1.001", cur("USD")), Err(MoneyError::TooPrecise { .. })));
-        assert_eq!(parse_amount("1.001", cur("KWD")).unwrap(), Decimal::new(1001, 3));
+        assert_eq!(
+            parse_amount("25.00", cur("USD")).unwrap(),
+            Decimal::new(2500, 2)
+        );
+        assert_eq!(
+            parse_amount("1000", cur("JPY")).unwrap(),
+            Decimal::new(1000, 0)
+        );
+        assert!(matches!(
+            parse_amount("1.5", cur("JPY")),
+            Err(MoneyError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            parse_amount("1.001", cur("USD")),
+            Err(MoneyError::TooPrecise { .. })
+        ));
+        assert_eq!(
+            parse_amount("1.001", cur("KWD")).unwrap(),
+            Decimal::new(1001, 3)
+        );
         // Trailing zeros are not extra precision.
         assert!(parse_amount("1.1000", cur("USD")).is_ok());
         for bad in ["", "1e3", "abc", "1,00", "0x10", "NaN", "1.2.3"] {
@@ -303,22 +344,32 @@ mod tests {
     fn fx_charge_rounds_half_even_with_spread() {
         let mut fx = FxTable::new(100); // 1%
         fx.set_rate(cur("USD"), cur("NGN"), Decimal::new(150000, 2)); // 1500.00
-        let (ngn, quote) = fx.convert_charge(Decimal::new(1000, 2), cur("USD"), cur("NGN")).unwrap();
+        let (ngn, quote) = fx
+            .convert_charge(Decimal::new(1000, 2), cur("USD"), cur("NGN"))
+            .unwrap();
         assert_eq!(ngn, Decimal::new(1515000, 2)); // 10 * 1500 * 1.01
         assert_eq!(quote.rate, Decimal::new(151500, 2));
         // Inverse direction derived; half-even: 0.125 -> 0.12
         let mut fx0 = FxTable::new(0);
         fx0.set_rate(cur("EUR"), cur("USD"), Decimal::new(125, 3));
-        let (usd, _) = fx0.convert_charge(Decimal::ONE, cur("EUR"), cur("USD")).unwrap();
+        let (usd, _) = fx0
+            .convert_charge(Decimal::ONE, cur("EUR"), cur("USD"))
+            .unwrap();
         assert_eq!(usd, Decimal::new(12, 2));
         let back = fx0.mid_rate(cur("USD"), cur("EUR")).unwrap();
         assert_eq!(back, Decimal::new(8, 0));
-        assert!(matches!(fx0.mid_rate(cur("USD"), cur("KES")), Err(MoneyError::NoRate { .. })));
+        assert!(matches!(
+            fx0.mid_rate(cur("USD"), cur("KES")),
+            Err(MoneyError::NoRate { .. })
+        ));
         // Cross rate through the pivot: 1 KES = 1/100 USD = 15 NGN.
         let mut fx1 = FxTable::new(0);
         fx1.set_rate(cur("USD"), cur("NGN"), Decimal::new(1500, 0));
         fx1.set_rate(cur("USD"), cur("KES"), Decimal::new(100, 0));
-        assert_eq!(fx1.mid_rate(cur("KES"), cur("NGN")).unwrap(), Decimal::new(15, 0));
+        assert_eq!(
+            fx1.mid_rate(cur("KES"), cur("NGN")).unwrap(),
+            Decimal::new(15, 0)
+        );
     }
 
     #[test]
@@ -326,14 +377,19 @@ mod tests {
         let mut fx = FxTable::new(0);
         fx.set_rate(cur("USD"), cur("NGN"), Decimal::new(1500, 0));
         // 1 NGN = 0.000666.. USD -> rounds up to 0.01
-        let usd = fx.convert_for_limit(Decimal::ONE, cur("NGN"), cur("USD")).unwrap();
+        let usd = fx
+            .convert_for_limit(Decimal::ONE, cur("NGN"), cur("USD"))
+            .unwrap();
         assert_eq!(usd, Decimal::new(1, 2));
     }
 
     #[test]
     fn rates_file_parses_and_validates() {
         let t = FxTable::from_yaml("spread_bps: 50\nrates:\n  USD/NGN: \"1550.00\"\n").unwrap();
-        assert_eq!(t.mid_rate(cur("USD"), cur("NGN")).unwrap(), Decimal::new(155000, 2));
+        assert_eq!(
+            t.mid_rate(cur("USD"), cur("NGN")).unwrap(),
+            Decimal::new(155000, 2)
+        );
         assert!(FxTable::from_yaml("spread_bps: 50\nrates:\n  USD-NGN: \"1\"\n").is_err());
         assert!(FxTable::from_yaml("spread_bps: 50\nrates:\n  USD/NGN: \"-1\"\n").is_err());
         assert!(FxTable::from_yaml("spread_bps: 50\nbogus: 1\nrates: {}\n").is_err());

@@ -9,7 +9,8 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 
 use crate::decision::{
-    decide, Authorization, CardStatus, Channel, Country, DecisionSummary, Expiry, KycStatus, LatLon, Mcc, Merchant, TxnType,
+    decide, Authorization, CardStatus, Channel, Country, DecisionSummary, Expiry, KycStatus,
+    LatLon, Mcc, Merchant, TxnType,
 };
 use crate::money::{parse_amount, Currency};
 use crate::policy::raw::{RawExpect, RawTest, RawTestTxn};
@@ -35,25 +36,43 @@ fn pick<'a>(a: &'a Option<String>, b: &'a Option<String>) -> Option<&'a str> {
 }
 
 /// Builds an authorization from test fields over the policy's test defaults.
-fn build_txn(p: &CompiledPolicy, t: &RawTestTxn, id: String, at: DateTime<Utc>) -> Result<Authorization, String> {
+fn build_txn(
+    p: &CompiledPolicy,
+    t: &RawTestTxn,
+    id: String,
+    at: DateTime<Utc>,
+) -> Result<Authorization, String> {
     let d = &p.test_defaults;
     let currency = match pick(&t.currency, &d.currency) {
         Some(c) => Currency::from_str(c).map_err(|e| e.to_string())?,
         None => p.currency,
     };
-    let amount_text = t.amount.as_ref().or(d.amount.as_ref()).map_or("10".to_string(), |s| s.0.clone());
+    let amount_text = t
+        .amount
+        .as_ref()
+        .or(d.amount.as_ref())
+        .map_or("10".to_string(), |s| s.0.clone());
     let amount = parse_amount(&amount_text, currency).map_err(|e| format!("amount: {e}"))?;
-    let mcc_text = t.mcc.as_ref().or(d.mcc.as_ref()).map_or("5999".to_string(), |s| s.0.clone());
+    let mcc_text = t
+        .mcc
+        .as_ref()
+        .or(d.mcc.as_ref())
+        .map_or("5999".to_string(), |s| s.0.clone());
     let channel = pick(&t.channel, &d.channel).unwrap_or("pos");
     let txn_type = pick(&t.txn_type, &d.txn_type).unwrap_or("purchase");
-    let location = t.location.or(d.location).map(|l| LatLon { lat: l[0], lon: l[1] });
+    let location = t.location.or(d.location).map(|l| LatLon {
+        lat: l[0],
+        lon: l[1],
+    });
     Ok(Authorization {
         id,
         card_id: "test-card".into(),
         amount,
         currency,
         merchant: Merchant {
-            id: pick(&t.merchant, &d.merchant).unwrap_or("test-merchant").to_string(),
+            id: pick(&t.merchant, &d.merchant)
+                .unwrap_or("test-merchant")
+                .to_string(),
             name: "Test merchant".into(),
             mcc: Mcc::parse(&mcc_text)?,
             country: Country::parse(pick(&t.country, &d.country).unwrap_or("US"))?,
@@ -88,20 +107,29 @@ fn card_for(p: &CompiledPolicy, t: &RawTest) -> Result<CardState, String> {
             card.currency = Currency::from_str(cur).map_err(|e| e.to_string())?;
         }
         if let Some(s) = &c.status {
-            card.status = CardStatus::parse(s).ok_or_else(|| format!("unknown card status `{s}`"))?;
+            card.status =
+                CardStatus::parse(s).ok_or_else(|| format!("unknown card status `{s}`"))?;
         }
         if let Some(k) = &c.kyc {
             card.kyc = KycStatus::parse(k).ok_or_else(|| format!("unknown kyc `{k}`"))?;
         }
         card.cardholder_blocked = c.blocked.unwrap_or(false);
         if let Some(a) = &c.available {
-            card.available = Some(parse_amount(a.as_str(), card.currency).map_err(|e| format!("available: {e}"))?);
+            card.available = Some(
+                parse_amount(a.as_str(), card.currency).map_err(|e| format!("available: {e}"))?,
+            );
         }
         if let Some(e) = &c.expiry {
-            let (y, m) = e.split_once('-').ok_or_else(|| format!("expiry `{e}` must be YYYY-MM"))?;
+            let (y, m) = e
+                .split_once('-')
+                .ok_or_else(|| format!("expiry `{e}` must be YYYY-MM"))?;
             let exp = Expiry {
-                year: y.parse().map_err(|_| format!("expiry `{e}` must be YYYY-MM"))?,
-                month: m.parse().map_err(|_| format!("expiry `{e}` must be YYYY-MM"))?,
+                year: y
+                    .parse()
+                    .map_err(|_| format!("expiry `{e}` must be YYYY-MM"))?,
+                month: m
+                    .parse()
+                    .map_err(|_| format!("expiry `{e}` must be YYYY-MM"))?,
             };
             if exp.first_day().is_none() {
                 return Err(format!("expiry `{e}` is not a month"));
@@ -112,9 +140,17 @@ fn card_for(p: &CompiledPolicy, t: &RawTest) -> Result<CardState, String> {
     Ok(card)
 }
 
-fn run_one(p: &CompiledPolicy, case: &PolicyTestCase) -> Result<(bool, String, DecisionSummary), String> {
+fn run_one(
+    p: &CompiledPolicy,
+    case: &PolicyTestCase,
+) -> Result<(bool, String, DecisionSummary), String> {
     let t = &case.raw;
-    let at_text = t.txn.at.as_deref().or(p.test_defaults.at.as_deref()).unwrap_or(DEFAULT_AT);
+    let at_text = t
+        .txn
+        .at
+        .as_deref()
+        .or(p.test_defaults.at.as_deref())
+        .unwrap_or(DEFAULT_AT);
     let at = local_time(p, at_text)?;
     let mut card = card_for(p, t)?;
     let mut holder = VelocityState::default();
@@ -124,7 +160,12 @@ fn run_one(p: &CompiledPolicy, case: &PolicyTestCase) -> Result<(bool, String, D
     for (i, h) in t.history.iter().enumerate() {
         let ago = match WindowSpec::parse(&h.ago) {
             Ok(WindowSpec::Rolling { length_ms }) => length_ms,
-            _ => return Err(format!("history[{i}].ago `{}` must be a length like 2h (10s..400d)", h.ago)),
+            _ => {
+                return Err(format!(
+                    "history[{i}].ago `{}` must be a length like 2h (10s..400d)",
+                    h.ago
+                ))
+            }
         };
         let when = at - chrono::Duration::milliseconds(ago);
         let when = match &h.txn.at {
@@ -154,15 +195,26 @@ fn run_one(p: &CompiledPolicy, case: &PolicyTestCase) -> Result<(bool, String, D
         RawExpect::Word(w) => match w.as_str() {
             "approve" => (d.approved, "approve".to_string()),
             "decline" => (!d.approved, "decline".to_string()),
-            "flag" => (d.approved && !d.flags.is_empty(), "approve with a flag".to_string()),
-            other => return Err(format!("expect `{other}` must be approve, decline, flag or a mapping")),
+            "flag" => (
+                d.approved && !d.flags.is_empty(),
+                "approve with a flag".to_string(),
+            ),
+            other => {
+                return Err(format!(
+                    "expect `{other}` must be approve, decline, flag or a mapping"
+                ))
+            }
         },
         RawExpect::Detail(x) => {
             let mut ok = true;
             let mut want = Vec::new();
             if let Some(a) = x.approve {
                 ok &= d.approved == a;
-                want.push(if a { "approve".to_string() } else { "decline".to_string() });
+                want.push(if a {
+                    "approve".to_string()
+                } else {
+                    "decline".to_string()
+                });
             }
             if let Some(code) = &x.decline {
                 ok &= !d.approved && d.response_code.as_str() == code.as_str();
@@ -177,17 +229,24 @@ fn run_one(p: &CompiledPolicy, case: &PolicyTestCase) -> Result<(bool, String, D
                 want.push(format!("flag {flag}"));
             }
             if let Some(amount) = &x.amount_approved {
-                let a = Decimal::from_str(amount.as_str()).map_err(|e| format!("amount_approved: {e}"))?;
+                let a = Decimal::from_str(amount.as_str())
+                    .map_err(|e| format!("amount_approved: {e}"))?;
                 ok &= d.amount_approved == a;
                 want.push(format!("amount_approved {a}"));
             }
             if want.is_empty() {
-                return Err("expect mapping needs approve, decline, rule, flag or amount_approved".into());
+                return Err(
+                    "expect mapping needs approve, decline, rule, flag or amount_approved".into(),
+                );
             }
             (ok, want.join(", "))
         }
     };
-    let message = if ok { String::new() } else { format!("expected {want}, got {got}") };
+    let message = if ok {
+        String::new()
+    } else {
+        format!("expected {want}, got {got}")
+    };
     Ok((ok, message, summary))
 }
 
@@ -218,4 +277,3 @@ pub fn run_policy_tests(p: &CompiledPolicy) -> Vec<TestResult> {
 pub fn at_local(p: &CompiledPolicy, text: &str) -> Result<DateTime<Utc>, String> {
     local_time(p, text)
 }
-

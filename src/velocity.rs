@@ -35,7 +35,9 @@ pub enum CalendarUnit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WindowSpec {
     /// Events in (now − length, now].
-    Rolling { length_ms: i64 },
+    Rolling {
+        length_ms: i64,
+    },
     /// Events since the start of the current calendar period in the policy time zone.
     Calendar(CalendarUnit),
     Lifetime,
@@ -85,9 +87,9 @@ impl WindowSpec {
                 let local = now.with_timezone(&tz).date_naive();
                 let first = match unit {
                     CalendarUnit::Day => Some(local),
-                    CalendarUnit::Week => {
-                        local.checked_sub_signed(Duration::days(i64::from(local.weekday().num_days_from_monday())))
-                    }
+                    CalendarUnit::Week => local.checked_sub_signed(Duration::days(i64::from(
+                        local.weekday().num_days_from_monday(),
+                    ))),
                     CalendarUnit::Month => local.with_day(1),
                     CalendarUnit::Year => NaiveDate::from_ymd_opt(local.year(), 1, 1),
                 };
@@ -133,7 +135,9 @@ fn local_midnight_ms(d: NaiveDate, tz: Tz) -> i64 {
         }
     }
     // No time zone has a day-long gap; fall back to UTC midnight.
-    d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis()
+    d.and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +193,10 @@ impl Window {
     /// earlier than the newest one is recorded at the newest time (expiring later).
     pub fn record(&mut self, start_ms: i64, at_ms: i64, amount: Decimal, auth: u64) {
         self.prune(start_ms);
-        let at_ms = self.events.back().map_or(at_ms, |last| at_ms.max(last.at_ms));
+        let at_ms = self
+            .events
+            .back()
+            .map_or(at_ms, |last| at_ms.max(last.at_ms));
         if self.events.len() >= EVENTS_PER_WINDOW_MAX {
             // Merge the two oldest into one stamped with the later time (see module docs).
             if let (Some(a), Some(b)) = (self.events.pop_front(), self.events.pop_front()) {
@@ -215,7 +222,10 @@ impl Window {
     /// Gives capacity back for a reversed (or expired) authorization: `ratio` of its
     /// amount, and its count when fully reversed. Returns whether the event was found.
     pub fn reverse(&mut self, auth: u64, ratio: Decimal) -> bool {
-        assert!(ratio > Decimal::ZERO && ratio <= Decimal::ONE, "reversal ratio in (0, 1]");
+        assert!(
+            ratio > Decimal::ZERO && ratio <= Decimal::ONE,
+            "reversal ratio in (0, 1]"
+        );
         if auth == 0 {
             return false;
         }
@@ -258,7 +268,8 @@ impl VelocityState {
     }
 
     pub fn totals(&self, key: u64, start_ms: i64) -> Totals {
-        self.window(key).map_or(Totals::default(), |w| w.totals_since(start_ms))
+        self.window(key)
+            .map_or(Totals::default(), |w| w.totals_since(start_ms))
     }
 
     pub fn record(&mut self, key: u64, start_ms: i64, at_ms: i64, amount: Decimal, auth: u64) {
@@ -268,7 +279,8 @@ impl VelocityState {
         }
         if self.windows.len() >= WINDOWS_PER_STATE_MAX {
             // Drop the window whose newest event is oldest: usually one already empty.
-            if let Some(i) = (0..self.windows.len()).min_by_key(|&i| self.windows[i].1.newest_ms()) {
+            if let Some(i) = (0..self.windows.len()).min_by_key(|&i| self.windows[i].1.newest_ms())
+            {
                 self.windows.swap_remove(i);
             }
         }
@@ -279,7 +291,11 @@ impl VelocityState {
 
     /// Gives capacity back in every window holding `auth`. Returns windows touched.
     pub fn reverse(&mut self, auth: u64, ratio: Decimal) -> usize {
-        self.windows.iter_mut().filter(|(_, w)| !w.is_empty()).map(|(_, w)| w.reverse(auth, ratio) as usize).sum()
+        self.windows
+            .iter_mut()
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(_, w)| w.reverse(auth, ratio) as usize)
+            .sum()
     }
 
     pub fn window_count(&self) -> usize {
@@ -312,10 +328,32 @@ mod tests {
 
     #[test]
     fn parses_windows() {
-        assert_eq!(WindowSpec::parse("10s").unwrap(), WindowSpec::Rolling { length_ms: 10_000 });
-        assert_eq!(WindowSpec::parse("24h").unwrap(), WindowSpec::Rolling { length_ms: 86_400_000 });
-        assert_eq!(WindowSpec::parse("400d").unwrap(), WindowSpec::Rolling { length_ms: 400 * 86_400_000 });
-        for bad in ["9s", "401d", "1w", "", "h", "-1h", "1.5h", "calendar_decade"] {
+        assert_eq!(
+            WindowSpec::parse("10s").unwrap(),
+            WindowSpec::Rolling { length_ms: 10_000 }
+        );
+        assert_eq!(
+            WindowSpec::parse("24h").unwrap(),
+            WindowSpec::Rolling {
+                length_ms: 86_400_000
+            }
+        );
+        assert_eq!(
+            WindowSpec::parse("400d").unwrap(),
+            WindowSpec::Rolling {
+                length_ms: 400 * 86_400_000
+            }
+        );
+        for bad in [
+            "9s",
+            "401d",
+            "1w",
+            "",
+            "h",
+            "-1h",
+            "1.5h",
+            "calendar_decade",
+        ] {
             assert!(WindowSpec::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(WindowSpec::parse("36h").unwrap().to_string(), "36h");
@@ -328,12 +366,21 @@ mod tests {
         let t0 = 1_700_000_000_000;
         w.record(spec_start(spec, t0), t0, d(10), 1);
         // 1 ms before the 24h mark it still counts; exactly 24h later it is out.
-        assert_eq!(w.totals_since(spec_start(spec, t0 + 86_400_000 - 1)).amount, d(10));
-        assert_eq!(w.totals_since(spec_start(spec, t0 + 86_400_000)).amount, d(0));
+        assert_eq!(
+            w.totals_since(spec_start(spec, t0 + 86_400_000 - 1)).amount,
+            d(10)
+        );
+        assert_eq!(
+            w.totals_since(spec_start(spec, t0 + 86_400_000)).amount,
+            d(0)
+        );
     }
 
     fn spec_start(spec: WindowSpec, now_ms: i64) -> i64 {
-        spec.start_ms(DateTime::from_timestamp_millis(now_ms).unwrap(), chrono_tz::UTC)
+        spec.start_ms(
+            DateTime::from_timestamp_millis(now_ms).unwrap(),
+            chrono_tz::UTC,
+        )
     }
 
     #[test]
@@ -342,14 +389,29 @@ mod tests {
         // 2026-03-08 is the spring-forward day in New York: the day is 23 hours long.
         let now = Utc.with_ymd_and_hms(2026, 3, 8, 20, 0, 0).unwrap();
         let start = WindowSpec::Calendar(CalendarUnit::Day).start_ms(now, tz);
-        assert_eq!(start, Utc.with_ymd_and_hms(2026, 3, 8, 5, 0, 0).unwrap().timestamp_millis());
+        assert_eq!(
+            start,
+            Utc.with_ymd_and_hms(2026, 3, 8, 5, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+        );
         let next = Utc.with_ymd_and_hms(2026, 3, 9, 4, 0, 0).unwrap(); // 00:00 EDT
         let start2 = WindowSpec::Calendar(CalendarUnit::Day).start_ms(next, tz);
         assert_eq!(start2 - start, 23 * 3_600_000);
         let week = WindowSpec::Calendar(CalendarUnit::Week).start_ms(now, tz);
-        assert_eq!(week, Utc.with_ymd_and_hms(2026, 3, 2, 5, 0, 0).unwrap().timestamp_millis());
+        assert_eq!(
+            week,
+            Utc.with_ymd_and_hms(2026, 3, 2, 5, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+        );
         let month = WindowSpec::Calendar(CalendarUnit::Month).start_ms(now, tz);
-        assert_eq!(month, Utc.with_ymd_and_hms(2026, 3, 1, 5, 0, 0).unwrap().timestamp_millis());
+        assert_eq!(
+            month,
+            Utc.with_ymd_and_hms(2026, 3, 1, 5, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+        );
     }
 
     #[test]
@@ -357,7 +419,13 @@ mod tests {
         let mut w = Window::default();
         w.record(0, 1_000_000, d(5), 1);
         w.record(0, 500_000, d(7), 2); // clock went back: stored at 1_000_000
-        assert_eq!(w.totals_since(1_000_000), Totals { amount: d(12), count: 2 });
+        assert_eq!(
+            w.totals_since(1_000_000),
+            Totals {
+                amount: d(12),
+                count: 2
+            }
+        );
         assert_eq!(w.totals_since(1_000_001), Totals::default());
     }
 
@@ -381,9 +449,21 @@ mod tests {
         s.record(7, 0, 10, d(100), 42);
         s.record(7, 0, 20, d(50), 43);
         assert_eq!(s.reverse(42, Decimal::new(5, 1)), 1); // half
-        assert_eq!(s.totals(7, 0), Totals { amount: d(100), count: 2 });
+        assert_eq!(
+            s.totals(7, 0),
+            Totals {
+                amount: d(100),
+                count: 2
+            }
+        );
         assert_eq!(s.reverse(42, Decimal::ONE), 1);
-        assert_eq!(s.totals(7, 0), Totals { amount: d(50), count: 1 });
+        assert_eq!(
+            s.totals(7, 0),
+            Totals {
+                amount: d(50),
+                count: 1
+            }
+        );
         assert_eq!(s.reverse(99, Decimal::ONE), 0);
     }
 

@@ -63,7 +63,11 @@ impl ResponseCode {
             }
             None => Err(format!(
                 "`{s}` is not a response code spendgate answers with (known: {})",
-                KNOWN_CODES.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+                KNOWN_CODES
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -86,7 +90,10 @@ impl ResponseCode {
     }
 
     pub fn meaning(self) -> &'static str {
-        KNOWN_CODES.iter().find(|(c, _)| c.as_bytes() == self.0).map_or("unknown", |(_, m)| *m)
+        KNOWN_CODES
+            .iter()
+            .find(|(c, _)| c.as_bytes() == self.0)
+            .map_or("unknown", |(_, m)| *m)
     }
 }
 
@@ -112,7 +119,10 @@ mod tests {
 
     #[test]
     fn parses_known_codes_only() {
-        assert_eq!(ResponseCode::parse("57").unwrap(), ResponseCode::NOT_PERMITTED);
+        assert_eq!(
+            ResponseCode::parse("57").unwrap(),
+            ResponseCode::NOT_PERMITTED
+        );
         assert!(ResponseCode::parse("58").is_err());
         assert!(ResponseCode::parse("5").is_err());
         assert!(ResponseCode::parse_decline("00").is_err());

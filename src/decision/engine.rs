@@ -9,10 +9,15 @@ use rust_decimal::RoundingStrategy;
 use smallvec::SmallVec;
 
 use super::trace::{Detail, RuleRef, TraceEntry, TraceOutcome};
-use super::{Authorization, CardStatus, CardView, Channel, Decision, Effects, KycStatus, ResponseCode, TxnType, VelocityEffect};
+use super::{
+    Authorization, CardStatus, CardView, Channel, Decision, Effects, KycStatus, ResponseCode,
+    TxnType, VelocityEffect,
+};
 use crate::money::check_precision;
 use crate::policy::script::{ScriptCard, ScriptHistory, ScriptInputs, ScriptTxn, Verdict};
-use crate::policy::{Check, CompiledPolicy, Cond, Counts, Matcher, Mode, OnError, Outcome, Rule, VelocityScope};
+use crate::policy::{
+    Check, CompiledPolicy, Cond, Counts, Matcher, Mode, OnError, Outcome, Rule, VelocityScope,
+};
 use crate::velocity::{key_hash, Activity, CalendarUnit, VelocityState, WindowSpec};
 
 /// Identifier fields are bounded so that nothing unbounded reaches logs or state.
@@ -21,10 +26,16 @@ const NAME_LEN_MAX: usize = 128;
 /// Largest single authorization in major units.
 const AMOUNT_MAX: i64 = 1_000_000_000_000;
 
-static EMPTY_STATE: std::sync::LazyLock<VelocityState> = std::sync::LazyLock::new(VelocityState::default);
+static EMPTY_STATE: std::sync::LazyLock<VelocityState> =
+    std::sync::LazyLock::new(VelocityState::default);
 
 /// Decides an authorization. See the module docs and DESIGN.md for the order of checks.
-pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization, now: DateTime<Utc>) -> Decision {
+pub fn decide(
+    policy: &CompiledPolicy,
+    card: &CardView<'_>,
+    txn: &Authorization,
+    now: DateTime<Utc>,
+) -> Decision {
     let mut d = Decision {
         approved: false,
         response_code: ResponseCode::APPROVED,
@@ -36,7 +47,9 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
         fx: None,
         flags: SmallVec::new(),
         score: 0,
-        trace: Vec::with_capacity(policy.rules.len() + card.controls.map_or(0, |c| c.rules.len()) + 4),
+        trace: Vec::with_capacity(
+            policy.rules.len() + card.controls.map_or(0, |c| c.rules.len()) + 4,
+        ),
         policy_version: policy.version.clone(),
         effects: Effects {
             auth_key: key_hash(&[txn.id.as_bytes()]),
@@ -68,7 +81,12 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
                 outcome: TraceOutcome::Decline(ResponseCode::SYSTEM_ERROR),
                 detail: Detail::Text("no FX rate into the card currency"),
             });
-            return decline(d, ResponseCode::SYSTEM_ERROR, Cow::Borrowed("fx_rate_unavailable"), None);
+            return decline(
+                d,
+                ResponseCode::SYSTEM_ERROR,
+                Cow::Borrowed("fx_rate_unavailable"),
+                None,
+            );
         }
     };
     d.amount_card = amount_card;
@@ -95,7 +113,11 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
                     outcome: TraceOutcome::Decline(ResponseCode::SYSTEM_ERROR),
                     detail: Detail::Text("no FX rate into the policy currency"),
                 });
-                first.get_or_insert((ResponseCode::SYSTEM_ERROR, Cow::Borrowed("fx_rate_unavailable"), None));
+                first.get_or_insert((
+                    ResponseCode::SYSTEM_ERROR,
+                    Cow::Borrowed("fx_rate_unavailable"),
+                    None,
+                ));
                 continue;
             }
         };
@@ -104,7 +126,11 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
         }
         ev.begin_policy(p, amount);
         for (i, rule) in p.rules.iter().enumerate() {
-            let r = if source { RuleRef::Controls(i as u16) } else { RuleRef::Policy(i as u16) };
+            let r = if source {
+                RuleRef::Controls(i as u16)
+            } else {
+                RuleRef::Policy(i as u16)
+            };
             ev.rule(p, rule, r, &mut d, &mut first);
         }
     }
@@ -113,7 +139,11 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
             let fired = d.score >= at;
             d.trace.push(TraceEntry {
                 rule: RuleRef::Step("score"),
-                outcome: if fired { TraceOutcome::Decline(ResponseCode::FRAUD) } else { TraceOutcome::Pass },
+                outcome: if fired {
+                    TraceOutcome::Decline(ResponseCode::FRAUD)
+                } else {
+                    TraceOutcome::Pass
+                },
                 detail: Detail::Score { total: d.score },
             });
             if fired {
@@ -137,12 +167,24 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
     let mut amount_approved = amount_card;
     if let (Some(available), true) = (card.available, txn.txn_type != TxnType::Verification) {
         if amount_card > available {
-            let partial = txn.partial_ok && txn.txn_type == TxnType::Purchase && available > Decimal::ZERO;
-            let code = if partial { ResponseCode::PARTIAL } else { ResponseCode::INSUFFICIENT_FUNDS };
+            let partial =
+                txn.partial_ok && txn.txn_type == TxnType::Purchase && available > Decimal::ZERO;
+            let code = if partial {
+                ResponseCode::PARTIAL
+            } else {
+                ResponseCode::INSUFFICIENT_FUNDS
+            };
             d.trace.push(TraceEntry {
                 rule: RuleRef::Step("funds"),
-                outcome: if partial { TraceOutcome::Pass } else { TraceOutcome::Decline(code) },
-                detail: Detail::Funds { amount: amount_card, available },
+                outcome: if partial {
+                    TraceOutcome::Pass
+                } else {
+                    TraceOutcome::Decline(code)
+                },
+                detail: Detail::Funds {
+                    amount: amount_card,
+                    available,
+                },
             });
             if !partial {
                 return decline(d, code, Cow::Borrowed("insufficient_funds"), None);
@@ -150,7 +192,8 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
             // Partial approval: windows count only what was approved.
             let ratio = available / amount_card;
             for e in d.effects.velocity.iter_mut() {
-                e.amount = (e.amount * ratio).round_dp_with_strategy(e.amount.scale(), RoundingStrategy::AwayFromZero);
+                e.amount = (e.amount * ratio)
+                    .round_dp_with_strategy(e.amount.scale(), RoundingStrategy::AwayFromZero);
             }
             amount_approved = available;
             d.response_code = code;
@@ -168,7 +211,12 @@ pub fn decide(policy: &CompiledPolicy, card: &CardView<'_>, txn: &Authorization,
     d
 }
 
-fn decline(mut d: Decision, code: ResponseCode, reason: Cow<'static, str>, rule: Option<String>) -> Decision {
+fn decline(
+    mut d: Decision,
+    code: ResponseCode,
+    reason: Cow<'static, str>,
+    rule: Option<String>,
+) -> Decision {
     debug_assert!(!code.is_approval());
     d.approved = false;
     d.response_code = code;
@@ -207,13 +255,19 @@ fn validate(txn: &Authorization) -> Result<(), (ResponseCode, &'static str)> {
         return Err((amt, "amount is too large"));
     }
     match txn.txn_type {
-        TxnType::Verification if !txn.amount.is_zero() => Err((amt, "a verification must have amount 0")),
+        TxnType::Verification if !txn.amount.is_zero() => {
+            Err((amt, "a verification must have amount 0"))
+        }
         TxnType::Verification => Ok(()),
         _ if txn.amount.is_zero() => Err((amt, "amount must be positive")),
-        TxnType::Refund => Err((ResponseCode::INVALID_TRANSACTION, "refunds are not authorized; post them to /v1/refunds")),
-        TxnType::Withdrawal if !matches!(txn.channel, Channel::Atm | Channel::Pos) => {
-            Err((ResponseCode::INVALID_TRANSACTION, "cash withdrawal is only possible at an ATM or POS"))
-        }
+        TxnType::Refund => Err((
+            ResponseCode::INVALID_TRANSACTION,
+            "refunds are not authorized; post them to /v1/refunds",
+        )),
+        TxnType::Withdrawal if !matches!(txn.channel, Channel::Atm | Channel::Pos) => Err((
+            ResponseCode::INVALID_TRANSACTION,
+            "cash withdrawal is only possible at an ATM or POS",
+        )),
         _ => Ok(()),
     }
 }
@@ -258,7 +312,12 @@ struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    fn new(card: &'a CardView<'a>, txn: &'a Authorization, now: DateTime<Utc>, tz: chrono_tz::Tz) -> Evaluator<'a> {
+    fn new(
+        card: &'a CardView<'a>,
+        txn: &'a Authorization,
+        now: DateTime<Utc>,
+        tz: chrono_tz::Tz,
+    ) -> Evaluator<'a> {
         Evaluator {
             card,
             txn,
@@ -287,7 +346,10 @@ impl<'a> Evaluator<'a> {
     fn local(&mut self) -> (u16, u8) {
         *self.local.get_or_insert_with(|| {
             let l = self.now.with_timezone(&self.tz);
-            ((l.hour() * 60 + l.minute()) as u16, l.weekday().number_from_monday() as u8)
+            (
+                (l.hour() * 60 + l.minute()) as u16,
+                l.weekday().number_from_monday() as u8,
+            )
         })
     }
 
@@ -315,7 +377,9 @@ impl<'a> Evaluator<'a> {
                 return false;
             }
         }
-        if m.channels.is_some_and(|b| b & t.channel.bit() == 0) || m.types.is_some_and(|b| b & t.txn_type.bit() == 0) {
+        if m.channels.is_some_and(|b| b & t.channel.bit() == 0)
+            || m.types.is_some_and(|b| b & t.txn_type.bit() == 0)
+        {
             return false;
         }
         if let Some(ms) = &m.merchants {
@@ -323,7 +387,10 @@ impl<'a> Evaluator<'a> {
                 return false;
             }
         }
-        if m.countries.as_ref().is_some_and(|c| !c.contains(t.merchant.country)) {
+        if m.countries
+            .as_ref()
+            .is_some_and(|c| !c.contains(t.merchant.country))
+        {
             return false;
         }
         let a = self.amount;
@@ -337,7 +404,11 @@ impl<'a> Evaluator<'a> {
         if m.local_time.is_some() || m.weekdays.is_some() {
             let (minute, weekday) = self.local();
             if let Some((from, to)) = m.local_time {
-                let inside = if from < to { minute >= from && minute < to } else { minute >= from || minute < to };
+                let inside = if from < to {
+                    minute >= from && minute < to
+                } else {
+                    minute >= from || minute < to
+                };
                 if !inside {
                     return false;
                 }
@@ -429,16 +500,35 @@ impl<'a> Evaluator<'a> {
                 return;
             }
             Ok(true) => match &rule.check {
-                Check::Conditions => (Some(rule.outcome), ResponseCode::NOT_PERMITTED, Detail::None),
-                Check::Limit { amount_max, amount_min } => {
+                Check::Conditions => (
+                    Some(rule.outcome),
+                    ResponseCode::NOT_PERMITTED,
+                    Detail::None,
+                ),
+                Check::Limit {
+                    amount_max,
+                    amount_min,
+                } => {
                     let over = amount_max.is_some_and(|m| self.amount > m);
                     let under = amount_min.is_some_and(|m| self.amount < m);
-                    let code = if over { ResponseCode::AMOUNT_LIMIT } else { ResponseCode::INVALID_AMOUNT };
-                    ((over || under).then_some(rule.outcome), code, Detail::Limit { amount: self.amount })
+                    let code = if over {
+                        ResponseCode::AMOUNT_LIMIT
+                    } else {
+                        ResponseCode::INVALID_AMOUNT
+                    };
+                    (
+                        (over || under).then_some(rule.outcome),
+                        code,
+                        Detail::Limit {
+                            amount: self.amount,
+                        },
+                    )
                 }
                 Check::Velocity(v) => {
                     let key = match v.scope {
-                        VelocityScope::CardMerchant => key_hash(&[&v.key.to_le_bytes(), &self.merchant_key.to_le_bytes()]),
+                        VelocityScope::CardMerchant => {
+                            key_hash(&[&v.key.to_le_bytes(), &self.merchant_key.to_le_bytes()])
+                        }
                         _ => v.key,
                     };
                     let start_ms = self.window_start(v.window);
@@ -448,55 +538,111 @@ impl<'a> Evaluator<'a> {
                             v.amount_max.is_some_and(|m| used.amount + self.amount > m),
                             v.count_max.is_some_and(|m| used.count + 1 > u64::from(m)),
                         ),
-                        Counts::Declined => (false, v.count_max.is_some_and(|m| used.count >= u64::from(m))),
+                        Counts::Declined => (
+                            false,
+                            v.count_max.is_some_and(|m| used.count >= u64::from(m)),
+                        ),
                     };
                     d.effects.velocity.push(VelocityEffect {
                         scope: v.scope,
                         key,
                         start_ms,
-                        amount: if v.counts == Counts::Approved { self.amount } else { Decimal::ZERO },
+                        amount: if v.counts == Counts::Approved {
+                            self.amount
+                        } else {
+                            Decimal::ZERO
+                        },
                         counts: v.counts,
                     });
-                    let code = if amount_over { ResponseCode::AMOUNT_LIMIT } else { ResponseCode::COUNT_LIMIT };
+                    let code = if amount_over {
+                        ResponseCode::AMOUNT_LIMIT
+                    } else {
+                        ResponseCode::COUNT_LIMIT
+                    };
                     (
                         (amount_over || count_over).then_some(rule.outcome),
                         code,
-                        Detail::Velocity { used, amount: self.amount },
+                        Detail::Velocity {
+                            used,
+                            amount: self.amount,
+                        },
                     )
                 }
                 Check::Countries { allow, set, .. } => {
                     let c = self.txn.merchant.country;
                     let fired = set.contains(c) != *allow;
-                    (fired.then_some(rule.outcome), ResponseCode::RESTRICTED, Detail::Country(c))
+                    (
+                        fired.then_some(rule.outcome),
+                        ResponseCode::RESTRICTED,
+                        Detail::Country(c),
+                    )
                 }
-                Check::Geofence { shape, fires_inside } => match self.txn.merchant.location {
-                    None => (None, ResponseCode::RESTRICTED, Detail::Text("no merchant location")),
+                Check::Geofence {
+                    shape,
+                    fires_inside,
+                } => match self.txn.merchant.location {
+                    None => (
+                        None,
+                        ResponseCode::RESTRICTED,
+                        Detail::Text("no merchant location"),
+                    ),
                     Some(loc) => {
                         let fired = shape.contains(loc) == *fires_inside;
-                        (fired.then_some(rule.outcome), ResponseCode::RESTRICTED, Detail::Location(loc))
+                        (
+                            fired.then_some(rule.outcome),
+                            ResponseCode::RESTRICTED,
+                            Detail::Location(loc),
+                        )
                     }
                 },
-                Check::Travel { speed_kmh_max } => match (self.card.last_seen, self.txn.merchant.location) {
-                    (Some(last), Some(loc)) => {
-                        let speed_kmh = crate::geo::travel_speed_kmh(last.location, last.at_ms, loc, self.now_ms);
-                        let fired = speed_kmh > *speed_kmh_max;
-                        (fired.then_some(rule.outcome), ResponseCode::FRAUD, Detail::Travel { speed_kmh })
+                Check::Travel { speed_kmh_max } => {
+                    match (self.card.last_seen, self.txn.merchant.location) {
+                        (Some(last), Some(loc)) => {
+                            let speed_kmh = crate::geo::travel_speed_kmh(
+                                last.location,
+                                last.at_ms,
+                                loc,
+                                self.now_ms,
+                            );
+                            let fired = speed_kmh > *speed_kmh_max;
+                            (
+                                fired.then_some(rule.outcome),
+                                ResponseCode::FRAUD,
+                                Detail::Travel { speed_kmh },
+                            )
+                        }
+                        (None, _) => (
+                            None,
+                            ResponseCode::FRAUD,
+                            Detail::Text("no earlier located transaction"),
+                        ),
+                        (_, None) => (
+                            None,
+                            ResponseCode::FRAUD,
+                            Detail::Text("no merchant location"),
+                        ),
                     }
-                    (None, _) => (None, ResponseCode::FRAUD, Detail::Text("no earlier located transaction")),
-                    (_, None) => (None, ResponseCode::FRAUD, Detail::Text("no merchant location")),
-                },
+                }
                 Check::Script { ast, .. } => {
                     let allow_loops = p.allow_script_loops;
                     match self.script_inputs(p).run_script(ast, allow_loops) {
                         Err(e) => return self.script_error(p, rule, r, e, d, first),
                         Ok(Verdict::Pass) => (None, ResponseCode::FRAUD, Detail::None),
-                        Ok(Verdict::Decline { code, reason }) => {
-                            (Some(Outcome::Decline(Some(code))), code, Detail::Script { reason })
-                        }
-                        Ok(Verdict::Flag { reason }) => (Some(Outcome::Flag), ResponseCode::FRAUD, Detail::Script { reason }),
-                        Ok(Verdict::Score { points, reason }) => {
-                            (Some(Outcome::Score(points)), ResponseCode::FRAUD, Detail::Script { reason })
-                        }
+                        Ok(Verdict::Decline { code, reason }) => (
+                            Some(Outcome::Decline(Some(code))),
+                            code,
+                            Detail::Script { reason },
+                        ),
+                        Ok(Verdict::Flag { reason }) => (
+                            Some(Outcome::Flag),
+                            ResponseCode::FRAUD,
+                            Detail::Script { reason },
+                        ),
+                        Ok(Verdict::Score { points, reason }) => (
+                            Some(Outcome::Score(points)),
+                            ResponseCode::FRAUD,
+                            Detail::Script { reason },
+                        ),
                     }
                 }
             },
@@ -515,7 +661,9 @@ impl<'a> Evaluator<'a> {
                     if first.is_none() {
                         let reason = match &detail {
                             // A script's own reason says more than its rule id.
-                            Detail::Script { reason } if !reason.is_empty() => Cow::Owned(reason.to_string()),
+                            Detail::Script { reason } if !reason.is_empty() => {
+                                Cow::Owned(reason.to_string())
+                            }
                             _ => Cow::Owned(rule.reason.clone()),
                         };
                         *first = Some((code, reason, Some(r)));
@@ -534,7 +682,11 @@ impl<'a> Evaluator<'a> {
                 TraceOutcome::Score(points)
             }
         };
-        d.trace.push(TraceEntry { rule: r, outcome, detail });
+        d.trace.push(TraceEntry {
+            rule: r,
+            outcome,
+            detail,
+        });
     }
 
     fn script_error(
@@ -548,10 +700,16 @@ impl<'a> Evaluator<'a> {
     ) {
         let outcome = match (p.on_error, rule.mode) {
             (OnError::Decline, Mode::Enforce) => {
-                first.get_or_insert((ResponseCode::SYSTEM_ERROR, Cow::Borrowed("script_error"), Some(r)));
+                first.get_or_insert((
+                    ResponseCode::SYSTEM_ERROR,
+                    Cow::Borrowed("script_error"),
+                    Some(r),
+                ));
                 TraceOutcome::Error(ResponseCode::SYSTEM_ERROR)
             }
-            (OnError::Decline, Mode::Shadow) => TraceOutcome::ShadowDecline(ResponseCode::SYSTEM_ERROR),
+            (OnError::Decline, Mode::Shadow) => {
+                TraceOutcome::ShadowDecline(ResponseCode::SYSTEM_ERROR)
+            }
             (OnError::Approve, _) => {
                 if rule.mode == Mode::Enforce {
                     d.flags.push(r);

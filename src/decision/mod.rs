@@ -71,12 +71,26 @@ pub struct Decision {
 
 impl Decision {
     /// Renders the trace with rule ids and human-readable details.
-    pub fn explain(&self, policy: &crate::policy::CompiledPolicy, controls: Option<&crate::policy::CompiledPolicy>) -> Vec<TraceLine> {
-        self.trace.iter().map(|t| t.render(policy, controls)).collect()
+    pub fn explain(
+        &self,
+        policy: &crate::policy::CompiledPolicy,
+        controls: Option<&crate::policy::CompiledPolicy>,
+    ) -> Vec<TraceLine> {
+        self.trace
+            .iter()
+            .map(|t| t.render(policy, controls))
+            .collect()
     }
 
-    pub fn flag_ids(&self, policy: &crate::policy::CompiledPolicy, controls: Option<&crate::policy::CompiledPolicy>) -> Vec<String> {
-        self.flags.iter().map(|r| r.id(policy, controls).to_string()).collect()
+    pub fn flag_ids(
+        &self,
+        policy: &crate::policy::CompiledPolicy,
+        controls: Option<&crate::policy::CompiledPolicy>,
+    ) -> Vec<String> {
+        self.flags
+            .iter()
+            .map(|r| r.id(policy, controls).to_string())
+            .collect()
     }
 }
 
@@ -96,7 +110,11 @@ pub struct DecisionSummary {
 }
 
 impl DecisionSummary {
-    pub fn new(d: &Decision, policy: &crate::policy::CompiledPolicy, controls: Option<&crate::policy::CompiledPolicy>) -> DecisionSummary {
+    pub fn new(
+        d: &Decision,
+        policy: &crate::policy::CompiledPolicy,
+        controls: Option<&crate::policy::CompiledPolicy>,
+    ) -> DecisionSummary {
         DecisionSummary {
             approved: d.approved,
             response_code: d.response_code,

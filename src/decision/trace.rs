@@ -22,14 +22,22 @@ pub enum RuleRef {
 }
 
 impl RuleRef {
-    pub fn rule<'p>(&self, policy: &'p CompiledPolicy, controls: Option<&'p CompiledPolicy>) -> Option<&'p Rule> {
+    pub fn rule<'p>(
+        &self,
+        policy: &'p CompiledPolicy,
+        controls: Option<&'p CompiledPolicy>,
+    ) -> Option<&'p Rule> {
         match *self {
             RuleRef::Step(_) => None,
             RuleRef::Policy(i) => policy.rules.get(usize::from(i)),
             RuleRef::Controls(i) => controls.and_then(|c| c.rules.get(usize::from(i))),
         }
     }
-    pub fn id<'p>(&self, policy: &'p CompiledPolicy, controls: Option<&'p CompiledPolicy>) -> &'p str {
+    pub fn id<'p>(
+        &self,
+        policy: &'p CompiledPolicy,
+        controls: Option<&'p CompiledPolicy>,
+    ) -> &'p str {
         match *self {
             RuleRef::Step(s) => s,
             _ => self.rule(policy, controls).map_or("?", |r| r.id.as_str()),
@@ -80,15 +88,29 @@ pub enum Detail {
     None,
     Text(&'static str),
     /// Transaction amount in the rule currency against a bound.
-    Limit { amount: Decimal },
-    Velocity { used: Totals, amount: Decimal },
+    Limit {
+        amount: Decimal,
+    },
+    Velocity {
+        used: Totals,
+        amount: Decimal,
+    },
     Country(Country),
     Location(LatLon),
-    Travel { speed_kmh: f64 },
-    Script { reason: ImmutableString },
+    Travel {
+        speed_kmh: f64,
+    },
+    Script {
+        reason: ImmutableString,
+    },
     Error(String),
-    Funds { amount: Decimal, available: Decimal },
-    Score { total: i64 },
+    Funds {
+        amount: Decimal,
+        available: Decimal,
+    },
+    Score {
+        total: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +139,13 @@ impl TraceEntry {
         let detail = match (&self.detail, rule.map(|r| &r.check)) {
             (Detail::None, _) => String::new(),
             (Detail::Text(t), _) => (*t).to_string(),
-            (Detail::Limit { amount }, Some(Check::Limit { amount_max, amount_min })) => {
+            (
+                Detail::Limit { amount },
+                Some(Check::Limit {
+                    amount_max,
+                    amount_min,
+                }),
+            ) => {
                 let mut parts = Vec::new();
                 if let Some(max) = amount_max {
                     let op = if amount > max { ">" } else { "<=" };
@@ -134,35 +162,65 @@ impl TraceEntry {
                 if let Some(max) = v.amount_max {
                     let total = used.amount + amount;
                     let op = if total > max { ">" } else { "<=" };
-                    parts.push(format!("{} + {} {op} {} {currency}", fmt(used.amount), fmt(*amount), fmt(max)));
+                    parts.push(format!(
+                        "{} + {} {op} {} {currency}",
+                        fmt(used.amount),
+                        fmt(*amount),
+                        fmt(max)
+                    ));
                 }
                 if let Some(max) = v.count_max {
                     match v.counts {
                         crate::policy::Counts::Approved => {
-                            let op = if used.count + 1 > u64::from(max) { ">" } else { "<=" };
+                            let op = if used.count + 1 > u64::from(max) {
+                                ">"
+                            } else {
+                                "<="
+                            };
                             parts.push(format!("{} + 1 {op} {max} transactions", used.count));
                         }
                         crate::policy::Counts::Declined => {
-                            let op = if used.count >= u64::from(max) { ">=" } else { "<" };
+                            let op = if used.count >= u64::from(max) {
+                                ">="
+                            } else {
+                                "<"
+                            };
                             parts.push(format!("{} declines {op} {max}", used.count));
                         }
                     }
                 }
-                format!("{} in {} ({} scope)", parts.join(", "), v.window, v.scope.as_str())
+                format!(
+                    "{} in {} ({} scope)",
+                    parts.join(", "),
+                    v.window,
+                    v.scope.as_str()
+                )
             }
             (Detail::Country(c), Some(Check::Countries { allow, list, .. })) => {
                 let verb = if *allow { "allow" } else { "deny" };
                 format!("country {c} against {verb} list {list}")
             }
             (Detail::Country(c), _) => format!("country {c}"),
-            (Detail::Location(p), Some(Check::Geofence { shape, fires_inside })) => {
-                let side = if shape.contains(*p) { "inside" } else { "outside" };
+            (
+                Detail::Location(p),
+                Some(Check::Geofence {
+                    shape,
+                    fires_inside,
+                }),
+            ) => {
+                let side = if shape.contains(*p) {
+                    "inside"
+                } else {
+                    "outside"
+                };
                 let fires = if *fires_inside { "inside" } else { "outside" };
                 format!("{side} fence ({}); fires {fires}", shape.describe(*p))
             }
             (Detail::Travel { speed_kmh }, Some(Check::Travel { speed_kmh_max })) => {
                 if speed_kmh.is_infinite() {
-                    format!("moved between two places at the same instant; max {speed_kmh_max} km/h")
+                    format!(
+                        "moved between two places at the same instant; max {speed_kmh_max} km/h"
+                    )
                 } else {
                     format!("{speed_kmh:.0} km/h since last located transaction; max {speed_kmh_max} km/h")
                 }

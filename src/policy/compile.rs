@@ -58,13 +58,23 @@ fn load_fx(dir: &Path) -> Result<Arc<FxTable>, PolicyError> {
 pub fn load_policy_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
     let fx = load_fx(dir).map_err(|e| vec![e])?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| vec![plain_error(dir, format!("cannot read rules directory: {e}"))])?
+        .map_err(|e| {
+            vec![plain_error(
+                dir,
+                format!("cannot read rules directory: {e}"),
+            )]
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(vec![plain_error(dir, "no policy files (*.yaml) found".into())]);
+        return Err(vec![plain_error(
+            dir,
+            "no policy files (*.yaml) found".into(),
+        )]);
     }
     let mut errors = Vec::new();
     let mut policies = Policies::new();
@@ -77,7 +87,11 @@ pub fn load_policy_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
                         line: 1,
                         column: 1,
                         rule: None,
-                        message: format!("policy name `{}` is already used by {}", p.name, prev.file.display()),
+                        message: format!(
+                            "policy name `{}` is already used by {}",
+                            p.name,
+                            prev.file.display()
+                        ),
                     });
                 } else {
                     policies.insert(p.name.clone(), Arc::new(p));
@@ -104,17 +118,25 @@ pub fn load_policy_file(path: &Path) -> Result<CompiledPolicy, Vec<PolicyError>>
     load_policy_file_with_fx(path, fx)
 }
 
-fn load_policy_file_with_fx(path: &Path, fx: Arc<FxTable>) -> Result<CompiledPolicy, Vec<PolicyError>> {
+fn load_policy_file_with_fx(
+    path: &Path,
+    fx: Arc<FxTable>,
+) -> Result<CompiledPolicy, Vec<PolicyError>> {
     let meta = std::fs::metadata(path).map_err(|e| vec![plain_error(path, e.to_string())])?;
     if meta.len() > POLICY_BYTES_MAX as u64 {
         return Err(vec![plain_error(
             path,
-            format!("file is {} bytes, above the {POLICY_BYTES_MAX}-byte limit", meta.len()),
+            format!(
+                "file is {} bytes, above the {POLICY_BYTES_MAX}-byte limit",
+                meta.len()
+            ),
         )]);
     }
     let text = std::fs::read_to_string(path).map_err(|e| vec![plain_error(path, e.to_string())])?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    compile_policy(path, &text, fx, &|rel: &Path| std::fs::read_to_string(base.join(rel)))
+    compile_policy(path, &text, fx, &|rel: &Path| {
+        std::fs::read_to_string(base.join(rel))
+    })
 }
 
 struct Ctx<'a> {
@@ -151,7 +173,8 @@ impl Ctx<'_> {
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Expands `$list` references and inline values into strings.
@@ -164,7 +187,9 @@ fn expand(r: &ListRef, lists: &BTreeMap<String, Vec<Scalar>>) -> Result<Vec<Stri
     for s in items {
         match s.as_str().strip_prefix('$') {
             Some(name) => {
-                let l = lists.get(name).ok_or_else(|| format!("unknown list `${name}`"))?;
+                let l = lists
+                    .get(name)
+                    .ok_or_else(|| format!("unknown list `${name}`"))?;
                 out.extend(l.iter().map(|x| x.0.clone()));
             }
             None => out.push(s.0.clone()),
@@ -177,7 +202,10 @@ fn expand(r: &ListRef, lists: &BTreeMap<String, Vec<Scalar>>) -> Result<Vec<Stri
 }
 
 fn parse_mccs(values: &[String]) -> Result<Vec<u16>, String> {
-    let mut v = values.iter().map(|s| Mcc::parse(s).map(Mcc::value)).collect::<Result<Vec<_>, _>>()?;
+    let mut v = values
+        .iter()
+        .map(|s| Mcc::parse(s).map(Mcc::value))
+        .collect::<Result<Vec<_>, _>>()?;
     v.sort_unstable();
     v.dedup();
     Ok(v)
@@ -191,7 +219,12 @@ fn parse_countries(values: &[String]) -> Result<crate::geo::CountrySet, String> 
     Ok(set)
 }
 
-fn parse_bits<T: Copy>(values: &[String], parse: impl Fn(&str) -> Option<T>, bit: impl Fn(T) -> u16, what: &str) -> Result<u16, String> {
+fn parse_bits<T: Copy>(
+    values: &[String],
+    parse: impl Fn(&str) -> Option<T>,
+    bit: impl Fn(T) -> u16,
+    what: &str,
+) -> Result<u16, String> {
     let mut bits = 0;
     for s in values {
         let v = parse(s).ok_or_else(|| format!("unknown {what} `{s}`"))?;
@@ -239,7 +272,11 @@ fn compile_matcher(
 ) -> Result<Matcher, (&'static str, String)> {
     let mut out = Matcher::default();
     if let Some(r) = &m.mcc {
-        out.mcc = Some(expand(r, lists).and_then(|v| parse_mccs(&v)).map_err(|e| ("mcc", e))?);
+        out.mcc = Some(
+            expand(r, lists)
+                .and_then(|v| parse_mccs(&v))
+                .map_err(|e| ("mcc", e))?,
+        );
     }
     if let Some(r) = &m.channel {
         out.channels = Some(
@@ -266,7 +303,11 @@ fn compile_matcher(
         out.merchants = Some(v);
     }
     if let Some(r) = &m.country {
-        out.countries = Some(expand(r, lists).and_then(|v| parse_countries(&v)).map_err(|e| ("country", e))?);
+        out.countries = Some(
+            expand(r, lists)
+                .and_then(|v| parse_countries(&v))
+                .map_err(|e| ("country", e))?,
+        );
     }
     if let Some(a) = &m.amount {
         let p = |s: &Option<Scalar>| -> Result<Option<Decimal>, (&'static str, String)> {
@@ -279,21 +320,28 @@ fn compile_matcher(
         out.amount_lt = p(&a.lt)?;
         out.amount_lte = p(&a.lte)?;
         if a.gt.is_none() && a.gte.is_none() && a.lt.is_none() && a.lte.is_none() {
-            return Err(("amount", "amount needs at least one of gt, gte, lt, lte".into()));
+            return Err((
+                "amount",
+                "amount needs at least one of gt, gte, lt, lte".into(),
+            ));
         }
     }
     if let Some(t) = &m.local_time {
         let from = parse_hhmm(&t.from).map_err(|e| ("local_time", e))?;
         let to = parse_hhmm(&t.to).map_err(|e| ("local_time", e))?;
         if from == to {
-            return Err(("local_time", "from and to are equal: the range is empty".into()));
+            return Err((
+                "local_time",
+                "from and to are equal: the range is empty".into(),
+            ));
         }
         out.local_time = Some((from, to));
     }
     if let Some(r) = &m.weekday {
         let mut bits = 0u8;
         for s in expand(r, lists).map_err(|e| ("weekday", e))? {
-            let d = parse_weekday(&s).ok_or(("weekday", format!("unknown weekday `{s}` (mon..sun)")))?;
+            let d = parse_weekday(&s)
+                .ok_or(("weekday", format!("unknown weekday `{s}` (mon..sun)")))?;
             bits |= 1 << d;
         }
         out.weekdays = Some(bits);
@@ -322,25 +370,35 @@ fn compile_cond(
 ) -> Result<Cond, (&'static str, String)> {
     match v {
         serde_norway::Value::String(expr) => {
-            let ast = script::compile_condition(expr).map_err(|e| ("", format!("Rhai condition: {e}")))?;
+            let ast = script::compile_condition(expr)
+                .map_err(|e| ("", format!("Rhai condition: {e}")))?;
             Ok(Cond::Rhai {
                 ast: Arc::new(ast),
                 source: expr.clone(),
             })
         }
         serde_norway::Value::Mapping(_) => {
-            let m: RawMatcher = serde_norway::from_value(v.clone()).map_err(|e| ("", e.to_string()))?;
+            let m: RawMatcher =
+                serde_norway::from_value(v.clone()).map_err(|e| ("", e.to_string()))?;
             compile_matcher(&m, lists, currency).map(|m| Cond::Match(Box::new(m)))
         }
-        _ => Err(("", "expected matchers (a mapping) or a Rhai expression (a string)".into())),
+        _ => Err((
+            "",
+            "expected matchers (a mapping) or a Rhai expression (a string)".into(),
+        )),
     }
 }
 
 /// A script path must be relative and stay below the policy's directory.
 fn safe_relative(p: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(p);
-    if path.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(format!("script path `{p}` must be relative and stay inside the rules directory"));
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!(
+            "script path `{p}` must be relative and stay inside the rules directory"
+        ));
     }
     if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
         return Err(format!("script path `{p}` must end in .rhai"));
@@ -363,7 +421,10 @@ pub fn compile_policy(
     if text.len() > POLICY_BYTES_MAX {
         return Err(vec![plain_error(
             path,
-            format!("file is {} bytes, above the {POLICY_BYTES_MAX}-byte limit", text.len()),
+            format!(
+                "file is {} bytes, above the {POLICY_BYTES_MAX}-byte limit",
+                text.len()
+            ),
         )]);
     }
     let mut cx = Ctx {
@@ -372,39 +433,76 @@ pub fn compile_policy(
         errors: Vec::new(),
         rule_ids: Vec::new(),
     };
-    // serde_norway bounds recursion and alias expansion, so "billion laughs" fails fast.
+    // Anchors and aliases are refused outright (named lists do their job), so a
+    // "billion laughs" file fails fast; serde_norway's own expansion bound backs this up.
+    if let Some((line, column)) = find_yaml_alias(text) {
+        return Err(vec![PolicyError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            rule: cx
+                .loc
+                .rule_at_line(line)
+                .and_then(|i| cx.loc.rule_id_text(i)),
+            message: "YAML anchors and aliases (&name, *name) are not allowed; use named lists"
+                .into(),
+        }]);
+    }
     let raw: RawPolicy = match serde_norway::from_str(text) {
         Ok(r) => r,
         Err(e) => {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            let rule = cx.loc.rule_at_line(line).and_then(|i| cx.loc.rule_id_text(i));
+            let rule = cx
+                .loc
+                .rule_at_line(line)
+                .and_then(|i| cx.loc.rule_id_text(i));
             return Err(vec![PolicyError {
                 file: path.to_path_buf(),
                 line,
                 column,
                 rule,
-                message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+                message: e
+                    .to_string()
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
             }]);
         }
     };
     cx.rule_ids = raw.rules.iter().map(|r| r.id.clone()).collect();
 
     if !valid_ident(&raw.policy) {
-        cx.top_err("policy", format!("policy name `{}` must be lowercase letters, digits, `_` or `-`", raw.policy));
+        cx.top_err(
+            "policy",
+            format!(
+                "policy name `{}` must be lowercase letters, digits, `_` or `-`",
+                raw.policy
+            ),
+        );
     }
     let currency = Currency::from_str(&raw.currency).unwrap_or_else(|e| {
         cx.top_err("currency", e.to_string());
         Currency::USD
     });
     let timezone = Tz::from_str(&raw.timezone).unwrap_or_else(|_| {
-        cx.top_err("timezone", format!("unknown time zone `{}` (IANA names such as Africa/Lagos)", raw.timezone));
+        cx.top_err(
+            "timezone",
+            format!(
+                "unknown time zone `{}` (IANA names such as Africa/Lagos)",
+                raw.timezone
+            ),
+        );
         chrono_tz::UTC
     });
     let on_error = match raw.on_error.as_deref() {
         None | Some("decline") => OnError::Decline,
         Some("approve") => OnError::Approve,
         Some(o) => {
-            cx.top_err("on_error", format!("on_error `{o}` must be decline or approve"));
+            cx.top_err(
+                "on_error",
+                format!("on_error `{o}` must be decline or approve"),
+            );
             OnError::Decline
         }
     };
@@ -414,15 +512,23 @@ pub fn compile_policy(
         }
     }
     if raw.lists.len() > LISTS_MAX {
-        cx.top_err("lists", format!("{} lists, above the limit of {LISTS_MAX}", raw.lists.len()));
+        cx.top_err(
+            "lists",
+            format!("{} lists, above the limit of {LISTS_MAX}", raw.lists.len()),
+        );
     }
     for (name, values) in &raw.lists {
         let (line, column) = cx.loc.list(name);
         let mut problem = None;
         if !valid_ident(name) {
-            problem = Some(format!("list name `{name}` must be lowercase letters, digits, `_` or `-`"));
+            problem = Some(format!(
+                "list name `{name}` must be lowercase letters, digits, `_` or `-`"
+            ));
         } else if values.len() > LIST_ENTRIES_MAX {
-            problem = Some(format!("list `{name}` has {} entries, above {LIST_ENTRIES_MAX}", values.len()));
+            problem = Some(format!(
+                "list `{name}` has {} entries, above {LIST_ENTRIES_MAX}",
+                values.len()
+            ));
         } else if values.is_empty() {
             problem = Some(format!("list `{name}` is empty"));
         }
@@ -437,13 +543,19 @@ pub fn compile_policy(
         }
     }
     if raw.rules.len() > RULES_MAX {
-        cx.top_err("rules", format!("{} rules, above the limit of {RULES_MAX}", raw.rules.len()));
+        cx.top_err(
+            "rules",
+            format!("{} rules, above the limit of {RULES_MAX}", raw.rules.len()),
+        );
     }
     if raw.rules.is_empty() {
         cx.top_err("rules", "a policy needs at least one rule");
     }
     if raw.tests.len() > TESTS_MAX {
-        cx.top_err("tests", format!("{} tests, above the limit of {TESTS_MAX}", raw.tests.len()));
+        cx.top_err(
+            "tests",
+            format!("{} tests, above the limit of {TESTS_MAX}", raw.tests.len()),
+        );
     }
 
     let mut hasher = Sha256::new();
@@ -453,7 +565,14 @@ pub fn compile_policy(
     let mut velocity_per_scope: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (i, r) in raw.rules.iter().enumerate() {
         if !valid_ident(&r.id) {
-            cx.rule_err(i, &["id"], format!("rule id `{}` must be lowercase letters, digits, `_` or `-` (at most 64)", r.id));
+            cx.rule_err(
+                i,
+                &["id"],
+                format!(
+                    "rule id `{}` must be lowercase letters, digits, `_` or `-` (at most 64)",
+                    r.id
+                ),
+            );
         }
         if !seen.insert(r.id.clone()) {
             cx.rule_err(i, &["id"], format!("duplicate rule id `{}`", r.id));
@@ -464,7 +583,14 @@ pub fn compile_policy(
                 let n = velocity_per_scope.entry(v.scope.as_str()).or_default();
                 *n += 1;
                 if *n > VELOCITY_RULES_PER_SCOPE_MAX {
-                    cx.rule_err(i, &["velocity"], format!("more than {VELOCITY_RULES_PER_SCOPE_MAX} velocity rules in scope {}", v.scope.as_str()));
+                    cx.rule_err(
+                        i,
+                        &["velocity"],
+                        format!(
+                            "more than {VELOCITY_RULES_PER_SCOPE_MAX} velocity rules in scope {}",
+                            v.scope.as_str()
+                        ),
+                    );
                 }
             }
             rules.push(rule);
@@ -535,13 +661,15 @@ fn clone_test(t: &super::raw::RawTest) -> super::raw::RawTest {
             .collect(),
         expect: match &t.expect {
             super::raw::RawExpect::Word(w) => super::raw::RawExpect::Word(w.clone()),
-            super::raw::RawExpect::Detail(d) => super::raw::RawExpect::Detail(super::raw::RawExpectDetail {
-                approve: d.approve,
-                decline: d.decline.clone(),
-                rule: d.rule.clone(),
-                flag: d.flag.clone(),
-                amount_approved: d.amount_approved.clone(),
-            }),
+            super::raw::RawExpect::Detail(d) => {
+                super::raw::RawExpect::Detail(super::raw::RawExpectDetail {
+                    approve: d.approve,
+                    decline: d.decline.clone(),
+                    rule: d.rule.clone(),
+                    flag: d.flag.clone(),
+                    amount_approved: d.amount_approved.clone(),
+                })
+            }
         },
     }
 }
@@ -560,21 +688,30 @@ fn compile_rule(
         None | Some("enforce") => Mode::Enforce,
         Some("shadow") => Mode::Shadow,
         Some(m) => {
-            cx.rule_err(i, &["mode"], format!("mode `{m}` must be enforce or shadow"));
+            cx.rule_err(
+                i,
+                &["mode"],
+                format!("mode `{m}` must be enforce or shadow"),
+            );
             Mode::Enforce
         }
     };
-    let cond = |key: &'static str, v: &Option<serde_norway::Value>, cx: &mut Ctx<'_>| -> Option<Cond> {
-        let v = v.as_ref()?;
-        match compile_cond(v, &raw.lists, currency) {
-            Ok(c) => Some(c),
-            Err((sub, msg)) => {
-                let path: Vec<&str> = if sub.is_empty() { vec![key] } else { vec![key, sub] };
-                cx.rule_err(i, &path, msg);
-                None
+    let cond =
+        |key: &'static str, v: &Option<serde_norway::Value>, cx: &mut Ctx<'_>| -> Option<Cond> {
+            let v = v.as_ref()?;
+            match compile_cond(v, &raw.lists, currency) {
+                Ok(c) => Some(c),
+                Err((sub, msg)) => {
+                    let path: Vec<&str> = if sub.is_empty() {
+                        vec![key]
+                    } else {
+                        vec![key, sub]
+                    };
+                    cx.rule_err(i, &path, msg);
+                    None
+                }
             }
-        }
-    };
+        };
     let when = cond("when", &r.when, cx);
     let unless = cond("unless", &r.unless, cx);
 
@@ -590,7 +727,11 @@ fn compile_rule(
     .flatten()
     .collect();
     if kinds.len() > 1 {
-        cx.rule_err(i, &[kinds[1]], format!("a rule has one check; found {}", kinds.join(" and ")));
+        cx.rule_err(
+            i,
+            &[kinds[1]],
+            format!("a rule has one check; found {}", kinds.join(" and ")),
+        );
         return None;
     }
 
@@ -616,10 +757,17 @@ fn compile_rule(
         }
         if let (Some(a), Some(b)) = (amount_min, amount_max) {
             if a > b {
-                cx.rule_err(i, &["limit"], format!("amount_min {a} is above amount_max {b}"));
+                cx.rule_err(
+                    i,
+                    &["limit"],
+                    format!("amount_min {a} is above amount_max {b}"),
+                );
             }
         }
-        Check::Limit { amount_max, amount_min }
+        Check::Limit {
+            amount_max,
+            amount_min,
+        }
     } else if let Some(v) = &r.velocity {
         let window = WindowSpec::parse(&v.window).unwrap_or_else(|e| {
             cx.rule_err(i, &["velocity", "window"], e);
@@ -634,7 +782,11 @@ fn compile_rule(
             cx.rule_err(i, &["velocity"], "velocity needs amount_max or count_max");
         }
         if v.count_max == Some(0) {
-            cx.rule_err(i, &["velocity", "count_max"], "count_max must be at least 1");
+            cx.rule_err(
+                i,
+                &["velocity", "count_max"],
+                "count_max must be at least 1",
+            );
         }
         let scope = match v.scope.as_deref() {
             None | Some("card") => VelocityScope::Card,
@@ -642,7 +794,11 @@ fn compile_rule(
             Some("program") => VelocityScope::Program,
             Some("card_merchant") => VelocityScope::CardMerchant,
             Some(s) => {
-                cx.rule_err(i, &["velocity", "scope"], format!("scope `{s}` must be card, cardholder, program or card_merchant"));
+                cx.rule_err(
+                    i,
+                    &["velocity", "scope"],
+                    format!("scope `{s}` must be card, cardholder, program or card_merchant"),
+                );
                 VelocityScope::Card
             }
         };
@@ -650,12 +806,20 @@ fn compile_rule(
             None | Some("approved") => Counts::Approved,
             Some("declined") => Counts::Declined,
             Some(c) => {
-                cx.rule_err(i, &["velocity", "counts"], format!("counts `{c}` must be approved or declined"));
+                cx.rule_err(
+                    i,
+                    &["velocity", "counts"],
+                    format!("counts `{c}` must be approved or declined"),
+                );
                 Counts::Approved
             }
         };
         if counts == Counts::Declined && v.amount_max.is_some() {
-            cx.rule_err(i, &["velocity", "amount_max"], "a window counting declines limits count_max only");
+            cx.rule_err(
+                i,
+                &["velocity", "amount_max"],
+                "a window counting declines limits count_max only",
+            );
         }
         // The key changes whenever what the window counts changes, so a redefined rule
         // starts from fresh counters instead of inheriting ones counted differently.
@@ -680,7 +844,11 @@ fn compile_rule(
             (Some(a), None) => (true, a, "allow"),
             (None, Some(d)) => (false, d, "deny"),
             _ => {
-                cx.rule_err(i, &["countries"], "countries takes exactly one of allow or deny");
+                cx.rule_err(
+                    i,
+                    &["countries"],
+                    "countries takes exactly one of allow or deny",
+                );
                 return None;
             }
         };
@@ -689,7 +857,11 @@ fn compile_rule(
             ListRef::Values(v) => v.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(","),
         };
         match expand(list, &raw.lists).and_then(|v| parse_countries(&v)) {
-            Ok(set) => Check::Countries { allow, set, list: name },
+            Ok(set) => Check::Countries {
+                allow,
+                set,
+                list: name,
+            },
             Err(e) => {
                 cx.rule_err(i, &["countries", key], e);
                 return None;
@@ -700,43 +872,79 @@ fn compile_rule(
             None | Some("outside") => false,
             Some("inside") => true,
             Some(f) => {
-                cx.rule_err(i, &["geofence", "fires"], format!("fires `{f}` must be outside or inside"));
+                cx.rule_err(
+                    i,
+                    &["geofence", "fires"],
+                    format!("fires `{f}` must be outside or inside"),
+                );
                 false
             }
         };
         let shape = match (&g.circle, &g.polygon) {
             (Some(c), None) => {
                 if !valid_point(c.center[0], c.center[1]) {
-                    cx.rule_err(i, &["geofence", "center"], format!("center {:?} is not a valid [lat, lon]", c.center));
+                    cx.rule_err(
+                        i,
+                        &["geofence", "center"],
+                        format!("center {:?} is not a valid [lat, lon]", c.center),
+                    );
                 }
                 if !(c.radius_km.is_finite() && c.radius_km > 0.0 && c.radius_km <= 20_000.0) {
-                    cx.rule_err(i, &["geofence", "radius_km"], format!("radius_km {} must be in (0, 20000]", c.radius_km));
+                    cx.rule_err(
+                        i,
+                        &["geofence", "radius_km"],
+                        format!("radius_km {} must be in (0, 20000]", c.radius_km),
+                    );
                 }
                 crate::geo::Shape::Circle {
-                    center: LatLon { lat: c.center[0], lon: c.center[1] },
+                    center: LatLon {
+                        lat: c.center[0],
+                        lon: c.center[1],
+                    },
                     radius_km: c.radius_km,
                 }
             }
             (None, Some(p)) => {
                 if p.len() < 3 || p.len() > 1_000 {
-                    cx.rule_err(i, &["geofence", "polygon"], format!("a polygon needs 3 to 1000 vertices, got {}", p.len()));
+                    cx.rule_err(
+                        i,
+                        &["geofence", "polygon"],
+                        format!("a polygon needs 3 to 1000 vertices, got {}", p.len()),
+                    );
                 }
                 if let Some(bad) = p.iter().find(|v| !valid_point(v[0], v[1])) {
-                    cx.rule_err(i, &["geofence", "polygon"], format!("vertex {bad:?} is not a valid [lat, lon]"));
+                    cx.rule_err(
+                        i,
+                        &["geofence", "polygon"],
+                        format!("vertex {bad:?} is not a valid [lat, lon]"),
+                    );
                 }
                 crate::geo::Shape::polygon(p)
             }
             _ => {
-                cx.rule_err(i, &["geofence"], "geofence takes exactly one of circle or polygon");
+                cx.rule_err(
+                    i,
+                    &["geofence"],
+                    "geofence takes exactly one of circle or polygon",
+                );
                 return None;
             }
         };
-        Check::Geofence { shape, fires_inside }
+        Check::Geofence {
+            shape,
+            fires_inside,
+        }
     } else if let Some(t) = &r.travel {
         if !(t.speed_kmh_max.is_finite() && t.speed_kmh_max > 0.0) {
-            cx.rule_err(i, &["travel", "speed_kmh_max"], format!("speed_kmh_max {} must be positive", t.speed_kmh_max));
+            cx.rule_err(
+                i,
+                &["travel", "speed_kmh_max"],
+                format!("speed_kmh_max {} must be positive", t.speed_kmh_max),
+            );
         }
-        Check::Travel { speed_kmh_max: t.speed_kmh_max }
+        Check::Travel {
+            speed_kmh_max: t.speed_kmh_max,
+        }
     } else if let Some(s) = &r.script {
         let rel = match safe_relative(s) {
             Ok(p) => p,
@@ -748,18 +956,31 @@ fn compile_rule(
         let text = match read_script(&rel) {
             Ok(t) => t,
             Err(e) => {
-                cx.rule_err(i, &["script"], format!("cannot read script `{}`: {e}", rel.display()));
+                cx.rule_err(
+                    i,
+                    &["script"],
+                    format!("cannot read script `{}`: {e}", rel.display()),
+                );
                 return None;
             }
         };
         hasher.update(text.as_bytes());
         match script::compile_script(&text, raw.script_loops) {
-            Ok(ast) => Check::Script { ast: Arc::new(ast), path: rel },
+            Ok(ast) => Check::Script {
+                ast: Arc::new(ast),
+                path: rel,
+            },
             Err((message, pos)) => {
                 // Point at the script itself when Rhai knows where the problem is.
                 let file = cx.file.parent().unwrap_or(Path::new(".")).join(&rel);
                 let (line, column) = pos.unwrap_or((1, 1));
-                cx.errors.push(PolicyError { file, line, column, rule: Some(r.id.clone()), message });
+                cx.errors.push(PolicyError {
+                    file,
+                    line,
+                    column,
+                    rule: Some(r.id.clone()),
+                    message,
+                });
                 return None;
             }
         }
@@ -775,10 +996,18 @@ fn compile_rule(
         .filter(|x| **x)
         .count();
     if outcomes > 1 {
-        cx.rule_err(i, &["decline"], "a rule has one outcome: decline, flag or score");
+        cx.rule_err(
+            i,
+            &["decline"],
+            "a rule has one outcome: decline, flag or score",
+        );
     }
     if matches!(check, Check::Script { .. }) && outcomes > 0 {
-        cx.rule_err(i, &["script"], "a script rule decides its own outcome; remove decline/flag/score");
+        cx.rule_err(
+            i,
+            &["script"],
+            "a script rule decides its own outcome; remove decline/flag/score",
+        );
     }
     let outcome = if let Some(code) = &r.decline {
         match crate::decision::ResponseCode::parse_decline(code.as_str()) {
@@ -792,10 +1021,18 @@ fn compile_rule(
         Outcome::Flag
     } else if let Some(points) = r.score {
         if !(-1000..=1000).contains(&points) || points == 0 {
-            cx.rule_err(i, &["score"], format!("score {points} must be non-zero and within -1000..=1000"));
+            cx.rule_err(
+                i,
+                &["score"],
+                format!("score {points} must be non-zero and within -1000..=1000"),
+            );
         }
         if raw.score_decline_at.is_none() {
-            cx.rule_err(i, &["score"], "score rules need score_decline_at at the top of the policy");
+            cx.rule_err(
+                i,
+                &["score"],
+                "score rules need score_decline_at at the top of the policy",
+            );
         }
         Outcome::Score(points)
     } else {
@@ -820,3 +1057,52 @@ fn compile_rule(
     })
 }
 
+/// 1-based position of the first YAML anchor or alias: `&x` / `*x` where a value starts,
+/// outside quotes and comments.
+fn find_yaml_alias(text: &str) -> Option<(usize, usize)> {
+    for (n, line) in text.lines().enumerate() {
+        let b = line.as_bytes();
+        let mut quote: Option<u8> = None;
+        let mut value_start = true; // start of line (after indentation) can hold a value
+        for (i, &c) in b.iter().enumerate() {
+            if let Some(q) = quote {
+                if c == q {
+                    quote = None;
+                }
+                continue;
+            }
+            match c {
+                b'"' | b'\'' if value_start => quote = Some(c),
+                b'#' if i == 0 || b[i - 1] == b' ' => break,
+                b'&' | b'*' if value_start => {
+                    if b.get(i + 1)
+                        .is_some_and(|x| x.is_ascii_alphanumeric() || *x == b'_')
+                    {
+                        return Some((n + 1, i + 1));
+                    }
+                    value_start = false;
+                }
+                b' ' | b'\t' => {}
+                b'[' | b',' | b'{' | b'-' => value_start = true,
+                b':' => value_start = b.get(i + 1).is_none_or(|x| *x == b' '),
+                _ => value_start = false,
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_yaml_alias;
+
+    #[test]
+    fn finds_anchors_and_aliases_only_where_values_start() {
+        assert_eq!(find_yaml_alias("a: &x [1]\n"), Some((1, 4)));
+        assert_eq!(find_yaml_alias("a:\n  - *x\n"), Some((2, 5)));
+        assert_eq!(find_yaml_alias("b: [*a, *a]\n"), Some((1, 5)));
+        assert_eq!(find_yaml_alias("w: 'txn.amount * 2 > 5'\n"), None);
+        assert_eq!(find_yaml_alias("w: \"*x\"\n"), None);
+        assert_eq!(find_yaml_alias("w: a*b # *c\n"), None);
+    }
+}

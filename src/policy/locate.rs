@@ -32,7 +32,11 @@ impl<'a> Locator<'a> {
         let mut item_indent: Option<usize> = None;
         let mut rules_end = lines.len();
         for (i, line) in lines.iter().enumerate() {
-            if !line.starts_with(' ') && !line.starts_with('-') && !line.trim().is_empty() && !line.starts_with('#') {
+            if !line.starts_with(' ')
+                && !line.starts_with('-')
+                && !line.trim().is_empty()
+                && !line.starts_with('#')
+            {
                 if in_rules {
                     rules_end = i;
                 }
@@ -55,7 +59,11 @@ impl<'a> Locator<'a> {
                 }
             }
         }
-        Locator { lines, rule_starts, rules_end }
+        Locator {
+            lines,
+            rule_starts,
+            rules_end,
+        }
     }
 
     /// 1-based (line, column) of rule `index`.
@@ -141,7 +149,11 @@ impl<'a> Locator<'a> {
     /// 1-based (line, column) of list entry `name:` under `lists:`.
     pub fn list(&self, name: &str) -> (usize, usize) {
         let needle = format!("{name}:");
-        let start = self.lines.iter().position(|l| l.starts_with("lists:")).unwrap_or(0);
+        let start = self
+            .lines
+            .iter()
+            .position(|l| l.starts_with("lists:"))
+            .unwrap_or(0);
         (start..self.lines.len())
             .find(|&i| self.lines[i].trim_start().starts_with(&needle))
             .map_or(self.top_key("lists"), |i| {
@@ -159,7 +171,11 @@ impl<'a> Locator<'a> {
         let mut indent = None;
         for i in start + 1..self.lines.len() {
             let l = self.lines[i];
-            if !l.starts_with(' ') && !l.starts_with('-') && !l.trim().is_empty() && !l.starts_with('#') {
+            if !l.starts_with(' ')
+                && !l.starts_with('-')
+                && !l.trim().is_empty()
+                && !l.starts_with('#')
+            {
                 break;
             }
             let ind = l.len() - l.trim_start().len();

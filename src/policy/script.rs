@@ -31,9 +31,17 @@ pub const SCRIPT_BYTES_MAX: usize = 32 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Pass,
-    Decline { code: ResponseCode, reason: ImmutableString },
-    Flag { reason: ImmutableString },
-    Score { points: i64, reason: ImmutableString },
+    Decline {
+        code: ResponseCode,
+        reason: ImmutableString,
+    },
+    Flag {
+        reason: ImmutableString,
+    },
+    Score {
+        points: i64,
+        reason: ImmutableString,
+    },
 }
 
 /// The transaction as scripts see it (amounts in the policy currency).
@@ -106,26 +114,38 @@ fn build_engine(allow_loops: bool) -> Engine {
     e.on_debug(|_, _, _| {});
 
     e.register_fn("pass", || Verdict::Pass);
-    e.register_fn("decline", |code: &str, reason: ImmutableString| -> Result<Verdict, Box<EvalAltResult>> {
-        let code = ResponseCode::parse_decline(code).map_err(|m| -> Box<EvalAltResult> { m.into() })?;
-        Ok(Verdict::Decline { code, reason })
-    });
+    e.register_fn(
+        "decline",
+        |code: &str, reason: ImmutableString| -> Result<Verdict, Box<EvalAltResult>> {
+            let code = ResponseCode::parse_decline(code)
+                .map_err(|m| -> Box<EvalAltResult> { m.into() })?;
+            Ok(Verdict::Decline { code, reason })
+        },
+    );
     e.register_fn("flag", |reason: ImmutableString| Verdict::Flag { reason });
-    e.register_fn("score", |points: i64, reason: ImmutableString| -> Result<Verdict, Box<EvalAltResult>> {
-        if !(-1000..=1000).contains(&points) {
-            return Err("score points must be within -1000..=1000".into());
-        }
-        Ok(Verdict::Score { points, reason })
-    });
-    e.register_fn("distance_km", |lat1: f64, lon1: f64, lat2: f64, lon2: f64| {
-        crate::geo::distance_km((lat1, lon1), (lat2, lon2))
-    });
+    e.register_fn(
+        "score",
+        |points: i64, reason: ImmutableString| -> Result<Verdict, Box<EvalAltResult>> {
+            if !(-1000..=1000).contains(&points) {
+                return Err("score points must be within -1000..=1000".into());
+            }
+            Ok(Verdict::Score { points, reason })
+        },
+    );
+    e.register_fn(
+        "distance_km",
+        |lat1: f64, lon1: f64, lat2: f64, lon2: f64| {
+            crate::geo::distance_km((lat1, lon1), (lat2, lon2))
+        },
+    );
 
     e.register_type_with_name::<Verdict>("Verdict");
     e.register_type_with_name::<ScriptTxn>("Txn")
         .register_get("amount", |t: &mut ScriptTxn| t.amount)
         .register_get("original_amount", |t: &mut ScriptTxn| t.original_amount)
-        .register_get("original_currency", |t: &mut ScriptTxn| t.original_currency.clone())
+        .register_get("original_currency", |t: &mut ScriptTxn| {
+            t.original_currency.clone()
+        })
         .register_get("mcc", |t: &mut ScriptTxn| t.mcc.clone())
         .register_get("country", |t: &mut ScriptTxn| t.country.clone())
         .register_get("channel", |t: &mut ScriptTxn| t.channel.clone())
@@ -133,8 +153,14 @@ fn build_engine(allow_loops: bool) -> Engine {
         .register_get("merchant_id", |t: &mut ScriptTxn| t.merchant_id.clone())
         .register_get("merchant_name", |t: &mut ScriptTxn| t.merchant_name.clone())
         .register_get("has_location", |t: &mut ScriptTxn| t.location.is_some())
-        .register_get("lat", |t: &mut ScriptTxn| t.location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.0)))
-        .register_get("lon", |t: &mut ScriptTxn| t.location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1)))
+        .register_get("lat", |t: &mut ScriptTxn| {
+            t.location
+                .map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.0))
+        })
+        .register_get("lon", |t: &mut ScriptTxn| {
+            t.location
+                .map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1))
+        })
         .register_get("local_hour", |t: &mut ScriptTxn| t.local_hour)
         .register_get("local_minute", |t: &mut ScriptTxn| t.local_minute)
         .register_get("weekday", |t: &mut ScriptTxn| t.weekday);
@@ -142,40 +168,74 @@ fn build_engine(allow_loops: bool) -> Engine {
         .register_get("status", |c: &mut ScriptCard| c.status.clone())
         .register_get("currency", |c: &mut ScriptCard| c.currency.clone())
         .register_get("kyc", |c: &mut ScriptCard| c.kyc.clone())
-        .register_get("available", |c: &mut ScriptCard| c.available.map_or(Dynamic::UNIT, Dynamic::from_decimal))
-        .register_get("has_last_location", |c: &mut ScriptCard| c.last_location.is_some())
-        .register_get("last_lat", |c: &mut ScriptCard| c.last_location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.0)))
-        .register_get("last_lon", |c: &mut ScriptCard| c.last_location.map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1)))
+        .register_get("available", |c: &mut ScriptCard| {
+            c.available.map_or(Dynamic::UNIT, Dynamic::from_decimal)
+        })
+        .register_get("has_last_location", |c: &mut ScriptCard| {
+            c.last_location.is_some()
+        })
+        .register_get("last_lat", |c: &mut ScriptCard| {
+            c.last_location
+                .map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.0))
+        })
+        .register_get("last_lon", |c: &mut ScriptCard| {
+            c.last_location
+                .map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1))
+        })
         .register_get("minutes_since_last", |c: &mut ScriptCard| {
-            c.minutes_since_last.map_or(Dynamic::UNIT, Dynamic::from_int)
+            c.minutes_since_last
+                .map_or(Dynamic::UNIT, Dynamic::from_int)
         });
     e.register_type_with_name::<ScriptHistory>("History")
-        .register_fn("count", |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
-            Ok(h.since(w)?.filter(|a| a.approved).count() as i64)
-        })
-        .register_fn("sum", |h: &mut ScriptHistory, w: &str| -> Result<Decimal, Box<EvalAltResult>> {
-            Ok(h.since(w)?.filter(|a| a.approved).map(|a| a.amount).sum())
-        })
-        .register_fn("declined", |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
-            Ok(h.since(w)?.filter(|a| !a.approved).count() as i64)
-        })
-        .register_fn("countries", |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
-            let set: BTreeSet<_> = h.since(w)?.filter(|a| a.approved).map(|a| a.country).collect();
-            Ok(set.len() as i64)
-        })
-        .register_fn("seen_merchant", |h: &mut ScriptHistory, merchant: &str| -> bool {
-            let k = crate::velocity::key_hash(&[merchant.as_bytes()]);
-            h.events.iter().any(|a| a.approved && a.merchant == k)
-        });
-    e.register_type_with_name::<ScriptLists>("Lists").register_fn(
-        "has",
-        |l: &mut ScriptLists, name: &str, value: ImmutableString| -> Result<bool, Box<EvalAltResult>> {
-            match l.0.get(name) {
-                Some(set) => Ok(set.contains(value.as_str())),
-                None => Err(format!("no list named `{name}`").into()),
-            }
-        },
-    );
+        .register_fn(
+            "count",
+            |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
+                Ok(h.since(w)?.filter(|a| a.approved).count() as i64)
+            },
+        )
+        .register_fn(
+            "sum",
+            |h: &mut ScriptHistory, w: &str| -> Result<Decimal, Box<EvalAltResult>> {
+                Ok(h.since(w)?.filter(|a| a.approved).map(|a| a.amount).sum())
+            },
+        )
+        .register_fn(
+            "declined",
+            |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
+                Ok(h.since(w)?.filter(|a| !a.approved).count() as i64)
+            },
+        )
+        .register_fn(
+            "countries",
+            |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
+                let set: BTreeSet<_> = h
+                    .since(w)?
+                    .filter(|a| a.approved)
+                    .map(|a| a.country)
+                    .collect();
+                Ok(set.len() as i64)
+            },
+        )
+        .register_fn(
+            "seen_merchant",
+            |h: &mut ScriptHistory, merchant: &str| -> bool {
+                let k = crate::velocity::key_hash(&[merchant.as_bytes()]);
+                h.events.iter().any(|a| a.approved && a.merchant == k)
+            },
+        );
+    e.register_type_with_name::<ScriptLists>("Lists")
+        .register_fn(
+            "has",
+            |l: &mut ScriptLists,
+             name: &str,
+             value: ImmutableString|
+             -> Result<bool, Box<EvalAltResult>> {
+                match l.0.get(name) {
+                    Some(set) => Ok(set.contains(value.as_str())),
+                    None => Err(format!("no list named `{name}`").into()),
+                }
+            },
+        );
     e
 }
 
@@ -202,14 +262,27 @@ fn compile_scope() -> Scope<'static> {
 
 /// Compiles a script file's text.
 /// Errors carry the 1-based (line, column) in the script where Rhai knows it.
-pub fn compile_script(text: &str, allow_loops: bool) -> Result<AST, (String, Option<(usize, usize)>)> {
+pub fn compile_script(
+    text: &str,
+    allow_loops: bool,
+) -> Result<AST, (String, Option<(usize, usize)>)> {
     if text.len() > SCRIPT_BYTES_MAX {
-        return Err((format!("script is {} bytes, above the {SCRIPT_BYTES_MAX}-byte limit", text.len()), None));
+        return Err((
+            format!(
+                "script is {} bytes, above the {SCRIPT_BYTES_MAX}-byte limit",
+                text.len()
+            ),
+            None,
+        ));
     }
     engine(allow_loops).compile_with_scope(&compile_scope(), text).map_err(|e| {
         let pos = e.position();
         let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
-        (e.0.to_string(), at)
+        let mut message = e.0.to_string();
+        if !allow_loops && ["'loop'", "'while'", "'for'", "'do'"].iter().any(|k| message.contains(k)) {
+            message.push_str(" (loops are off for this policy; `script_loops: true` allows them, bounded by the operations limit)");
+        }
+        (message, at)
     })
 }
 
@@ -226,7 +299,12 @@ pub struct ScriptInputs {
 }
 
 impl ScriptInputs {
-    pub fn new(txn: ScriptTxn, card: ScriptCard, history: ScriptHistory, lists: ScriptLists) -> ScriptInputs {
+    pub fn new(
+        txn: ScriptTxn,
+        card: ScriptCard,
+        history: ScriptHistory,
+        lists: ScriptLists,
+    ) -> ScriptInputs {
         let mut scope = Scope::new();
         scope.push_constant("txn", txn);
         scope.push_constant("card", card);
@@ -251,6 +329,7 @@ impl ScriptInputs {
         let r = engine(false).eval_ast_with_scope::<Dynamic>(&mut self.scope, ast);
         self.scope.rewind(4);
         let v = r.map_err(|e| e.to_string())?;
-        v.as_bool().map_err(|t| format!("condition must be true or false, got {t}"))
+        v.as_bool()
+            .map_err(|t| format!("condition must be true or false, got {t}"))
     }
 }

@@ -48,7 +48,11 @@ impl CardState {
         }
     }
 
-    pub fn view<'a>(&'a self, cardholder: Option<&'a VelocityState>, program: Option<&'a VelocityState>) -> CardView<'a> {
+    pub fn view<'a>(
+        &'a self,
+        cardholder: Option<&'a VelocityState>,
+        program: Option<&'a VelocityState>,
+    ) -> CardView<'a> {
         CardView {
             card_id: &self.card_id,
             status: self.status,
@@ -68,9 +72,18 @@ impl CardState {
 
     /// Applies a decision's effects. Must run under the same lock as the `decide` that
     /// produced it, so that no other decision saw the state in between.
-    pub fn apply(&mut self, d: &Decision, mut cardholder: Option<&mut VelocityState>, mut program: Option<&mut VelocityState>) {
+    pub fn apply(
+        &mut self,
+        d: &Decision,
+        mut cardholder: Option<&mut VelocityState>,
+        mut program: Option<&mut VelocityState>,
+    ) {
         let e = &d.effects;
-        let counts = if d.approved { Counts::Approved } else { Counts::Declined };
+        let counts = if d.approved {
+            Counts::Approved
+        } else {
+            Counts::Declined
+        };
         for v in e.velocity.iter().filter(|v| v.counts == counts) {
             let state = match v.scope {
                 VelocityScope::Card | VelocityScope::CardMerchant => Some(&mut self.velocity),
@@ -88,12 +101,18 @@ impl CardState {
             if let Some(location) = e.location {
                 // Never move the anchor backwards in time.
                 if self.last_seen.is_none_or(|l| l.at_ms <= e.at_ms) {
-                    self.last_seen = Some(LastSeen { at_ms: e.at_ms, location });
+                    self.last_seen = Some(LastSeen {
+                        at_ms: e.at_ms,
+                        location,
+                    });
                 }
             }
             if let Some(avail) = self.available.as_mut() {
                 *avail -= d.amount_approved;
-                assert!(*avail >= Decimal::ZERO, "an approval never takes the balance negative");
+                assert!(
+                    *avail >= Decimal::ZERO,
+                    "an approval never takes the balance negative"
+                );
             }
         }
     }

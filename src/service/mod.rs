@@ -83,8 +83,14 @@ impl Engine {
     }
 
     /// Runs `f` on the card under its lock.
-    pub fn with_card<R>(&self, card_id: &str, f: impl FnOnce(&mut CardState) -> R) -> Result<R, ServiceError> {
-        let c = self.card(card_id).ok_or_else(|| ServiceError::UnknownCard(card_id.to_string()))?;
+    pub fn with_card<R>(
+        &self,
+        card_id: &str,
+        f: impl FnOnce(&mut CardState) -> R,
+    ) -> Result<R, ServiceError> {
+        let c = self
+            .card(card_id)
+            .ok_or_else(|| ServiceError::UnknownCard(card_id.to_string()))?;
         let mut g = c.lock();
         Ok(f(&mut g))
     }
@@ -98,21 +104,36 @@ impl Engine {
 
     /// Decides and applies effects atomically under the card's lock. An unknown card is
     /// `Err`; the caller answers 14.
-    pub fn authorize(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<Authorized, ServiceError> {
-        let card = self.card(&txn.card_id).ok_or_else(|| ServiceError::UnknownCard(txn.card_id.clone()))?;
+    pub fn authorize(
+        &self,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<Authorized, ServiceError> {
+        let card = self
+            .card(&txn.card_id)
+            .ok_or_else(|| ServiceError::UnknownCard(txn.card_id.clone()))?;
         let policies = self.policies.load();
         let mut c = card.lock();
-        let policy = policies.get(&c.policy).cloned().ok_or_else(|| ServiceError::UnknownPolicy(c.policy.clone()))?;
+        let policy = policies
+            .get(&c.policy)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownPolicy(c.policy.clone()))?;
         let uses = |s| policy.has_scope(s) || c.controls.as_ref().is_some_and(|p| p.has_scope(s));
-        let holder = uses(VelocityScope::Cardholder).then(|| Self::shared(&self.cardholders, &c.cardholder_id));
-        let program = uses(VelocityScope::Program).then(|| Self::shared(&self.programs, &policy.name));
+        let holder = uses(VelocityScope::Cardholder)
+            .then(|| Self::shared(&self.cardholders, &c.cardholder_id));
+        let program =
+            uses(VelocityScope::Program).then(|| Self::shared(&self.programs, &policy.name));
         let mut holder_guard = holder.as_ref().map(|h| h.lock());
         let mut program_guard = program.as_ref().map(|p| p.lock());
         let decision = {
             let view = c.view(holder_guard.as_deref(), program_guard.as_deref());
             decide(&policy, &view, txn, now)
         };
-        c.apply(&decision, holder_guard.as_deref_mut(), program_guard.as_deref_mut());
+        c.apply(
+            &decision,
+            holder_guard.as_deref_mut(),
+            program_guard.as_deref_mut(),
+        );
         Ok(Authorized {
             decision,
             controls: c.controls.clone(),
@@ -121,14 +142,28 @@ impl Engine {
     }
 
     /// Gives back capacity for a reversed authorization (full when `ratio` is 1).
-    pub fn reverse(&self, card_id: &str, auth_id: &str, ratio: Decimal, amount_card: Decimal) -> Result<usize, ServiceError> {
-        let card = self.card(card_id).ok_or_else(|| ServiceError::UnknownCard(card_id.to_string()))?;
+    pub fn reverse(
+        &self,
+        card_id: &str,
+        auth_id: &str,
+        ratio: Decimal,
+        amount_card: Decimal,
+    ) -> Result<usize, ServiceError> {
+        let card = self
+            .card(card_id)
+            .ok_or_else(|| ServiceError::UnknownCard(card_id.to_string()))?;
         let mut c = card.lock();
         let holder = self.cardholders.get(&c.cardholder_id).map(|h| h.clone());
         let program = self.programs.get(&c.policy).map(|p| p.clone());
         let mut hg = holder.as_ref().map(|h| h.lock());
         let mut pg = program.as_ref().map(|p| p.lock());
-        Ok(c.reverse(auth_id, ratio, amount_card, hg.as_deref_mut(), pg.as_deref_mut()))
+        Ok(c.reverse(
+            auth_id,
+            ratio,
+            amount_card,
+            hg.as_deref_mut(),
+            pg.as_deref_mut(),
+        ))
     }
 
     pub fn card_count(&self) -> usize {

@@ -1,0 +1,46 @@
+//! Fixtures shared by the integration tests: the real rules directory and transactions.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use spendgate::decision::{Authorization, Channel, Country, LatLon, Mcc, Merchant, TxnType};
+use spendgate::money::Currency;
+use spendgate::policy::{load_policy_dir, PolicySet};
+
+pub fn rules() -> PolicySet {
+    load_policy_dir(Path::new("rules")).expect("shipped rules load")
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap()
+}
+
+pub fn amount(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+/// A plain card-present grocery purchase in Lagos.
+pub fn txn(id: &str, card: &str, value: &str, currency: &str) -> Authorization {
+    Authorization {
+        id: id.to_string(),
+        card_id: card.to_string(),
+        amount: amount(value),
+        currency: Currency::from_code(currency).unwrap(),
+        merchant: Merchant {
+            id: format!("merchant-{id}"),
+            name: "Shoprite".into(),
+            mcc: Mcc::parse("5411").unwrap(),
+            country: Country::parse("NG").unwrap(),
+            location: Some(LatLon {
+                lat: 6.45,
+                lon: 3.40,
+            }),
+        },
+        channel: Channel::Pos,
+        txn_type: TxnType::Purchase,
+        timestamp: None,
+        partial_ok: false,
+    }
+}
