@@ -477,3 +477,40 @@ fn without_scripts_drops_only_rhai_rules() {
     assert!(d.approved);
     assert_eq!(d.trace.len(), plain.rules.len());
 }
+
+#[test]
+fn scripts_see_every_field_with_its_type() {
+    let policy = r#"policy: fields
+currency: USD
+timezone: Africa/Lagos
+rules:
+  - id: all_fields
+    when: 'txn.mcc == "5411" && txn.country == "NG" && txn.channel == "pos" && txn.type == "purchase" && txn.original_currency == "NGN" && txn.original_amount == 15500.to_decimal() && txn.amount == 10.to_decimal() && txn.merchant_id == "merchant-f1" && txn.merchant_name == "Shoprite" && txn.has_location && txn.lat > 6.0 && txn.local_hour == 12 && txn.weekday == 3 && card.status == "active" && card.kyc == "verified" && card.currency == "NGN" && card.available == () && !card.has_last_location && history.count("24h") == 0 && history.sum("24h") == 0.to_decimal() && lists.has("ng", txn.country)'
+    decline: "57"
+lists:
+  ng: [NG]
+"#;
+    let mut fx = spendgate::money::FxTable::new(0);
+    fx.set_rate(Currency::USD, Currency::NGN, amount("1550"));
+    let p = compile_policy(
+        Path::new("fields.yaml"),
+        policy,
+        Arc::new(fx),
+        &|_| unreachable!(),
+    )
+    .unwrap();
+    let card = CardState::new("c", "h", "fields", Currency::NGN);
+    let d = decide(
+        &p,
+        &card.view(None, None),
+        &txn("f1", "c", "15500.00", "NGN"),
+        t0() + Duration::hours(0),
+    );
+    // Every comparison holds, so the condition fires: proof each getter has the right type.
+    assert_eq!(
+        (d.response_code, d.rule.as_deref()),
+        (ResponseCode::NOT_PERMITTED, Some("all_fields")),
+        "{:?}",
+        d.trace
+    );
+}

@@ -12,7 +12,8 @@ use std::sync::{Arc, OnceLock};
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Scope, AST};
 use rust_decimal::Decimal;
 
-use crate::decision::ResponseCode;
+use crate::decision::{CardStatus, Channel, Country, KycStatus, Mcc, ResponseCode, TxnType};
+use crate::money::Currency;
 use crate::velocity::{Activity, WindowSpec};
 
 /// Limits of the sandbox; a script that exceeds any of them errors out promptly.
@@ -49,11 +50,11 @@ pub enum Verdict {
 pub struct ScriptTxn {
     pub amount: Decimal,
     pub original_amount: Decimal,
-    pub original_currency: ImmutableString,
-    pub mcc: ImmutableString,
-    pub country: ImmutableString,
-    pub channel: ImmutableString,
-    pub txn_type: ImmutableString,
+    pub original_currency: Currency,
+    pub mcc: Mcc,
+    pub country: Country,
+    pub channel: Channel,
+    pub txn_type: TxnType,
     pub merchant_id: ImmutableString,
     pub merchant_name: ImmutableString,
     pub location: Option<(f64, f64)>,
@@ -65,9 +66,9 @@ pub struct ScriptTxn {
 
 #[derive(Debug, Clone)]
 pub struct ScriptCard {
-    pub status: ImmutableString,
-    pub currency: ImmutableString,
-    pub kyc: ImmutableString,
+    pub status: CardStatus,
+    pub currency: Currency,
+    pub kyc: KycStatus,
     pub available: Option<Decimal>,
     pub last_location: Option<(f64, f64)>,
     pub minutes_since_last: Option<i64>,
@@ -90,6 +91,23 @@ impl ScriptHistory {
         Ok(self.events.iter().filter(move |a| a.at_ms >= start))
     }
 }
+
+/// Shared strings for the names of small enums, so that getters clone a reference
+/// instead of allocating on every decision.
+macro_rules! interned {
+    ($fn_name:ident, $ty:ty) => {
+        fn $fn_name(v: $ty) -> ImmutableString {
+            static NAMES: OnceLock<Vec<ImmutableString>> = OnceLock::new();
+            let names =
+                NAMES.get_or_init(|| <$ty>::ALL.iter().map(|x| x.as_str().into()).collect());
+            names[v as usize].clone()
+        }
+    };
+}
+interned!(channel_name, Channel);
+interned!(txn_type_name, TxnType);
+interned!(status_name, CardStatus);
+interned!(kyc_name, KycStatus);
 
 /// Named lists of the policy, for `lists.has("name", value)`.
 #[derive(Debug, Clone, Default)]
@@ -144,12 +162,16 @@ fn build_engine(allow_loops: bool) -> Engine {
         .register_get("amount", |t: &mut ScriptTxn| t.amount)
         .register_get("original_amount", |t: &mut ScriptTxn| t.original_amount)
         .register_get("original_currency", |t: &mut ScriptTxn| {
-            t.original_currency.clone()
+            ImmutableString::from(t.original_currency.code())
         })
-        .register_get("mcc", |t: &mut ScriptTxn| t.mcc.clone())
-        .register_get("country", |t: &mut ScriptTxn| t.country.clone())
-        .register_get("channel", |t: &mut ScriptTxn| t.channel.clone())
-        .register_get("type", |t: &mut ScriptTxn| t.txn_type.clone())
+        .register_get("mcc", |t: &mut ScriptTxn| {
+            ImmutableString::from(t.mcc.to_string())
+        })
+        .register_get("country", |t: &mut ScriptTxn| {
+            ImmutableString::from(t.country.as_str())
+        })
+        .register_get("channel", |t: &mut ScriptTxn| channel_name(t.channel))
+        .register_get("type", |t: &mut ScriptTxn| txn_type_name(t.txn_type))
         .register_get("merchant_id", |t: &mut ScriptTxn| t.merchant_id.clone())
         .register_get("merchant_name", |t: &mut ScriptTxn| t.merchant_name.clone())
         .register_get("has_location", |t: &mut ScriptTxn| t.location.is_some())
@@ -165,9 +187,11 @@ fn build_engine(allow_loops: bool) -> Engine {
         .register_get("local_minute", |t: &mut ScriptTxn| t.local_minute)
         .register_get("weekday", |t: &mut ScriptTxn| t.weekday);
     e.register_type_with_name::<ScriptCard>("Card")
-        .register_get("status", |c: &mut ScriptCard| c.status.clone())
-        .register_get("currency", |c: &mut ScriptCard| c.currency.clone())
-        .register_get("kyc", |c: &mut ScriptCard| c.kyc.clone())
+        .register_get("status", |c: &mut ScriptCard| status_name(c.status))
+        .register_get("currency", |c: &mut ScriptCard| {
+            ImmutableString::from(c.currency.code())
+        })
+        .register_get("kyc", |c: &mut ScriptCard| kyc_name(c.kyc))
         .register_get("available", |c: &mut ScriptCard| {
             c.available.map_or(Dynamic::UNIT, Dynamic::from_decimal)
         })
