@@ -10,8 +10,11 @@
 pub mod cli;
 pub mod decision;
 pub mod geo;
+pub mod issuing;
+pub mod ledger;
 pub mod money;
 pub mod policy;
 pub mod policy_tests;
 pub mod service;
+pub mod store;
 pub mod velocity;

@@ -115,9 +115,22 @@ fn card_for(p: &CompiledPolicy, t: &RawTest) -> Result<CardState, String> {
         }
         card.cardholder_blocked = c.blocked.unwrap_or(false);
         if let Some(a) = &c.available {
-            card.available = Some(
-                parse_amount(a.as_str(), card.currency).map_err(|e| format!("available: {e}"))?,
-            );
+            let amount =
+                parse_amount(a.as_str(), card.currency).map_err(|e| format!("available: {e}"))?;
+            card.account = crate::ledger::CardAccount::new("test-card", card.currency);
+            if amount > Decimal::ZERO {
+                let funding = crate::ledger::AccountId::funding("test", card.currency);
+                card.account
+                    .transfer_with_funding(
+                        "test",
+                        crate::ledger::TransferKind::TopUp,
+                        funding,
+                        amount,
+                        0,
+                    )
+                    .map_err(|e| format!("available: {e}"))?;
+            }
+            card.funds_tracked = true;
         }
         if let Some(e) = &c.expiry {
             let (y, m) = e
@@ -177,8 +190,14 @@ fn run_one(
     history.sort_by_key(|(when, i, _)| (*when, *i));
     for (when, i, h) in history {
         let txn = build_txn(p, &h.txn, format!("history-{i}"), when)?;
-        let d = decide(p, &card.view(Some(&holder), Some(&program)), &txn, when);
-        card.apply(&d, Some(&mut holder), Some(&mut program));
+        card.authorize(
+            p,
+            &txn,
+            when,
+            Some(&mut holder),
+            Some(&mut program),
+            crate::ledger::HOLD_EXPIRY_DAYS_DEFAULT,
+        );
     }
     let txn = build_txn(p, &t.txn, "test".into(), at)?;
     let d = decide(p, &card.view(Some(&holder), Some(&program)), &txn, at);

@@ -10,21 +10,63 @@ use std::time::Instant;
 use chrono::{Duration, TimeZone, Utc};
 use common::{amount, rules, t0, txn};
 use rust_decimal::Decimal;
-use spendgate::decision::{decide, Country, DecisionSummary, LatLon, Mcc, ResponseCode};
+use spendgate::decision::Authorization;
+use spendgate::decision::{decide, Country, DecisionSummary, KycStatus, LatLon, Mcc, ResponseCode};
+use spendgate::issuing::{CardKind, Cardholder, Program};
+use spendgate::ledger::TransferKind;
 use spendgate::money::Currency;
 use spendgate::policy::{compile_policy, load_policy_file, OnError};
 use spendgate::policy_tests::run_policy_tests;
+use spendgate::service::responses::{AuthorizationResponse, CardResponse, ReversalResponse};
 use spendgate::service::{CardState, Engine};
 use spendgate::velocity::VelocityState;
 
 const CONSUMER: &str = "consumer-prepaid-africa";
 
-fn engine_with_card(card_id: &str, currency: Currency, available: Option<&str>) -> Engine {
+/// An engine with one active card issued through the real API and funded.
+fn setup(currency: Currency, funds: &str) -> (Engine, String) {
     let e = Engine::new(rules());
-    let mut c = CardState::new(card_id, "holder-1", CONSUMER, currency);
-    c.available = available.map(amount);
-    e.add_card(c).unwrap();
-    e
+    e.create_program(Program {
+        id: "consumer".into(),
+        policy: CONSUMER.into(),
+        currency,
+    })
+    .unwrap();
+    e.create_cardholder(
+        "h1",
+        Cardholder {
+            id: "holder-1".into(),
+            program: "consumer".into(),
+            name: "Ada Obi".into(),
+            kyc: KycStatus::Verified,
+            blocked: false,
+        },
+    )
+    .unwrap();
+    let json = e
+        .issue_card(
+            "k1",
+            "consumer",
+            "holder-1",
+            CardKind::Virtual,
+            Some(currency),
+            None,
+            true,
+            t0(),
+        )
+        .unwrap();
+    let card: CardResponse = serde_json::from_str(&json).unwrap();
+    if funds != "0" {
+        e.deposit("d1", "consumer", amount(funds), currency, t0())
+            .unwrap();
+        e.move_funds("f1", &card.id, TransferKind::TopUp, amount(funds), t0())
+            .unwrap();
+    }
+    (e, card.id)
+}
+
+fn auth(e: &Engine, t: &Authorization, now: chrono::DateTime<Utc>) -> AuthorizationResponse {
+    serde_json::from_str(&e.authorize(t, now).unwrap().json).unwrap()
 }
 
 #[test]
@@ -72,27 +114,34 @@ fn reference_policy_covers_every_rule_kind() {
 #[test]
 fn many_threads_never_exceed_a_velocity_limit_together() {
     // daily_spend allows 1000.00 USD per 24h; 8 threads try 60.00 each, 40 times.
-    let e = Arc::new(engine_with_card("c1", Currency::USD, None));
+    let (e, card) = setup(Currency::USD, "100000.00");
+    let e = Arc::new(e);
     let approved_cents = Arc::new(AtomicU64::new(0));
     let approvals = Arc::new(AtomicU64::new(0));
     std::thread::scope(|s| {
         for th in 0..8 {
-            let (e, cents, n) = (e.clone(), approved_cents.clone(), approvals.clone());
+            let (e, cents, n, card) = (
+                e.clone(),
+                approved_cents.clone(),
+                approvals.clone(),
+                card.clone(),
+            );
             s.spawn(move || {
                 for i in 0..40 {
-                    let t = txn(&format!("t{th}-{i}"), "c1", "60.00", "USD");
+                    let t = txn(&format!("t{th}-{i}"), &card, "60.00", "USD");
                     let now = t0() + Duration::milliseconds(i64::from(th * 40 + i));
-                    let d = e.authorize(&t, now).unwrap().decision;
+                    let d = auth(&e, &t, now);
                     if d.approved {
                         cents.fetch_add(
-                            (d.amount_approved * Decimal::from(100)).try_into().unwrap(),
+                            (amount(&d.amount_approved) * Decimal::from(100))
+                                .try_into()
+                                .unwrap(),
                             Ordering::SeqCst,
                         );
                         n.fetch_add(1, Ordering::SeqCst);
                     } else {
                         assert!(
-                            [ResponseCode::AMOUNT_LIMIT, ResponseCode::FRAUD]
-                                .contains(&d.response_code),
+                            ["61", "59"].contains(&d.response_code.as_str()),
                             "declined by {:?} {}",
                             d.rule,
                             d.response_code
@@ -112,20 +161,25 @@ fn many_threads_never_exceed_a_velocity_limit_together() {
 
 #[test]
 fn many_threads_never_spend_more_than_the_balance() {
-    let e = Arc::new(engine_with_card("c2", Currency::USD, Some("100.00")));
+    let (e, card) = setup(Currency::USD, "100.00");
+    let e = Arc::new(e);
     let approved = Arc::new(parking_lot::Mutex::new(Decimal::ZERO));
     std::thread::scope(|s| {
         for th in 0..8 {
-            let (e, approved) = (e.clone(), approved.clone());
+            let (e, approved, card) = (e.clone(), approved.clone(), card.clone());
             s.spawn(move || {
                 for i in 0..25 {
-                    let t = txn(&format!("f{th}-{i}"), "c2", "7.00", "USD");
-                    let d = e
-                        .authorize(&t, t0() + Duration::seconds(i64::from(th * 25 + i)))
-                        .unwrap()
-                        .decision;
+                    let t = txn(&format!("f{th}-{i}"), &card, "7.00", "USD");
+                    let d = auth(&e, &t, t0() + Duration::seconds(i64::from(th * 25 + i)));
                     if d.approved {
-                        *approved.lock() += d.amount_approved;
+                        *approved.lock() += amount(&d.amount_approved);
+                    } else {
+                        // Insufficient funds, then card-testing once five declines pile up.
+                        assert!(
+                            ["51", "59"].contains(&d.response_code.as_str()),
+                            "{:?}",
+                            d.reason
+                        );
                     }
                 }
             });
@@ -136,25 +190,33 @@ fn many_threads_never_spend_more_than_the_balance() {
         amount("98.00"),
         "14 × 7.00; the 15th would overspend"
     );
-    let left = e.with_card("c2", |c| c.available).unwrap();
-    assert_eq!(left, Some(amount("2.00")));
+    let b = e.balance(&card).unwrap();
+    assert_eq!(
+        (b.posted.as_str(), b.pending.as_str(), b.available.as_str()),
+        ("100.00", "98.00", "2.00")
+    );
 }
 
 #[test]
 fn trace_explains_the_velocity_decline() {
-    let e = engine_with_card("c3", Currency::USD, None);
-    let a = e
-        .authorize(&txn("a1", "c3", "470.00", "USD"), t0())
-        .unwrap();
-    assert!(a.decision.approved);
-    let b = e
-        .authorize(&txn("a2", "c3", "470.00", "USD"), t0() + Duration::hours(1))
-        .unwrap();
-    assert!(b.decision.approved);
-    let c = e
-        .authorize(&txn("a3", "c3", "80.00", "USD"), t0() + Duration::hours(2))
-        .unwrap();
-    let s = DecisionSummary::new(&c.decision, &c.policy, None);
+    let (e, card) = setup(Currency::USD, "5000.00");
+    assert!(auth(&e, &txn("a1", &card, "470.00", "USD"), t0()).approved);
+    assert!(
+        auth(
+            &e,
+            &txn("a2", &card, "470.00", "USD"),
+            t0() + Duration::hours(1)
+        )
+        .approved
+    );
+    let t = txn("a3", &card, "80.00", "USD");
+    // Simulation shows every rule and changes nothing.
+    let sim = e.simulate(&t, t0() + Duration::hours(2)).unwrap();
+    assert!(
+        sim.trace.iter().any(|l| l.rule == "night_owl"),
+        "every rule is in the simulated trace"
+    );
+    let s = auth(&e, &t, t0() + Duration::hours(2));
     assert_eq!(
         (s.approved, s.response_code.as_str(), s.rule.as_deref()),
         (false, "61", Some("daily_spend"))
@@ -165,52 +227,41 @@ fn trace_explains_the_velocity_decline() {
         line.detail,
         "940.00 + 80.00 > 1000.00 USD, 2 + 1 <= 20 transactions in 24h (card scope)"
     );
-    // Every rule appears in the trace, even after the deciding one.
-    assert!(s.trace.iter().any(|t| t.rule == "night_owl"));
-    assert_eq!(s.policy_version, c.policy.version);
+    assert_eq!(
+        sim.trace
+            .iter()
+            .find(|t| t.rule == "daily_spend")
+            .unwrap()
+            .detail,
+        line.detail
+    );
+    assert_eq!(s.policy_version, rules().get(CONSUMER).unwrap().version);
 }
 
 #[test]
-fn reversal_gives_velocity_capacity_back() {
-    let e = engine_with_card("c4", Currency::USD, None);
-    assert!(
-        e.authorize(&txn("r1", "c4", "450.00", "USD"), t0())
-            .unwrap()
-            .decision
-            .approved
-    );
-    assert!(
-        e.authorize(&txn("r2", "c4", "450.00", "USD"), t0())
-            .unwrap()
-            .decision
-            .approved
-    );
-    let over = e
-        .authorize(&txn("r3", "c4", "450.00", "USD"), t0())
-        .unwrap()
-        .decision;
-    assert_eq!(over.response_code, ResponseCode::AMOUNT_LIMIT);
-    // Windows: daily_spend, cardholder_weekly, merchant_repeat, program_hourly_exposure.
-    assert!(e.reverse("c4", "r2", Decimal::ONE, Decimal::ZERO).unwrap() >= 2);
-    assert!(
-        e.authorize(&txn("r4", "c4", "450.00", "USD"), t0())
-            .unwrap()
-            .decision
-            .approved
-    );
+fn reversal_gives_velocity_capacity_and_funds_back() {
+    let (e, card) = setup(Currency::USD, "5000.00");
+    assert!(auth(&e, &txn("r1", &card, "450.00", "USD"), t0()).approved);
+    assert!(auth(&e, &txn("r2", &card, "450.00", "USD"), t0()).approved);
+    let over = auth(&e, &txn("r3", &card, "450.00", "USD"), t0());
+    assert_eq!(over.response_code, "61");
+    let r: ReversalResponse =
+        serde_json::from_str(&e.reverse("rev1", "r2", None, t0()).unwrap()).unwrap();
+    assert!(r.matched);
+    assert_eq!(r.available_after.as_deref(), Some("4550.00"));
+    assert!(auth(&e, &txn("r4", &card, "450.00", "USD"), t0()).approved);
 }
 
 #[test]
 fn shadow_rule_is_recorded_but_not_enforced() {
-    let e = engine_with_card("c5", Currency::NGN, None);
-    let mut t = txn("s1", "c5", "5000.00", "NGN");
+    let (e, card) = setup(Currency::NGN, "1000000.00");
+    let mut t = txn("s1", &card, "5000.00", "NGN");
     t.merchant.location = Some(LatLon {
         lat: 9.0765,
         lon: 7.3986,
     }); // Abuja: outside the Lagos fence
-    let a = e.authorize(&t, t0()).unwrap();
-    assert!(a.decision.approved);
-    let s = DecisionSummary::new(&a.decision, &a.policy, None);
+    let s = auth(&e, &t, t0());
+    assert!(s.approved);
     let fence = s.trace.iter().find(|l| l.rule == "lagos_geofence").unwrap();
     assert_eq!(fence.outcome, "shadow: would decline 62");
     assert!(
@@ -222,23 +273,20 @@ fn shadow_rule_is_recorded_but_not_enforced() {
 
 #[test]
 fn impossible_travel_with_a_clock_that_goes_backwards() {
-    let e = engine_with_card("c6", Currency::USD, None);
-    let mut lagos = txn("b1", "c6", "10.00", "USD");
+    let (e, card) = setup(Currency::USD, "5000.00");
+    let mut lagos = txn("b1", &card, "10.00", "USD");
     lagos.merchant.location = Some(LatLon {
         lat: 6.5244,
         lon: 3.3792,
     });
-    assert!(e.authorize(&lagos, t0()).unwrap().decision.approved);
+    assert!(auth(&e, &lagos, t0()).approved);
     // The clock steps back an hour: the same place is still fine, nothing panics, and
     // the velocity window keeps counting the earlier spend.
     lagos.id = "b2".into();
-    let back = e
-        .authorize(&lagos, t0() - Duration::hours(1))
-        .unwrap()
-        .decision;
+    let back = auth(&e, &lagos, t0() - Duration::hours(1));
     assert!(back.approved, "{:?}", back.reason);
     let used = e
-        .with_card("c6", |c| {
+        .with_card(&card, |c| {
             let p = rules().get(CONSUMER).unwrap().clone();
             let daily = p.rules.iter().find(|r| r.id == "daily_spend").unwrap();
             let spendgate::policy::Check::Velocity(v) = &daily.check else {
@@ -250,19 +298,16 @@ fn impossible_travel_with_a_clock_that_goes_backwards() {
         .unwrap();
     assert_eq!((used.amount, used.count), (amount("20.00"), 2));
     // Anchor did not move back in time: Nairobi right after t0 is impossible.
-    let mut nairobi = txn("b3", "c6", "10.00", "USD");
+    let mut nairobi = txn("b3", &card, "10.00", "USD");
     nairobi.merchant.country = Country::parse("KE").unwrap();
     nairobi.merchant.location = Some(LatLon {
         lat: -1.2921,
         lon: 36.8219,
     });
-    let d = e
-        .authorize(&nairobi, t0() + Duration::minutes(30))
-        .unwrap()
-        .decision;
+    let d = auth(&e, &nairobi, t0() + Duration::minutes(30));
     assert_eq!(
-        (d.response_code, d.rule.as_deref()),
-        (ResponseCode::FRAUD, Some("impossible_travel"))
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("59", Some("impossible_travel"))
     );
 }
 
@@ -275,9 +320,9 @@ fn spend(
     value: &str,
     at: chrono::DateTime<Utc>,
 ) -> bool {
-    let d = decide(p, &card.view(None, None), &txn(id, "c", value, "USD"), at);
-    card.apply(&d, None, None);
-    d.approved
+    card.authorize(p, &txn(id, "c", value, "USD"), at, None, None, 7)
+        .0
+        .approved
 }
 
 #[test]
@@ -373,86 +418,73 @@ fn hostile_scripts_end_promptly_with_on_error() {
 
 #[test]
 fn request_validation_comes_first() {
-    let e = engine_with_card("c7", Currency::USD, None);
-    let mut t = txn("v1", "c7", "10.005", "USD");
-    assert_eq!(
-        e.authorize(&t, t0()).unwrap().decision.response_code,
-        ResponseCode::INVALID_AMOUNT
-    );
+    let (e, card) = setup(Currency::USD, "5000.00");
+    let mut t = txn("v1", &card, "10.005", "USD");
+    assert_eq!(auth(&e, &t, t0()).response_code, "13");
+    t.id = "v1b".into();
     t.amount = amount("-1");
-    assert_eq!(
-        e.authorize(&t, t0()).unwrap().decision.response_code,
-        ResponseCode::INVALID_AMOUNT
-    );
+    assert_eq!(auth(&e, &t, t0()).response_code, "13");
+    t.id = "v1c".into();
     t.amount = amount("10");
     t.merchant.location = Some(LatLon {
         lat: 91.0,
         lon: 0.0,
     });
-    assert_eq!(
-        e.authorize(&t, t0()).unwrap().decision.response_code,
-        ResponseCode::FORMAT_ERROR
-    );
+    assert_eq!(auth(&e, &t, t0()).response_code, "30");
+    t.id = "v1d".into();
     t.merchant.location = None;
     t.merchant.mcc = Mcc::parse("7995").unwrap();
-    let d = e.authorize(&t, t0()).unwrap().decision;
+    let d = auth(&e, &t, t0());
     assert_eq!(
-        (d.response_code, d.rule.as_deref()),
-        (ResponseCode::NOT_PERMITTED, Some("no_gambling"))
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("57", Some("no_gambling"))
     );
-    assert!(e.authorize(&txn("v2", "nope", "1", "USD"), t0()).is_err());
+    assert_eq!(
+        auth(&e, &txn("v2", "nope", "1", "USD"), t0()).response_code,
+        "14"
+    );
+    // Nothing was held by any of the declines.
+    assert_eq!(e.balance(&card).unwrap().pending, "0.00");
 }
 
 #[test]
 fn declines_count_in_declined_windows_only() {
-    let e = engine_with_card("c8", Currency::USD, None);
+    let (e, card) = setup(Currency::USD, "5000.00");
     for i in 0..5 {
-        let mut t = txn(&format!("g{i}"), "c8", "5.00", "USD");
+        let mut t = txn(&format!("g{i}"), &card, "5.00", "USD");
         t.merchant.mcc = Mcc::parse("7995").unwrap();
-        assert!(
-            !e.authorize(&t, t0() + Duration::minutes(i))
-                .unwrap()
-                .decision
-                .approved
-        );
+        assert!(!auth(&e, &t, t0() + Duration::minutes(i)).approved);
     }
-    let d = e
-        .authorize(
-            &txn("ok", "c8", "5.00", "USD"),
-            t0() + Duration::minutes(10),
-        )
-        .unwrap()
-        .decision;
+    let d = auth(
+        &e,
+        &txn("ok", &card, "5.00", "USD"),
+        t0() + Duration::minutes(10),
+    );
     assert_eq!(
-        (d.response_code, d.rule.as_deref()),
-        (ResponseCode::FRAUD, Some("card_testing"))
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("59", Some("card_testing"))
     );
     // An hour after the first declines they have left the window.
-    let d = e
-        .authorize(
-            &txn("later", "c8", "5.00", "USD"),
-            t0() + Duration::minutes(65),
-        )
-        .unwrap()
-        .decision;
+    let d = auth(
+        &e,
+        &txn("later", &card, "5.00", "USD"),
+        t0() + Duration::minutes(65),
+    );
     assert!(d.approved, "{:?}", d.reason);
 }
 
 #[test]
 fn policy_swap_takes_effect_for_new_decisions() {
-    let e = engine_with_card("c9", Currency::USD, None);
-    let before = e.authorize(&txn("p1", "c9", "1.00", "USD"), t0()).unwrap();
+    let (e, card) = setup(Currency::USD, "5000.00");
+    let before = auth(&e, &txn("p1", &card, "1.00", "USD"), t0());
     let mut set = rules();
     let mut p = (**set.get(CONSUMER).unwrap()).clone();
     p.version = "test-version".into();
     set.policies.insert(CONSUMER.into(), Arc::new(p));
     e.replace_policies(set);
-    let after = e.authorize(&txn("p2", "c9", "1.00", "USD"), t0()).unwrap();
-    assert_ne!(
-        before.decision.policy_version,
-        after.decision.policy_version
-    );
-    assert_eq!(after.decision.policy_version, "test-version");
+    let after = auth(&e, &txn("p2", &card, "1.00", "USD"), t0());
+    assert_ne!(before.policy_version, after.policy_version);
+    assert_eq!(after.policy_version, "test-version");
 }
 
 #[test]

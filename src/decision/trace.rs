@@ -3,7 +3,7 @@
 
 use rhai::ImmutableString;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Country, LatLon, ResponseCode};
 use crate::money::format_amount;
@@ -121,7 +121,7 @@ pub struct TraceEntry {
 }
 
 /// A rendered trace line: `{rule, outcome, detail}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceLine {
     pub rule: String,
     pub outcome: String,

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
-use crate::decision::{CardStatus, CardView, Decision, Expiry, KycStatus, LastSeen};
+use crate::decision::{CardStatus, CardView, Effects, Expiry, KycStatus, LastSeen};
+use crate::ledger::CardAccount;
 use crate::money::Currency;
 use crate::policy::{CompiledPolicy, Counts, VelocityScope};
 use crate::velocity::{ActivityLog, VelocityState};
@@ -21,8 +22,10 @@ pub struct CardState {
     pub kyc: KycStatus,
     pub cardholder_blocked: bool,
     pub currency: Currency,
-    /// Spendable balance; `None` when funds are not tracked.
-    pub available: Option<Decimal>,
+    /// The card's prepaid account: posted balance and holds.
+    pub account: CardAccount,
+    /// Whether decisions check funds (policy tests and pure-engine uses may not).
+    pub funds_tracked: bool,
     pub velocity: VelocityState,
     pub activity: ActivityLog,
     pub last_seen: Option<LastSeen>,
@@ -40,12 +43,17 @@ impl CardState {
             kyc: KycStatus::Verified,
             cardholder_blocked: false,
             currency,
-            available: None,
+            account: CardAccount::new(card_id, currency),
+            funds_tracked: false,
             velocity: VelocityState::default(),
             activity: ActivityLog::default(),
             last_seen: None,
             controls: None,
         }
+    }
+
+    pub fn available(&self) -> Option<Decimal> {
+        self.funds_tracked.then(|| self.account.available())
     }
 
     pub fn view<'a>(
@@ -60,7 +68,7 @@ impl CardState {
             kyc: self.kyc,
             cardholder_blocked: self.cardholder_blocked,
             currency: self.currency,
-            available: self.available,
+            available: self.available(),
             card_velocity: &self.velocity,
             cardholder_velocity: cardholder,
             program_velocity: program,
@@ -70,16 +78,17 @@ impl CardState {
         }
     }
 
-    /// Applies a decision's effects. Must run under the same lock as the `decide` that
-    /// produced it, so that no other decision saw the state in between.
+    /// Applies a decision's effects (velocity windows, activity, location). Must run
+    /// under the same lock as the `decide` that produced them; also replays stored
+    /// decisions at start-up.
     pub fn apply(
         &mut self,
-        d: &Decision,
+        approved: bool,
+        e: &Effects,
         mut cardholder: Option<&mut VelocityState>,
         mut program: Option<&mut VelocityState>,
     ) {
-        let e = &d.effects;
-        let counts = if d.approved {
+        let counts = if approved {
             Counts::Approved
         } else {
             Counts::Declined
@@ -94,10 +103,11 @@ impl CardState {
                 s.record(v.key, v.start_ms, e.at_ms, v.amount, e.auth_key);
             }
         }
-        if let Some(a) = e.activity {
+        if let Some(mut a) = e.activity {
+            a.approved = approved;
             self.activity.push(a);
         }
-        if d.approved {
+        if approved {
             if let Some(location) = e.location {
                 // Never move the anchor backwards in time.
                 if self.last_seen.is_none_or(|l| l.at_ms <= e.at_ms) {
@@ -107,25 +117,22 @@ impl CardState {
                     });
                 }
             }
-            if let Some(avail) = self.available.as_mut() {
-                *avail -= d.amount_approved;
-                assert!(
-                    *avail >= Decimal::ZERO,
-                    "an approval never takes the balance negative"
-                );
-            }
         }
     }
 
-    /// Gives back velocity capacity (and funds) for a reversed or expired authorization.
-    pub fn reverse(
+    /// Gives velocity capacity back for a reversed, expired or under-captured
+    /// authorization. Returns the number of windows touched.
+    pub fn release_velocity(
         &mut self,
         auth_id: &str,
         ratio: Decimal,
-        amount_card: Decimal,
         cardholder: Option<&mut VelocityState>,
         program: Option<&mut VelocityState>,
     ) -> usize {
+        if ratio <= Decimal::ZERO {
+            return 0;
+        }
+        let ratio = ratio.min(Decimal::ONE);
         let key = crate::velocity::key_hash(&[auth_id.as_bytes()]);
         let mut n = self.velocity.reverse(key, ratio);
         if let Some(s) = cardholder {
@@ -134,9 +141,59 @@ impl CardState {
         if let Some(s) = program {
             n += s.reverse(key, ratio);
         }
-        if let Some(a) = self.available.as_mut() {
-            *a += amount_card;
-        }
         n
+    }
+}
+
+impl CardState {
+    /// Decides and applies everything in memory: effects, and the hold when funds are
+    /// tracked. The caller holds the card's lock (and the shared scopes' locks).
+    pub fn authorize(
+        &mut self,
+        policy: &CompiledPolicy,
+        txn: &crate::decision::Authorization,
+        now: chrono::DateTime<chrono::Utc>,
+        cardholder: Option<&mut VelocityState>,
+        program: Option<&mut VelocityState>,
+        hold_expiry_days: u32,
+    ) -> (crate::decision::Decision, Option<crate::ledger::Hold>) {
+        let d = crate::decision::decide(
+            policy,
+            &self.view(cardholder.as_deref(), program.as_deref()),
+            txn,
+            now,
+        );
+        self.apply(
+            d.approved,
+            &d.effects,
+            cardholder,
+            program,
+        );
+        let mut hold = None;
+        if d.approved
+            && self.funds_tracked
+            && txn.txn_type != crate::decision::TxnType::Verification
+        {
+            let rate = d.fx.map_or(Decimal::ONE, |q| q.rate);
+            // A partial approval holds the approved share of the transaction amount.
+            let txn_amount = if d.amount_approved == d.amount_card {
+                txn.amount
+            } else {
+                (txn.amount * d.amount_approved / d.amount_card).round_dp_with_strategy(
+                    txn.currency.exponent(),
+                    rust_decimal::RoundingStrategy::ToZero,
+                )
+            };
+            hold = Some(self.account.place_hold(
+                &txn.id,
+                d.amount_approved,
+                txn_amount,
+                txn.currency,
+                rate,
+                d.effects.at_ms,
+                hold_expiry_days,
+            ));
+        }
+        (d, hold)
     }
 }

@@ -1,59 +1,233 @@
-//! Orchestration: per-card locks around the pure core, and the effects it asks for.
+//! Orchestration: per-card locks around the pure core, the ledger, and the store.
 //!
-//! Lock order is always card → cardholder → program, so two authorizations can never
-//! deadlock, and a card's decision and its effects happen in one critical section.
+//! Lock order is always card → cardholder velocity → program velocity → house accounts,
+//! so operations never deadlock, and a card's decision, its hold and its effects happen in
+//! one critical section. Writes are submitted to the store inside that section (so commit
+//! order matches memory order) and waited for outside it; nothing is answered before
+//! its writes are durable.
 
 mod card;
+mod idempotency;
+pub mod responses;
 
 pub use card::CardState;
+pub use idempotency::{request_hash, Begin, Idempotency};
 
+use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
-use crate::decision::{decide, Authorization, Decision};
+use crate::decision::{
+    Authorization, CardStatus, Decision, DecisionSummary, Expiry, KycStatus, TraceLine,
+    TraceOutcome,
+};
+use crate::issuing::{
+    transition, CardAction, CardKind, CardRecord, Cardholder, Program, SpendingControls,
+    TransitionError,
+};
+use crate::ledger::{check_amount, AccountId, HoldStatus, LedgerError, Transfer, TransferKind};
+use crate::money::{format_amount, Currency, MoneyError};
 use crate::policy::{CompiledPolicy, PolicySet, VelocityScope};
+use crate::store::{DecisionRow, Snapshot, Store, Write};
 use crate::velocity::VelocityState;
+use responses::*;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ServiceError {
+/// Errors of engine operations. Each has a stable kind for API error types.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
     #[error("unknown card `{0}`")]
     UnknownCard(String),
-    #[error("card `{0}` already exists")]
-    CardExists(String),
-    #[error("card refers to unknown policy `{0}`")]
+    #[error("unknown cardholder `{0}`")]
+    UnknownCardholder(String),
+    #[error("unknown program `{0}`")]
+    UnknownProgram(String),
+    #[error("unknown policy `{0}`")]
     UnknownPolicy(String),
+    #[error("no authorization `{0}`")]
+    UnknownAuthorization(String),
+    #[error("{0} `{1}` already exists")]
+    Exists(&'static str, String),
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyConflict,
+    #[error("{0}")]
+    Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    Transition(#[from] TransitionError),
+    #[error("invalid controls: {0}")]
+    InvalidControls(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Money(#[from] MoneyError),
 }
 
-/// The result of an authorization with the policy snapshot that decided it.
+impl EngineError {
+    /// A stable, machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::UnknownCard(_) => "card_not_found",
+            EngineError::UnknownCardholder(_) => "cardholder_not_found",
+            EngineError::UnknownProgram(_) => "program_not_found",
+            EngineError::UnknownPolicy(_) => "policy_not_found",
+            EngineError::UnknownAuthorization(_) => "authorization_not_found",
+            EngineError::Exists(..) => "already_exists",
+            EngineError::IdempotencyConflict => "idempotency_conflict",
+            EngineError::Ledger(
+                LedgerError::InsufficientFunds { .. }
+                | LedgerError::InsufficientProgramFunds { .. },
+            ) => "insufficient_funds",
+            EngineError::Ledger(LedgerError::CardTerminated) => "card_terminated",
+            EngineError::Ledger(LedgerError::HoldNotPending { .. }) => "hold_not_pending",
+            EngineError::Ledger(LedgerError::PendingHolds(_)) => "pending_holds",
+            EngineError::Ledger(_) => "invalid_amount",
+            EngineError::Transition(_) => "invalid_transition",
+            EngineError::InvalidControls(_) => "invalid_controls",
+            EngineError::Invalid(_) => "invalid_request",
+            EngineError::Money(MoneyError::NoRate { .. }) => "fx_rate_unavailable",
+            EngineError::Money(_) => "invalid_amount",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub hold_expiry_days: u32,
+    pub over_capture_bps: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            hold_expiry_days: crate::ledger::HOLD_EXPIRY_DAYS_DEFAULT,
+            over_capture_bps: crate::ledger::OVER_CAPTURE_BPS_DEFAULT,
+        }
+    }
+}
+
+/// The answer to an authorization, serialized, plus what the caller may want to log.
+#[derive(Debug, Clone)]
 pub struct Authorized {
-    pub decision: Decision,
-    pub policy: Arc<CompiledPolicy>,
-    pub controls: Option<Arc<CompiledPolicy>>,
+    pub json: Arc<str>,
+    pub approved: bool,
+    pub response_code: String,
+    pub rule: Option<String>,
+    pub replayed: bool,
 }
 
 type Shared<T> = Arc<Mutex<T>>;
+type CardGuard = parking_lot::ArcMutexGuard<parking_lot::RawMutex, CardState>;
 
-/// Live state: cards, shared velocity scopes, and the current policies.
+/// Stored form of a decision's effects, enough to rebuild velocity state at start-up.
+#[derive(Debug, Serialize, Deserialize)]
+struct EffectsRecord {
+    at: i64,
+    auth: u64,
+    /// (scope, key, window start, amount, counts declined)
+    v: Vec<(u8, u64, i64, String, bool)>,
+    loc: Option<(f64, f64)>,
+    act: Option<(String, String, u64)>,
+}
+
+const SCOPES: [&str; 14] = [
+    "authorization",
+    "capture",
+    "reversal",
+    "refund",
+    "advice",
+    "fund",
+    "withdraw",
+    "deposit",
+    "card",
+    "cardholder",
+    "program",
+    "status",
+    "controls",
+    "cardholder_update",
+];
+
+fn scope_id(s: VelocityScope) -> u8 {
+    match s {
+        VelocityScope::Card => 0,
+        VelocityScope::Cardholder => 1,
+        VelocityScope::Program => 2,
+        VelocityScope::CardMerchant => 3,
+    }
+}
+
+fn scope_from(id: u8) -> VelocityScope {
+    match id {
+        1 => VelocityScope::Cardholder,
+        2 => VelocityScope::Program,
+        3 => VelocityScope::CardMerchant,
+        _ => VelocityScope::Card,
+    }
+}
+
+/// Live state: cards, holders, programs, house accounts, idempotency, policies, store.
 pub struct Engine {
     cards: DashMap<String, Shared<CardState>>,
-    cardholders: DashMap<String, Shared<VelocityState>>,
-    programs: DashMap<String, Shared<VelocityState>>,
+    records: DashMap<String, CardRecord>,
+    holder_velocity: DashMap<String, Shared<VelocityState>>,
+    program_velocity: DashMap<String, Shared<VelocityState>>,
+    programs: DashMap<String, Program>,
+    cardholders: DashMap<String, Cardholder>,
+    /// Authorization id → card id, for captures and reversals.
+    auth_index: DashMap<String, String>,
+    /// Balances of every non-card account.
+    house: Mutex<BTreeMap<AccountId, Decimal>>,
+    idem: Idempotency,
     policies: ArcSwap<PolicySet>,
+    store: Option<Arc<Store>>,
+    pub config: EngineConfig,
+}
+
+fn money(d: Decimal, c: Currency) -> String {
+    format_amount(d, c)
 }
 
 impl Engine {
+    /// A memory-only engine (no store): for tests of the decision path and benches.
     pub fn new(policies: PolicySet) -> Engine {
         Engine {
             cards: DashMap::new(),
-            cardholders: DashMap::new(),
+            records: DashMap::new(),
+            holder_velocity: DashMap::new(),
+            program_velocity: DashMap::new(),
             programs: DashMap::new(),
+            cardholders: DashMap::new(),
+            auth_index: DashMap::new(),
+            house: Mutex::new(BTreeMap::new()),
+            idem: Idempotency::default(),
             policies: ArcSwap::from_pointee(policies),
+            store: None,
+            config: EngineConfig::default(),
         }
+    }
+
+    /// An engine on a store, with all state rebuilt from the store's snapshot.
+    pub fn open(
+        policies: PolicySet,
+        store: Arc<Store>,
+        snapshot: Snapshot,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        let mut e = Engine::new(policies);
+        e.config = config;
+        e.recover(snapshot)?;
+        e.store = Some(store);
+        Ok(e)
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     pub fn policies(&self) -> Arc<PolicySet> {
@@ -65,16 +239,16 @@ impl Engine {
         self.policies.store(Arc::new(p));
     }
 
-    pub fn add_card(&self, card: CardState) -> Result<(), ServiceError> {
-        if self.policies.load().get(&card.policy).is_none() {
-            return Err(ServiceError::UnknownPolicy(card.policy));
+    fn persist(&self, writes: Vec<Write>) -> u64 {
+        match &self.store {
+            Some(s) => s.submit(writes),
+            None => 0,
         }
-        match self.cards.entry(card.card_id.clone()) {
-            dashmap::Entry::Occupied(_) => Err(ServiceError::CardExists(card.card_id)),
-            dashmap::Entry::Vacant(v) => {
-                v.insert(Arc::new(Mutex::new(card)));
-                Ok(())
-            }
+    }
+
+    fn wait(&self, seq: u64) {
+        if let (Some(s), true) = (&self.store, seq > 0) {
+            s.wait(seq);
         }
     }
 
@@ -82,15 +256,33 @@ impl Engine {
         self.cards.get(card_id).map(|c| c.clone())
     }
 
+    pub fn card_count(&self) -> usize {
+        self.cards.len()
+    }
+
+    /// Adds a card state directly (memory-only engines, tests and benches).
+    pub fn add_card(&self, card: CardState) -> Result<(), EngineError> {
+        if self.policies.load().get(&card.policy).is_none() {
+            return Err(EngineError::UnknownPolicy(card.policy));
+        }
+        match self.cards.entry(card.card_id.clone()) {
+            dashmap::Entry::Occupied(_) => Err(EngineError::Exists("card", card.card_id)),
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Arc::new(Mutex::new(card)));
+                Ok(())
+            }
+        }
+    }
+
     /// Runs `f` on the card under its lock.
     pub fn with_card<R>(
         &self,
         card_id: &str,
         f: impl FnOnce(&mut CardState) -> R,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<R, EngineError> {
         let c = self
             .card(card_id)
-            .ok_or_else(|| ServiceError::UnknownCard(card_id.to_string()))?;
+            .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
         let mut g = c.lock();
         Ok(f(&mut g))
     }
@@ -102,71 +294,1095 @@ impl Engine {
         map.entry(key.to_string()).or_default().clone()
     }
 
-    /// Decides and applies effects atomically under the card's lock. An unknown card is
-    /// `Err`; the caller answers 14.
+    /// Runs an operation once per idempotency key. `op` returns the response and the
+    /// writes; the response is stored with them and replayed on retries.
+    fn idempotent<R: Serialize>(
+        &self,
+        scope: &'static str,
+        key: &str,
+        request: &impl Serialize,
+        op: impl FnOnce() -> Result<(R, Vec<Write>, Option<CardGuard>), EngineError>,
+    ) -> Result<Arc<str>, EngineError> {
+        if key.is_empty() || key.len() > 128 {
+            return Err(EngineError::Invalid(
+                "idempotency key must be 1 to 128 characters".into(),
+            ));
+        }
+        let hash = request_hash(&serde_json::to_vec(request).unwrap_or_default());
+        match self.idem.begin(scope, key, &hash) {
+            Begin::Replay { response, seq } => {
+                self.wait(seq);
+                return Ok(response);
+            }
+            Begin::Conflict => return Err(EngineError::IdempotencyConflict),
+            Begin::Go => {}
+        }
+        let (response, mut writes, guard) = match op() {
+            Ok(x) => x,
+            Err(e) => {
+                self.idem.abort(scope, key);
+                return Err(e);
+            }
+        };
+        let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        writes.push(Write::Idempotency {
+            scope,
+            key: key.to_string(),
+            request_hash: hash.clone(),
+            response: json.clone(),
+            at_ms: Utc::now().timestamp_millis(),
+        });
+        let seq = self.persist(writes);
+        self.idem.finish(scope, key, &hash, json.clone(), seq);
+        // The card's lock was held until its writes were queued: commit order for one
+        // card equals the order its state changed in memory.
+        drop(guard);
+        self.wait(seq);
+        Ok(json)
+    }
+
+    // ---- Programs, cardholders, cards -------------------------------------------------
+
+    pub fn create_program(&self, p: Program) -> Result<Arc<str>, EngineError> {
+        let key = p.id.clone();
+        self.idempotent("program", &key, &p, || {
+            if self.policies.load().get(&p.policy).is_none() {
+                return Err(EngineError::UnknownPolicy(p.policy.clone()));
+            }
+            if !valid_id(&p.id) {
+                return Err(EngineError::Invalid(
+                    "program id must be 1 to 64 of a-z, 0-9, _ and -".into(),
+                ));
+            }
+            if self.programs.contains_key(&p.id) {
+                return Err(EngineError::Exists("program", p.id.clone()));
+            }
+            self.programs.insert(p.id.clone(), p.clone());
+            Ok((p.clone(), vec![Write::Program(p.clone())], None))
+        })
+    }
+
+    pub fn program(&self, id: &str) -> Option<Program> {
+        self.programs.get(id).map(|p| p.clone())
+    }
+
+    pub fn create_cardholder(&self, key: &str, h: Cardholder) -> Result<Arc<str>, EngineError> {
+        self.idempotent("cardholder", key, &h, || {
+            if !self.programs.contains_key(&h.program) {
+                return Err(EngineError::UnknownProgram(h.program.clone()));
+            }
+            if !valid_id(&h.id) || h.name.is_empty() || h.name.len() > 128 {
+                return Err(EngineError::Invalid(
+                    "cardholder id must be 1 to 64 of a-z, 0-9, _ and -; name 1 to 128 characters"
+                        .into(),
+                ));
+            }
+            match self.cardholders.entry(h.id.clone()) {
+                dashmap::Entry::Occupied(_) => {
+                    return Err(EngineError::Exists("cardholder", h.id.clone()))
+                }
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(h.clone());
+                }
+            }
+            Ok((h.clone(), vec![Write::Cardholder(h.clone())], None))
+        })
+    }
+
+    pub fn cardholder(&self, id: &str) -> Option<Cardholder> {
+        self.cardholders.get(id).map(|h| h.clone())
+    }
+
+    /// Changes KYC status or the blocked flag, and every card of the holder with it.
+    pub fn update_cardholder(
+        &self,
+        key: &str,
+        id: &str,
+        kyc: Option<KycStatus>,
+        blocked: Option<bool>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent("cardholder_update", key, &(id, kyc, blocked), || {
+            let mut h = self
+                .cardholder(id)
+                .ok_or_else(|| EngineError::UnknownCardholder(id.to_string()))?;
+            if let Some(k) = kyc {
+                h.kyc = k;
+            }
+            if let Some(b) = blocked {
+                h.blocked = b;
+            }
+            self.cardholders.insert(h.id.clone(), h.clone());
+            for c in self.cards.iter() {
+                let mut g = c.lock();
+                if g.cardholder_id == h.id {
+                    g.kyc = h.kyc;
+                    g.cardholder_blocked = h.blocked;
+                }
+            }
+            Ok((h.clone(), vec![Write::Cardholder(h)], None))
+        })
+    }
+
+    fn compile_controls(
+        &self,
+        policy: &str,
+        currency: Currency,
+        c: &SpendingControls,
+    ) -> Result<Option<Arc<CompiledPolicy>>, EngineError> {
+        if c.is_empty() {
+            return Ok(None);
+        }
+        let set = self.policies.load();
+        let p = set
+            .get(policy)
+            .ok_or_else(|| EngineError::UnknownPolicy(policy.to_string()))?;
+        c.compile(currency, p.timezone, set.fx.clone())
+            .map(|p| Some(Arc::new(p)))
+            .map_err(EngineError::InvalidControls)
+    }
+
+    fn state_for(&self, r: &CardRecord) -> Result<CardState, EngineError> {
+        let program = self
+            .program(&r.program)
+            .ok_or_else(|| EngineError::UnknownProgram(r.program.clone()))?;
+        let holder = self
+            .cardholder(&r.cardholder_id)
+            .ok_or_else(|| EngineError::UnknownCardholder(r.cardholder_id.clone()))?;
+        let mut s = CardState::new(&r.id, &r.cardholder_id, &program.policy, r.currency);
+        s.status = r.status;
+        s.expiry = Some(r.expiry);
+        s.kyc = holder.kyc;
+        s.cardholder_blocked = holder.blocked;
+        s.funds_tracked = true;
+        s.controls = match &r.controls {
+            Some(c) => self.compile_controls(&program.policy, r.currency, c)?,
+            None => None,
+        };
+        Ok(s)
+    }
+
+    /// Issues a card. The id is an opaque token; no card number is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_card(
+        &self,
+        key: &str,
+        program: &str,
+        cardholder_id: &str,
+        kind: CardKind,
+        currency: Option<Currency>,
+        controls: Option<SpendingControls>,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        let request = (program, cardholder_id, kind, currency, &controls, active);
+        self.idempotent("card", key, &request, || {
+            let p = self
+                .program(program)
+                .ok_or_else(|| EngineError::UnknownProgram(program.to_string()))?;
+            let h = self
+                .cardholder(cardholder_id)
+                .ok_or_else(|| EngineError::UnknownCardholder(cardholder_id.to_string()))?;
+            if h.program != p.id {
+                return Err(EngineError::UnknownCardholder(cardholder_id.to_string()));
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let last4 = format!(
+                "{:04}",
+                u16::from_str_radix(&token[..4], 16).unwrap_or(0) % 10_000
+            );
+            let three_years = now.date_naive();
+            let r = CardRecord {
+                id: format!("card_{}", &token[..24]),
+                program: p.id.clone(),
+                cardholder_id: h.id.clone(),
+                kind,
+                currency: currency.unwrap_or(p.currency),
+                last4,
+                expiry: Expiry {
+                    year: three_years.year() + 3,
+                    month: three_years.month(),
+                },
+                status: if active {
+                    CardStatus::Active
+                } else {
+                    CardStatus::Inactive
+                },
+                controls: controls.clone().filter(|c| !c.is_empty()),
+            };
+            let state = self.state_for(&r)?;
+            let response = self.card_response(&r, &state);
+            self.records.insert(r.id.clone(), r.clone());
+            self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
+            Ok((response, vec![Write::Card(r)], None))
+        })
+    }
+
+    fn card_response(&self, r: &CardRecord, s: &CardState) -> CardResponse {
+        CardResponse {
+            id: r.id.clone(),
+            program: r.program.clone(),
+            cardholder_id: r.cardholder_id.clone(),
+            kind: r.kind,
+            currency: r.currency,
+            last4: r.last4.clone(),
+            expiry: format!("{:04}-{:02}", r.expiry.year, r.expiry.month),
+            status: s.status.as_str().to_string(),
+            controls: r.controls.clone(),
+            balance: balance(s),
+        }
+    }
+
+    pub fn get_card(&self, card_id: &str) -> Result<CardResponse, EngineError> {
+        let r = self
+            .records
+            .get(card_id)
+            .map(|r| r.clone())
+            .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+        self.with_card(card_id, |s| self.card_response(&r, s))
+    }
+
+    pub fn card_program(&self, card_id: &str) -> Option<String> {
+        self.records.get(card_id).map(|r| r.program.clone())
+    }
+
+    pub fn balance(&self, card_id: &str) -> Result<Balance, EngineError> {
+        self.with_card(card_id, |s| balance(s))
+    }
+
+    /// Lifecycle change; terminating returns the remaining balance to the funding account.
+    pub fn card_action(
+        &self,
+        key: &str,
+        card_id: &str,
+        action: CardAction,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent("status", key, &(card_id, action), || {
+            let card = self
+                .card(card_id)
+                .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+            let mut c = card.lock_arc();
+            let to = transition(c.status, action)?;
+            let mut writes = Vec::new();
+            let mut r = self
+                .records
+                .get(card_id)
+                .map(|r| r.clone())
+                .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+            if to == CardStatus::Terminated {
+                let pending = c.account.pending_holds();
+                if pending > 0 {
+                    return Err(LedgerError::PendingHolds(pending).into());
+                }
+                let remaining = c.account.posted;
+                if remaining > Decimal::ZERO {
+                    let funding = AccountId::funding(&r.program, c.currency);
+                    let mut house = self.house.lock();
+                    let t = c.account.transfer_with_funding(
+                        card_id,
+                        TransferKind::Termination,
+                        funding,
+                        remaining,
+                        now.timestamp_millis(),
+                    )?;
+                    apply_house(&mut house, &t);
+                    writes.push(Write::Transfer(t));
+                }
+            }
+            c.status = to;
+            r.status = to;
+            self.records.insert(card_id.to_string(), r.clone());
+            let response = self.card_response(&r, &c);
+            writes.push(Write::Card(r));
+            Ok((response, writes, Some(c)))
+        })
+    }
+
+    pub fn set_controls(
+        &self,
+        key: &str,
+        card_id: &str,
+        controls: SpendingControls,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent("controls", key, &(card_id, &controls), || {
+            let card = self
+                .card(card_id)
+                .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+            let mut c = card.lock_arc();
+            if c.status == CardStatus::Terminated {
+                return Err(LedgerError::CardTerminated.into());
+            }
+            let compiled = self.compile_controls(&c.policy, c.currency, &controls)?;
+            let mut r = self
+                .records
+                .get(card_id)
+                .map(|r| r.clone())
+                .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+            r.controls = (!controls.is_empty()).then_some(controls.clone());
+            c.controls = compiled;
+            self.records.insert(card_id.to_string(), r.clone());
+            let response = self.card_response(&r, &c);
+            Ok((response, vec![Write::Card(r)], Some(c)))
+        })
+    }
+
+    // ---- Money in and out ---------------------------------------------------------------
+
+    /// External money into a program's funding account.
+    pub fn deposit(
+        &self,
+        key: &str,
+        program: &str,
+        amount: Decimal,
+        currency: Currency,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent(
+            "deposit",
+            key,
+            &(program, amount.to_string(), currency),
+            || {
+                if !self.programs.contains_key(program) {
+                    return Err(EngineError::UnknownProgram(program.to_string()));
+                }
+                check_amount(amount, currency)?;
+                let funding = AccountId::funding(program, currency);
+                let t = Transfer::simple(
+                    format!("deposit:{program}:{key}"),
+                    TransferKind::Deposit,
+                    program,
+                    AccountId::external(currency),
+                    funding.clone(),
+                    amount,
+                    currency,
+                    now.timestamp_millis(),
+                );
+                let mut house = self.house.lock();
+                apply_house(&mut house, &t);
+                let after = house.get(&funding).copied().unwrap_or_default();
+                let response = transfer_response(&t, &funding, after, currency);
+                Ok((response, vec![Write::Transfer(t)], None))
+            },
+        )
+    }
+
+    /// Top-up (program funding → card) or withdrawal (card → program funding).
+    pub fn move_funds(
+        &self,
+        key: &str,
+        card_id: &str,
+        kind: TransferKind,
+        amount: Decimal,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        let scope = if kind == TransferKind::TopUp {
+            "fund"
+        } else {
+            "withdraw"
+        };
+        self.idempotent(scope, key, &(card_id, amount.to_string()), || {
+            let card = self
+                .card(card_id)
+                .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+            let mut c = card.lock_arc();
+            if c.status == CardStatus::Terminated {
+                return Err(LedgerError::CardTerminated.into());
+            }
+            let program = self
+                .card_program(card_id)
+                .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+            let funding = AccountId::funding(&program, c.currency);
+            check_amount(amount, c.currency)?;
+            let mut house = self.house.lock();
+            if kind == TransferKind::TopUp {
+                let available = house.get(&funding).copied().unwrap_or_default();
+                if amount > available {
+                    return Err(LedgerError::InsufficientProgramFunds {
+                        requested: amount,
+                        available,
+                    }
+                    .into());
+                }
+            }
+            let t = c.account.transfer_with_funding(
+                &format!("{card_id}:{key}"),
+                kind,
+                funding,
+                amount,
+                now.timestamp_millis(),
+            )?;
+            apply_house(&mut house, &t);
+            let response = transfer_response(
+                &t,
+                &c.account.account_id(),
+                c.account.available(),
+                c.currency,
+            );
+            Ok((response, vec![Write::Transfer(t)], Some(c)))
+        })
+    }
+
+    // ---- Authorizations -----------------------------------------------------------------
+
+    /// Decides an authorization, places its hold, makes both durable, then answers.
+    /// The processor's authorization id is the idempotency key.
     pub fn authorize(
         &self,
         txn: &Authorization,
         now: DateTime<Utc>,
-    ) -> Result<Authorized, ServiceError> {
-        let card = self
-            .card(&txn.card_id)
-            .ok_or_else(|| ServiceError::UnknownCard(txn.card_id.clone()))?;
-        let policies = self.policies.load();
-        let mut c = card.lock();
-        let policy = policies
-            .get(&c.policy)
-            .cloned()
-            .ok_or_else(|| ServiceError::UnknownPolicy(c.policy.clone()))?;
-        let uses = |s| policy.has_scope(s) || c.controls.as_ref().is_some_and(|p| p.has_scope(s));
-        let holder = uses(VelocityScope::Cardholder)
-            .then(|| Self::shared(&self.cardholders, &c.cardholder_id));
-        let program =
-            uses(VelocityScope::Program).then(|| Self::shared(&self.programs, &policy.name));
-        let mut holder_guard = holder.as_ref().map(|h| h.lock());
-        let mut program_guard = program.as_ref().map(|p| p.lock());
-        let decision = {
-            let view = c.view(holder_guard.as_deref(), program_guard.as_deref());
-            decide(&policy, &view, txn, now)
-        };
-        c.apply(
-            &decision,
-            holder_guard.as_deref_mut(),
-            program_guard.as_deref_mut(),
-        );
-        Ok(Authorized {
-            decision,
-            controls: c.controls.clone(),
-            policy,
+    ) -> Result<Authorized, EngineError> {
+        let started = Instant::now();
+        let mut out = None;
+        let json = self.idempotent("authorization", &txn.id.clone(), txn, || {
+            let Some(card) = self.card(&txn.card_id) else {
+                let r = self.unknown_card_response(txn, started);
+                out = Some((false, "14".to_string(), None));
+                return Ok((r, vec![], None));
+            };
+            let policies = self.policies.load();
+            let mut c = card.lock_arc();
+            let policy = policies
+                .get(&c.policy)
+                .cloned()
+                .ok_or_else(|| EngineError::UnknownPolicy(c.policy.clone()))?;
+            let uses =
+                |s| policy.has_scope(s) || c.controls.as_ref().is_some_and(|p| p.has_scope(s));
+            let holder = uses(VelocityScope::Cardholder)
+                .then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
+            let program = uses(VelocityScope::Program)
+                .then(|| Self::shared(&self.program_velocity, &policy.name));
+            let mut hg = holder.as_ref().map(|h| h.lock());
+            let mut pg = program.as_ref().map(|p| p.lock());
+            let (d, hold) = c.authorize(
+                &policy,
+                txn,
+                now,
+                hg.as_deref_mut(),
+                pg.as_deref_mut(),
+                self.config.hold_expiry_days,
+            );
+            drop((hg, pg));
+            let controls = c.controls.clone();
+            let response = authorization_response(
+                txn,
+                &d,
+                &policy,
+                controls.as_deref(),
+                c.available(),
+                started,
+            );
+            let mut writes = vec![Write::Decision(Box::new(decision_row(
+                txn,
+                &d,
+                &policy,
+                controls.as_deref(),
+                c.currency,
+            )))];
+            if let Some(h) = hold {
+                self.auth_index.insert(txn.id.clone(), c.card_id.clone());
+                writes.push(Write::Hold(h));
+            }
+            out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
+            Ok((response, writes, Some(c)))
+        })?;
+        Ok(match out {
+            Some((approved, response_code, rule)) => Authorized {
+                json,
+                approved,
+                response_code,
+                rule,
+                replayed: false,
+            },
+            None => {
+                let r: AuthorizationResponse =
+                    serde_json::from_str(&json).map_err(|e| EngineError::Invalid(e.to_string()))?;
+                Authorized {
+                    json,
+                    approved: r.approved,
+                    response_code: r.response_code,
+                    rule: r.rule,
+                    replayed: true,
+                }
+            }
         })
     }
 
-    /// Gives back capacity for a reversed authorization (full when `ratio` is 1).
-    pub fn reverse(
+    fn unknown_card_response(
         &self,
-        card_id: &str,
-        auth_id: &str,
-        ratio: Decimal,
-        amount_card: Decimal,
-    ) -> Result<usize, ServiceError> {
-        let card = self
-            .card(card_id)
-            .ok_or_else(|| ServiceError::UnknownCard(card_id.to_string()))?;
-        let mut c = card.lock();
-        let holder = self.cardholders.get(&c.cardholder_id).map(|h| h.clone());
-        let program = self.programs.get(&c.policy).map(|p| p.clone());
-        let mut hg = holder.as_ref().map(|h| h.lock());
-        let mut pg = program.as_ref().map(|p| p.lock());
-        Ok(c.reverse(
-            auth_id,
-            ratio,
-            amount_card,
-            hg.as_deref_mut(),
-            pg.as_deref_mut(),
-        ))
+        txn: &Authorization,
+        started: Instant,
+    ) -> AuthorizationResponse {
+        AuthorizationResponse {
+            authorization_id: txn.id.clone(),
+            card_id: txn.card_id.clone(),
+            approved: false,
+            response_code: "14".into(),
+            reason: "card_not_found".into(),
+            rule: None,
+            amount_approved: "0".into(),
+            currency: txn.currency,
+            fx_rate: None,
+            available_after: None,
+            flags: vec![],
+            score: 0,
+            policy_version: String::new(),
+            trace: vec![TraceLine {
+                rule: "card".into(),
+                outcome: "decline 14".into(),
+                detail: "no such card".into(),
+            }],
+            latency_us: started.elapsed().as_micros() as u64,
+        }
     }
 
-    pub fn card_count(&self) -> usize {
-        self.cards.len()
+    /// Decides without any effect (no counters, no hold, nothing stored): `/v1/simulate`.
+    pub fn simulate(
+        &self,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<DecisionSummary, EngineError> {
+        let card = self
+            .card(&txn.card_id)
+            .ok_or_else(|| EngineError::UnknownCard(txn.card_id.clone()))?;
+        let policies = self.policies.load();
+        let c = card.lock();
+        let policy = policies
+            .get(&c.policy)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownPolicy(c.policy.clone()))?;
+        let holder = self
+            .holder_velocity
+            .get(&c.cardholder_id)
+            .map(|h| h.clone());
+        let program = self.program_velocity.get(&policy.name).map(|p| p.clone());
+        let hg = holder.as_ref().map(|h| h.lock());
+        let pg = program.as_ref().map(|p| p.lock());
+        let d = crate::decision::decide(&policy, &c.view(hg.as_deref(), pg.as_deref()), txn, now);
+        Ok(DecisionSummary::new(&d, &policy, c.controls.as_deref()))
+    }
+
+    fn card_of_auth(&self, auth_id: &str) -> Option<Shared<CardState>> {
+        let card_id = self.auth_index.get(auth_id).map(|c| c.clone())?;
+        self.card(&card_id)
+    }
+
+    fn release(
+        &self,
+        c: &mut CardState,
+        auth_id: &str,
+        ratio: Decimal,
+        at_ms: i64,
+        writes: &mut Vec<Write>,
+    ) {
+        if ratio <= Decimal::ZERO {
+            return;
+        }
+        let holder = self
+            .holder_velocity
+            .get(&c.cardholder_id)
+            .map(|h| h.clone());
+        let program = self.program_velocity.get(&c.policy).map(|p| p.clone());
+        let mut hg = holder.as_ref().map(|h| h.lock());
+        let mut pg = program.as_ref().map(|p| p.lock());
+        c.release_velocity(auth_id, ratio, hg.as_deref_mut(), pg.as_deref_mut());
+        writes.push(Write::VelocityRelease {
+            card_id: c.card_id.clone(),
+            auth_id: auth_id.to_string(),
+            ratio: ratio.to_string(),
+            at_ms,
+        });
+    }
+
+    /// Captures (part of) an authorization's hold. `amount` is in the authorization's
+    /// currency.
+    pub fn capture(
+        &self,
+        key: &str,
+        auth_id: &str,
+        amount: Decimal,
+        is_final: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent(
+            "capture",
+            &format!("{auth_id}:{key}"),
+            &(auth_id, amount.to_string(), is_final),
+            || {
+                let card = self
+                    .card_of_auth(auth_id)
+                    .ok_or_else(|| EngineError::UnknownAuthorization(auth_id.to_string()))?;
+                let mut c = card.lock_arc();
+                if c.status == CardStatus::Terminated {
+                    return Err(LedgerError::CardTerminated.into());
+                }
+                let at_ms = now.timestamp_millis();
+                let r = c.account.capture(
+                    &format!("{auth_id}:{key}"),
+                    auth_id,
+                    amount,
+                    is_final,
+                    self.config.over_capture_bps,
+                    at_ms,
+                )?;
+                apply_house(&mut self.house.lock(), &r.transfer);
+                let mut writes = vec![
+                    Write::Transfer(r.transfer.clone()),
+                    Write::Hold(r.hold.clone()),
+                ];
+                if r.hold.status != HoldStatus::Pending {
+                    writes.push(Write::HoldResolved {
+                        auth_id: auth_id.to_string(),
+                        status: r.hold.status,
+                        at_ms,
+                    });
+                }
+                self.release(&mut c, auth_id, r.released_ratio, at_ms, &mut writes);
+                let response = hold_response(
+                    &r.hold,
+                    -r.transfer.posting(&c.account.account_id()),
+                    c.account.available(),
+                );
+                Ok((response, writes, Some(c)))
+            },
+        )
+    }
+
+    /// Reverses (part of) an authorization. An unknown authorization is recorded and
+    /// answered (`matched: false`), so the processor's retries settle.
+    pub fn reverse(
+        &self,
+        key: &str,
+        auth_id: &str,
+        amount: Option<Decimal>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent(
+            "reversal",
+            &format!("{auth_id}:{key}"),
+            &(auth_id, amount.map(|a| a.to_string())),
+            || {
+                let Some(card) = self.card_of_auth(auth_id) else {
+                    let r = ReversalResponse {
+                        authorization_id: auth_id.to_string(),
+                        matched: false,
+                        released: None,
+                        hold_status: None,
+                        available_after: None,
+                    };
+                    return Ok((r, vec![], None));
+                };
+                let mut c = card.lock_arc();
+                if c.status == CardStatus::Terminated {
+                    return Err(LedgerError::CardTerminated.into());
+                }
+                let at_ms = now.timestamp_millis();
+                let r = c.account.reverse(auth_id, amount, at_ms)?;
+                let mut writes = vec![Write::Hold(r.hold.clone())];
+                if r.hold.status != HoldStatus::Pending {
+                    writes.push(Write::HoldResolved {
+                        auth_id: auth_id.to_string(),
+                        status: r.hold.status,
+                        at_ms,
+                    });
+                }
+                self.release(&mut c, auth_id, r.released_ratio, at_ms, &mut writes);
+                let response = ReversalResponse {
+                    authorization_id: auth_id.to_string(),
+                    matched: true,
+                    released: Some(money(r.released, c.currency)),
+                    hold_status: Some(r.hold.status),
+                    available_after: Some(money(c.account.available(), c.currency)),
+                };
+                Ok((response, writes, Some(c)))
+            },
+        )
+    }
+
+    /// Credits a refund to a card, linked to an authorization or not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refund(
+        &self,
+        key: &str,
+        card_id: &str,
+        auth_id: Option<&str>,
+        amount: Decimal,
+        currency: Currency,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent(
+            "refund",
+            key,
+            &(card_id, auth_id, amount.to_string(), currency),
+            || {
+                let card = self
+                    .card(card_id)
+                    .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+                let mut c = card.lock_arc();
+                if c.status == CardStatus::Terminated {
+                    return Err(LedgerError::CardTerminated.into());
+                }
+                let (t, _hold) =
+                    c.account
+                        .refund(key, auth_id, amount, currency, now.timestamp_millis())?;
+                apply_house(&mut self.house.lock(), &t);
+                let mut writes = vec![Write::Transfer(t.clone())];
+                if let Some(h) = _hold {
+                    writes.push(Write::Hold(h));
+                }
+                let response = transfer_response(
+                    &t,
+                    &c.account.account_id(),
+                    c.account.available(),
+                    c.currency,
+                );
+                Ok((response, writes, Some(c)))
+            },
+        )
+    }
+
+    /// Posts a stand-in advice: the processor approved without us. Never declined;
+    /// may take the balance negative, and the transfer is flagged as forced.
+    pub fn advice(
+        &self,
+        key: &str,
+        card_id: &str,
+        amount: Decimal,
+        currency: Currency,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
+        self.idempotent(
+            "advice",
+            key,
+            &(card_id, amount.to_string(), currency),
+            || {
+                let card = self
+                    .card(card_id)
+                    .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
+                let mut c = card.lock_arc();
+                if c.status == CardStatus::Terminated {
+                    return Err(LedgerError::CardTerminated.into());
+                }
+                check_amount(amount, currency)?;
+                let fx = self.policies.load().fx.clone();
+                let (amount_card, quote) = fx.convert_charge(amount, currency, c.currency)?;
+                let t = c.account.forced_post(
+                    key,
+                    amount_card,
+                    amount,
+                    currency,
+                    quote.rate,
+                    now.timestamp_millis(),
+                )?;
+                apply_house(&mut self.house.lock(), &t);
+                let response = transfer_response(
+                    &t,
+                    &c.account.account_id(),
+                    c.account.available(),
+                    c.currency,
+                );
+                Ok((response, vec![Write::Transfer(t)], Some(c)))
+            },
+        )
+    }
+
+    /// Expires every hold past its expiry, each exactly once, giving capacity back.
+    pub fn expire_holds(&self, now: DateTime<Utc>) -> ExpiryReport {
+        let at_ms = now.timestamp_millis();
+        let mut expired = Vec::new();
+        let mut last_seq = 0;
+        let cards: Vec<Shared<CardState>> = self.cards.iter().map(|c| c.clone()).collect();
+        for card in cards {
+            let mut c = card.lock_arc();
+            let holds = c.account.expire(at_ms);
+            if holds.is_empty() {
+                continue;
+            }
+            let mut writes = Vec::new();
+            for e in holds {
+                writes.push(Write::Hold(e.hold.clone()));
+                writes.push(Write::HoldResolved {
+                    auth_id: e.hold.auth_id.clone(),
+                    status: HoldStatus::Expired,
+                    at_ms,
+                });
+                self.release(
+                    &mut c,
+                    &e.hold.auth_id,
+                    e.released_ratio,
+                    at_ms,
+                    &mut writes,
+                );
+                expired.push(e.hold.auth_id);
+            }
+            last_seq = self.persist(writes);
+        }
+        self.wait(last_seq);
+        expired.sort();
+        ExpiryReport { expired }
+    }
+
+    // ---- Recovery -----------------------------------------------------------------------
+
+    fn recover(&mut self, s: Snapshot) -> Result<(), EngineError> {
+        for p in s.programs {
+            self.programs.insert(p.id.clone(), p);
+        }
+        for h in s.cardholders {
+            self.cardholders.insert(h.id.clone(), h);
+        }
+        for r in s.cards {
+            let state = self.state_for(&r)?;
+            self.records.insert(r.id.clone(), r.clone());
+            self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
+        }
+        let mut house = BTreeMap::new();
+        for t in &s.ledger.transfers {
+            for p in &t.postings {
+                if let Some(card_id) = p.account.as_str().strip_prefix("card:") {
+                    if let Some(c) = self.card(card_id) {
+                        let mut g = c.lock();
+                        g.account.posted += p.amount;
+                        g.account.forced |= t.forced;
+                    }
+                } else {
+                    *house.entry(p.account.clone()).or_insert(Decimal::ZERO) += p.amount;
+                }
+            }
+        }
+        *self.house.lock() = house;
+        for h in s.ledger.holds {
+            if let Some(c) = self.card(&h.card_id) {
+                self.auth_index.insert(h.auth_id.clone(), h.card_id.clone());
+                c.lock().account.replay_hold(h);
+            }
+        }
+        for d in &s.decisions {
+            let Some(card) = self.card(&d.card_id) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_str::<EffectsRecord>(&d.effects) else {
+                continue;
+            };
+            let mut c = card.lock_arc();
+            let holder = rec
+                .v
+                .iter()
+                .any(|v| v.0 == 1)
+                .then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
+            let program = rec
+                .v
+                .iter()
+                .any(|v| v.0 == 2)
+                .then(|| Self::shared(&self.program_velocity, &c.policy));
+            let e = effects_from(&rec);
+            let mut hg = holder.as_ref().map(|h| h.lock());
+            let mut pg = program.as_ref().map(|p| p.lock());
+            c.apply(d.approved, &e, hg.as_deref_mut(), pg.as_deref_mut());
+        }
+        for (card_id, auth_id, ratio) in &s.velocity_releases {
+            if let Some(card) = self.card(card_id) {
+                let mut c = card.lock_arc();
+                let holder = self
+                    .holder_velocity
+                    .get(&c.cardholder_id)
+                    .map(|h| h.clone());
+                let program = self.program_velocity.get(&c.policy).map(|p| p.clone());
+                let mut hg = holder.as_ref().map(|h| h.lock());
+                let mut pg = program.as_ref().map(|p| p.lock());
+                c.release_velocity(auth_id, *ratio, hg.as_deref_mut(), pg.as_deref_mut());
+            }
+        }
+        for (scope, key, hash, response) in s.idempotency {
+            if let Some(sc) = SCOPES.iter().find(|x| **x == scope) {
+                self.idem.restore(sc, key, hash, response);
+            }
+        }
+        Ok(())
+    }
+
+    /// Balance of a non-card account (funding, settlement, FX, external).
+    pub fn house_balance(&self, account: &AccountId) -> Decimal {
+        self.house.lock().get(account).copied().unwrap_or_default()
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn apply_house(house: &mut BTreeMap<AccountId, Decimal>, t: &Transfer) {
+    for p in t.postings.iter().filter(|p| !p.account.is_card()) {
+        *house.entry(p.account.clone()).or_insert(Decimal::ZERO) += p.amount;
+    }
+}
+
+fn balance(s: &CardState) -> Balance {
+    Balance {
+        currency: s.currency,
+        posted: money(s.account.posted, s.currency),
+        pending: money(s.account.pending, s.currency),
+        available: money(s.account.available(), s.currency),
+    }
+}
+
+fn transfer_response(
+    t: &Transfer,
+    account: &AccountId,
+    available: Decimal,
+    currency: Currency,
+) -> TransferResponse {
+    TransferResponse {
+        transfer_id: t.id.clone(),
+        kind: t.kind.as_str().to_string(),
+        account: account.to_string(),
+        amount: money(t.posting(account).abs(), currency),
+        currency,
+        available_after: money(available, currency),
+    }
+}
+
+fn hold_response(h: &crate::ledger::Hold, amount: Decimal, available: Decimal) -> HoldResponse {
+    let c = h.card_currency;
+    HoldResponse {
+        authorization_id: h.auth_id.clone(),
+        card_id: h.card_id.clone(),
+        amount: money(amount, c),
+        currency: c,
+        hold_status: h.status,
+        pending: money(h.pending, c),
+        captured: money(h.captured, c),
+        available_after: money(available, c),
+    }
+}
+
+/// The trace lines worth keeping: everything for a decline, the non-pass ones otherwise.
+fn interesting_trace(
+    d: &Decision,
+    p: &CompiledPolicy,
+    controls: Option<&CompiledPolicy>,
+) -> Vec<TraceLine> {
+    d.trace
+        .iter()
+        .filter(|t| {
+            !d.approved || !matches!(t.outcome, TraceOutcome::Pass | TraceOutcome::NotApplicable)
+        })
+        .map(|t| t.render(p, controls))
+        .collect()
+}
+
+fn authorization_response(
+    txn: &Authorization,
+    d: &Decision,
+    p: &CompiledPolicy,
+    controls: Option<&CompiledPolicy>,
+    available: Option<Decimal>,
+    started: Instant,
+) -> AuthorizationResponse {
+    let trace = d
+        .trace
+        .iter()
+        .filter(|t| !matches!(t.outcome, TraceOutcome::Pass | TraceOutcome::NotApplicable))
+        .map(|t| t.render(p, controls))
+        .collect();
+    AuthorizationResponse {
+        authorization_id: txn.id.clone(),
+        card_id: txn.card_id.clone(),
+        approved: d.approved,
+        response_code: d.response_code.to_string(),
+        reason: d.reason.to_string(),
+        rule: d.rule.clone(),
+        amount_approved: money(d.amount_approved, d.currency),
+        currency: d.currency,
+        fx_rate: d.fx.map(|q| q.rate.to_string()),
+        available_after: available.map(|a| money(a, d.currency)),
+        flags: d.flag_ids(p, controls),
+        score: d.score,
+        policy_version: d.policy_version.clone(),
+        trace,
+        latency_us: started.elapsed().as_micros() as u64,
+    }
+}
+
+fn decision_row(
+    txn: &Authorization,
+    d: &Decision,
+    p: &CompiledPolicy,
+    controls: Option<&CompiledPolicy>,
+    card_currency: Currency,
+) -> DecisionRow {
+    let e = &d.effects;
+    let rec = EffectsRecord {
+        at: e.at_ms,
+        auth: e.auth_key,
+        v: e.velocity
+            .iter()
+            .map(|v| {
+                (
+                    scope_id(v.scope),
+                    v.key,
+                    v.start_ms,
+                    v.amount.to_string(),
+                    v.counts == crate::policy::Counts::Declined,
+                )
+            })
+            .collect(),
+        loc: e.location.map(|l| (l.lat, l.lon)),
+        act: e
+            .activity
+            .map(|a| (a.amount.to_string(), a.country.to_string(), a.merchant)),
+    };
+    DecisionRow {
+        auth_id: txn.id.clone(),
+        card_id: txn.card_id.clone(),
+        at_ms: e.at_ms,
+        approved: d.approved,
+        response_code: d.response_code.to_string(),
+        reason: d.reason.to_string(),
+        rule: d.rule.clone(),
+        amount: txn.amount.to_string(),
+        currency: txn.currency.code().to_string(),
+        amount_approved: d.amount_approved.to_string(),
+        card_currency: card_currency.code().to_string(),
+        policy_version: d.policy_version.clone(),
+        trace: serde_json::to_string(&interesting_trace(d, p, controls)).unwrap_or_default(),
+        effects: serde_json::to_string(&rec).unwrap_or_default(),
+    }
+}
+
+fn effects_from(r: &EffectsRecord) -> crate::decision::Effects {
+    use crate::decision::{Country, Effects, LatLon, VelocityEffect};
+    Effects {
+        velocity: r
+            .v
+            .iter()
+            .filter_map(|(s, key, start_ms, amount, declined)| {
+                Some(VelocityEffect {
+                    scope: scope_from(*s),
+                    key: *key,
+                    start_ms: *start_ms,
+                    amount: Decimal::from_str(amount).ok()?,
+                    counts: if *declined {
+                        crate::policy::Counts::Declined
+                    } else {
+                        crate::policy::Counts::Approved
+                    },
+                })
+            })
+            .collect(),
+        auth_key: r.auth,
+        at_ms: r.at,
+        location: r.loc.map(|(lat, lon)| LatLon { lat, lon }),
+        activity: r.act.as_ref().and_then(|(amount, country, merchant)| {
+            Some(crate::velocity::Activity {
+                at_ms: r.at,
+                amount: Decimal::from_str(amount).ok()?,
+                approved: false,
+                country: Country::parse(country).ok()?,
+                merchant: *merchant,
+            })
+        }),
     }
 }

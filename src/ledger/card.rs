@@ -1,0 +1,777 @@
+//! A card's prepaid account and its holds. Every operation validates first and mutates
+//! only when it cannot fail, so a rejected operation changes nothing.
+
+use std::collections::HashMap;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use smallvec::smallvec;
+
+use super::{
+    check_amount, AccountId, Hold, HoldStatus, LedgerError, Posting, Transfer, TransferKind,
+};
+use crate::money::Currency;
+
+/// Resolved holds older than this are dropped from memory (they stay in the store).
+pub const RESOLVED_HOLD_RETENTION_MS: i64 = 90 * 86_400_000;
+
+#[derive(Debug, Clone)]
+pub struct CardAccount {
+    pub card_id: String,
+    pub currency: Currency,
+    /// Posted balance.
+    pub posted: Decimal,
+    /// Sum of pending holds.
+    pub pending: Decimal,
+    /// Pending holds and resolved ones from the last 90 days.
+    pub holds: HashMap<String, Hold>,
+    /// Set once a forced post has touched this account.
+    pub forced: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureResult {
+    pub transfer: Transfer,
+    pub hold: Hold,
+    /// Pending amount released without being captured (final capture below the hold),
+    /// as a fraction of the authorized amount: velocity capacity to give back.
+    pub released_ratio: Decimal,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReversalResult {
+    pub hold: Hold,
+    pub released: Decimal,
+    pub released_ratio: Decimal,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExpiredHold {
+    pub hold: Hold,
+    pub released_ratio: Decimal,
+}
+
+fn round(amount: Decimal, c: Currency) -> Decimal {
+    amount.round_dp_with_strategy(c.exponent(), RoundingStrategy::MidpointNearestEven)
+}
+
+impl Hold {
+    /// Converts a transaction-currency amount at this hold's rate; the full amount maps
+    /// to exactly what was authorized.
+    pub fn to_card(&self, txn_amount: Decimal) -> Decimal {
+        if txn_amount == self.txn_amount {
+            return self.authorized;
+        }
+        round(txn_amount * self.fx_rate, self.card_currency)
+    }
+
+    fn ratio(&self, amount_card: Decimal) -> Decimal {
+        if self.authorized.is_zero() {
+            return Decimal::ONE;
+        }
+        (amount_card / self.authorized).min(Decimal::ONE)
+    }
+}
+
+impl CardAccount {
+    pub fn new(card_id: &str, currency: Currency) -> CardAccount {
+        CardAccount {
+            card_id: card_id.to_string(),
+            currency,
+            posted: Decimal::ZERO,
+            pending: Decimal::ZERO,
+            holds: HashMap::new(),
+            forced: false,
+        }
+    }
+
+    pub fn account_id(&self) -> AccountId {
+        AccountId::card(&self.card_id)
+    }
+
+    pub fn available(&self) -> Decimal {
+        self.posted - self.pending
+    }
+
+    pub fn pending_holds(&self) -> usize {
+        self.holds
+            .values()
+            .filter(|h| h.status == HoldStatus::Pending)
+            .count()
+    }
+
+    fn apply(&mut self, t: &Transfer) {
+        self.posted += t.posting(&self.account_id());
+    }
+
+    /// Reserves an approved authorization. The decision already checked funds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn place_hold(
+        &mut self,
+        auth_id: &str,
+        amount_card: Decimal,
+        txn_amount: Decimal,
+        txn_currency: Currency,
+        fx_rate: Decimal,
+        now_ms: i64,
+        expiry_days: u32,
+    ) -> Hold {
+        assert!(
+            amount_card <= self.available(),
+            "approval within available balance"
+        );
+        assert!(
+            !self.holds.contains_key(auth_id),
+            "one hold per authorization id"
+        );
+        // Keep memory bounded: resolved holds age out (they remain in the store).
+        if self.holds.len() >= 64 {
+            self.holds.retain(|_, h| {
+                h.status == HoldStatus::Pending
+                    || h.resolved_ms
+                        .is_some_and(|r| now_ms - r < RESOLVED_HOLD_RETENTION_MS)
+            });
+        }
+        let hold = Hold {
+            auth_id: auth_id.to_string(),
+            card_id: self.card_id.clone(),
+            card_currency: self.currency,
+            pending: amount_card,
+            authorized: amount_card,
+            captured: Decimal::ZERO,
+            refunded: Decimal::ZERO,
+            txn_amount,
+            txn_currency,
+            fx_rate,
+            status: HoldStatus::Pending,
+            created_ms: now_ms,
+            expires_ms: now_ms + i64::from(expiry_days) * 86_400_000,
+            resolved_ms: None,
+        };
+        self.pending += amount_card;
+        self.holds.insert(auth_id.to_string(), hold.clone());
+        hold
+    }
+
+    fn pending_hold(&self, auth_id: &str) -> Result<&Hold, LedgerError> {
+        let h = self
+            .holds
+            .get(auth_id)
+            .ok_or_else(|| LedgerError::UnknownAuthorization(auth_id.to_string()))?;
+        if h.status != HoldStatus::Pending {
+            return Err(LedgerError::HoldNotPending {
+                auth_id: auth_id.to_string(),
+                status: h.status,
+            });
+        }
+        Ok(h)
+    }
+
+    /// Posts (part of) a hold. `txn_amount` is in the authorization's currency; a final
+    /// capture releases whatever remains held.
+    pub fn capture(
+        &mut self,
+        capture_id: &str,
+        auth_id: &str,
+        txn_amount: Decimal,
+        is_final: bool,
+        over_capture_bps: u32,
+        now_ms: i64,
+    ) -> Result<CaptureResult, LedgerError> {
+        let h = self.pending_hold(auth_id)?;
+        check_amount(txn_amount, h.txn_currency)?;
+        let amount_card = h.to_card(txn_amount);
+        let tolerance = Decimal::ONE + Decimal::new(i64::from(over_capture_bps), 4);
+        let allowed = round(h.authorized * tolerance, self.currency) - h.captured;
+        if amount_card > allowed || amount_card.is_zero() {
+            return Err(LedgerError::CaptureExceedsHold {
+                requested: amount_card,
+                allowed,
+            });
+        }
+        let from_hold = amount_card.min(h.pending);
+        let excess = amount_card - from_hold;
+        if excess > self.available() {
+            return Err(LedgerError::InsufficientFunds {
+                requested: excess,
+                available: self.available(),
+            });
+        }
+        let card_ccy = self.currency;
+        let (txn_ccy, fx_rate) = (h.txn_currency, h.fx_rate);
+        let postings = if txn_ccy == card_ccy {
+            smallvec![
+                Posting {
+                    account: self.account_id(),
+                    currency: card_ccy,
+                    amount: -amount_card
+                },
+                Posting {
+                    account: AccountId::settlement(card_ccy),
+                    currency: card_ccy,
+                    amount: amount_card
+                },
+            ]
+        } else {
+            // The card pays in its currency; the network is settled in the transaction's.
+            smallvec![
+                Posting {
+                    account: self.account_id(),
+                    currency: card_ccy,
+                    amount: -amount_card
+                },
+                Posting {
+                    account: AccountId::fx(card_ccy),
+                    currency: card_ccy,
+                    amount: amount_card
+                },
+                Posting {
+                    account: AccountId::fx(txn_ccy),
+                    currency: txn_ccy,
+                    amount: -txn_amount
+                },
+                Posting {
+                    account: AccountId::settlement(txn_ccy),
+                    currency: txn_ccy,
+                    amount: txn_amount
+                },
+            ]
+        };
+        let transfer = Transfer {
+            id: format!("capture:{capture_id}"),
+            kind: TransferKind::Capture,
+            reference: auth_id.to_string(),
+            postings,
+            fx_rate: (txn_ccy != card_ccy).then_some(fx_rate),
+            forced: false,
+            at_ms: now_ms,
+        };
+        assert!(
+            transfer.imbalance().is_empty(),
+            "capture balances per currency"
+        );
+        // Validated: now mutate.
+        let h = self.holds.get_mut(auth_id).expect("checked above");
+        h.captured += amount_card;
+        h.pending -= from_hold;
+        let mut released = Decimal::ZERO;
+        if is_final || h.pending.is_zero() {
+            released = h.pending;
+            h.pending = Decimal::ZERO;
+            h.status = HoldStatus::Posted;
+            h.resolved_ms = Some(now_ms);
+        }
+        let released_ratio = h.ratio(released);
+        let hold = h.clone();
+        self.pending -= from_hold + released;
+        self.apply(&transfer);
+        Ok(CaptureResult {
+            transfer,
+            hold,
+            released_ratio,
+        })
+    }
+
+    /// Releases (part of) a hold. `txn_amount` None reverses everything still held.
+    pub fn reverse(
+        &mut self,
+        auth_id: &str,
+        txn_amount: Option<Decimal>,
+        now_ms: i64,
+    ) -> Result<ReversalResult, LedgerError> {
+        let h = self.pending_hold(auth_id)?;
+        let amount_card = match txn_amount {
+            None => h.pending,
+            Some(a) => {
+                check_amount(a, h.txn_currency)?;
+                h.to_card(a)
+            }
+        };
+        if amount_card > h.pending {
+            return Err(LedgerError::ReversalExceedsHold {
+                requested: amount_card,
+                pending: h.pending,
+            });
+        }
+        let h = self.holds.get_mut(auth_id).expect("checked above");
+        h.pending -= amount_card;
+        if h.pending.is_zero() {
+            h.status = if h.captured.is_zero() {
+                HoldStatus::Voided
+            } else {
+                HoldStatus::Posted
+            };
+            h.resolved_ms = Some(now_ms);
+        }
+        let released_ratio = h.ratio(amount_card);
+        let hold = h.clone();
+        self.pending -= amount_card;
+        Ok(ReversalResult {
+            hold,
+            released: amount_card,
+            released_ratio,
+        })
+    }
+
+    /// Expires every pending hold whose time has come, each exactly once.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<ExpiredHold> {
+        let mut out = Vec::new();
+        for h in self.holds.values_mut() {
+            if h.status == HoldStatus::Pending && h.expires_ms <= now_ms {
+                let released = h.pending;
+                let released_ratio = h.ratio(released);
+                h.pending = Decimal::ZERO;
+                h.status = HoldStatus::Expired;
+                h.resolved_ms = Some(now_ms);
+                self.pending -= released;
+                out.push(ExpiredHold {
+                    hold: h.clone(),
+                    released_ratio,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.hold.auth_id.cmp(&b.hold.auth_id));
+        out
+    }
+
+    /// Credits a refund: linked to an authorization (at most what it captured, in its
+    /// currency and at its rate) or unlinked (in card currency).
+    pub fn refund(
+        &mut self,
+        refund_id: &str,
+        linked: Option<&str>,
+        amount: Decimal,
+        currency: Currency,
+        now_ms: i64,
+    ) -> Result<(Transfer, Option<Hold>), LedgerError> {
+        let (amount_card, txn_ccy, rate) = match linked {
+            Some(auth_id) => {
+                let h = self
+                    .holds
+                    .get(auth_id)
+                    .ok_or_else(|| LedgerError::UnknownAuthorization(auth_id.to_string()))?;
+                if currency != h.txn_currency {
+                    return Err(LedgerError::CurrencyMismatch {
+                        expected: h.txn_currency,
+                        got: currency,
+                    });
+                }
+                check_amount(amount, currency)?;
+                let amount_card = h.to_card(amount);
+                let refundable = h.captured - h.refunded;
+                if amount_card > refundable {
+                    return Err(LedgerError::RefundExceedsCaptured {
+                        requested: amount_card,
+                        refundable,
+                    });
+                }
+                (amount_card, h.txn_currency, h.fx_rate)
+            }
+            None => {
+                if currency != self.currency {
+                    return Err(LedgerError::CurrencyMismatch {
+                        expected: self.currency,
+                        got: currency,
+                    });
+                }
+                check_amount(amount, currency)?;
+                (amount, self.currency, Decimal::ONE)
+            }
+        };
+        let card_ccy = self.currency;
+        let postings = if txn_ccy == card_ccy {
+            smallvec![
+                Posting {
+                    account: AccountId::settlement(card_ccy),
+                    currency: card_ccy,
+                    amount: -amount_card
+                },
+                Posting {
+                    account: self.account_id(),
+                    currency: card_ccy,
+                    amount: amount_card
+                },
+            ]
+        } else {
+            smallvec![
+                Posting {
+                    account: AccountId::settlement(txn_ccy),
+                    currency: txn_ccy,
+                    amount: -amount
+                },
+                Posting {
+                    account: AccountId::fx(txn_ccy),
+                    currency: txn_ccy,
+                    amount
+                },
+                Posting {
+                    account: AccountId::fx(card_ccy),
+                    currency: card_ccy,
+                    amount: -amount_card
+                },
+                Posting {
+                    account: self.account_id(),
+                    currency: card_ccy,
+                    amount: amount_card
+                },
+            ]
+        };
+        let transfer = Transfer {
+            id: format!("refund:{refund_id}"),
+            kind: TransferKind::Refund,
+            reference: linked.unwrap_or(refund_id).to_string(),
+            postings,
+            fx_rate: (txn_ccy != card_ccy).then_some(rate),
+            forced: false,
+            at_ms: now_ms,
+        };
+        assert!(
+            transfer.imbalance().is_empty(),
+            "refund balances per currency"
+        );
+        let hold = linked.and_then(|a| self.holds.get_mut(a)).map(|h| {
+            h.refunded += amount_card;
+            h.clone()
+        });
+        self.apply(&transfer);
+        Ok((transfer, hold))
+    }
+
+    /// Posts a stand-in advice without a hold. May take the balance below zero.
+    pub fn forced_post(
+        &mut self,
+        advice_id: &str,
+        amount_card: Decimal,
+        txn_amount: Decimal,
+        txn_currency: Currency,
+        fx_rate: Decimal,
+        now_ms: i64,
+    ) -> Result<Transfer, LedgerError> {
+        check_amount(txn_amount, txn_currency)?;
+        check_amount(amount_card, self.currency)?;
+        let card_ccy = self.currency;
+        let postings = if txn_currency == card_ccy {
+            smallvec![
+                Posting {
+                    account: self.account_id(),
+                    currency: card_ccy,
+                    amount: -amount_card
+                },
+                Posting {
+                    account: AccountId::settlement(card_ccy),
+                    currency: card_ccy,
+                    amount: amount_card
+                },
+            ]
+        } else {
+            smallvec![
+                Posting {
+                    account: self.account_id(),
+                    currency: card_ccy,
+                    amount: -amount_card
+                },
+                Posting {
+                    account: AccountId::fx(card_ccy),
+                    currency: card_ccy,
+                    amount: amount_card
+                },
+                Posting {
+                    account: AccountId::fx(txn_currency),
+                    currency: txn_currency,
+                    amount: -txn_amount
+                },
+                Posting {
+                    account: AccountId::settlement(txn_currency),
+                    currency: txn_currency,
+                    amount: txn_amount
+                },
+            ]
+        };
+        let transfer = Transfer {
+            id: format!("advice:{advice_id}"),
+            kind: TransferKind::ForcedPost,
+            reference: advice_id.to_string(),
+            postings,
+            fx_rate: (txn_currency != card_ccy).then_some(fx_rate),
+            forced: true,
+            at_ms: now_ms,
+        };
+        assert!(transfer.imbalance().is_empty());
+        self.forced = true;
+        self.apply(&transfer);
+        Ok(transfer)
+    }
+
+    /// Moves money between this card and its program's funding account. The caller
+    /// checks the funding account's balance for top-ups.
+    pub fn transfer_with_funding(
+        &mut self,
+        id: &str,
+        kind: TransferKind,
+        funding: AccountId,
+        amount: Decimal,
+        now_ms: i64,
+    ) -> Result<Transfer, LedgerError> {
+        check_amount(amount, self.currency)?;
+        let (from, to) = match kind {
+            TransferKind::TopUp => (funding, self.account_id()),
+            TransferKind::Withdrawal | TransferKind::Termination => {
+                if amount > self.available() {
+                    return Err(LedgerError::InsufficientFunds {
+                        requested: amount,
+                        available: self.available(),
+                    });
+                }
+                (self.account_id(), funding)
+            }
+            other => panic!("{other:?} is not a funding transfer"),
+        };
+        let t = Transfer::simple(
+            format!("{}:{id}", kind.as_str()),
+            kind,
+            &self.card_id,
+            from,
+            to,
+            amount,
+            self.currency,
+            now_ms,
+        );
+        self.apply(&t);
+        Ok(t)
+    }
+
+    /// Rebuilds balances from the store: a transfer's posting on this card.
+    pub fn replay_transfer(&mut self, t: &Transfer) {
+        self.apply(t);
+        if t.forced {
+            self.forced = true;
+        }
+    }
+
+    /// Rebuilds a hold from the store.
+    pub fn replay_hold(&mut self, h: Hold) {
+        if h.status == HoldStatus::Pending {
+            self.pending += h.pending;
+        }
+        self.holds.insert(h.auth_id.clone(), h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+    fn funded(amount: &str) -> CardAccount {
+        let mut c = CardAccount::new("c1", Currency::USD);
+        c.transfer_with_funding(
+            "f1",
+            TransferKind::TopUp,
+            AccountId::funding("p", Currency::USD),
+            d(amount),
+            0,
+        )
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn hold_capture_partial_then_final() {
+        let mut c = funded("100.00");
+        c.place_hold(
+            "a1",
+            d("40.00"),
+            d("40.00"),
+            Currency::USD,
+            Decimal::ONE,
+            0,
+            7,
+        );
+        assert_eq!(c.available(), d("60.00"));
+        let r = c.capture("k1", "a1", d("15.00"), false, 1000, 1).unwrap();
+        assert_eq!(
+            (r.hold.status, r.hold.pending),
+            (HoldStatus::Pending, d("25.00"))
+        );
+        assert_eq!((c.posted, c.pending), (d("85.00"), d("25.00")));
+        let r = c.capture("k2", "a1", d("20.00"), true, 1000, 2).unwrap();
+        assert_eq!(
+            (r.hold.status, r.hold.captured),
+            (HoldStatus::Posted, d("35.00"))
+        );
+        assert_eq!(r.released_ratio, d("0.125")); // 5.00 of 40.00 never spent
+        assert_eq!(
+            (c.posted, c.pending, c.available()),
+            (d("65.00"), d("0"), d("65.00"))
+        );
+        // A second final capture is refused and changes nothing.
+        let e = c.capture("k3", "a1", d("1.00"), true, 1000, 3).unwrap_err();
+        assert!(matches!(
+            e,
+            LedgerError::HoldNotPending {
+                status: HoldStatus::Posted,
+                ..
+            }
+        ));
+        assert_eq!(c.posted, d("65.00"));
+    }
+
+    #[test]
+    fn over_capture_is_bounded() {
+        let mut c = funded("100.00");
+        c.place_hold(
+            "a1",
+            d("50.00"),
+            d("50.00"),
+            Currency::USD,
+            Decimal::ONE,
+            0,
+            7,
+        );
+        let e = c
+            .capture("k1", "a1", d("55.01"), true, 1000, 1)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            LedgerError::CaptureExceedsHold {
+                requested: d("55.01"),
+                allowed: d("55.00")
+            }
+        );
+        assert_eq!((c.posted, c.pending), (d("100.00"), d("50.00")));
+        c.capture("k1", "a1", d("55.00"), true, 1000, 1).unwrap();
+        assert_eq!((c.posted, c.pending), (d("45.00"), d("0")));
+    }
+
+    #[test]
+    fn cross_currency_capture_balances_per_currency() {
+        let mut c = CardAccount::new("c1", Currency::NGN);
+        c.transfer_with_funding(
+            "f",
+            TransferKind::TopUp,
+            AccountId::funding("p", Currency::NGN),
+            d("100000.00"),
+            0,
+        )
+        .unwrap();
+        c.place_hold(
+            "a1",
+            d("15735.00"),
+            d("10.00"),
+            Currency::USD,
+            d("1573.50"),
+            0,
+            7,
+        );
+        let r = c.capture("k", "a1", d("10.00"), true, 0, 1).unwrap();
+        assert!(r.transfer.imbalance().is_empty());
+        assert_eq!(r.transfer.postings.len(), 4);
+        assert_eq!(c.posted, d("84265.00"));
+    }
+
+    #[test]
+    fn reversal_partial_full_and_too_large() {
+        let mut c = funded("100.00");
+        c.place_hold(
+            "a1",
+            d("30.00"),
+            d("30.00"),
+            Currency::USD,
+            Decimal::ONE,
+            0,
+            7,
+        );
+        let e = c.reverse("a1", Some(d("30.01")), 1).unwrap_err();
+        assert!(matches!(e, LedgerError::ReversalExceedsHold { .. }));
+        let r = c.reverse("a1", Some(d("10.00")), 1).unwrap();
+        assert_eq!(
+            (r.hold.status, c.pending),
+            (HoldStatus::Pending, d("20.00"))
+        );
+        let r = c.reverse("a1", None, 2).unwrap();
+        assert_eq!(
+            (r.hold.status, r.released),
+            (HoldStatus::Voided, d("20.00"))
+        );
+        assert_eq!(c.available(), d("100.00"));
+        assert!(matches!(
+            c.reverse("a1", None, 3),
+            Err(LedgerError::HoldNotPending { .. })
+        ));
+        assert!(matches!(
+            c.reverse("zz", None, 3),
+            Err(LedgerError::UnknownAuthorization(_))
+        ));
+    }
+
+    #[test]
+    fn holds_expire_exactly_once() {
+        let mut c = funded("100.00");
+        c.place_hold(
+            "a1",
+            d("30.00"),
+            d("30.00"),
+            Currency::USD,
+            Decimal::ONE,
+            0,
+            7,
+        );
+        assert!(c.expire(7 * 86_400_000 - 1).is_empty());
+        let e = c.expire(7 * 86_400_000);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].released_ratio, Decimal::ONE);
+        assert!(c.expire(8 * 86_400_000).is_empty());
+        assert_eq!(c.available(), d("100.00"));
+    }
+
+    #[test]
+    fn refunds_linked_and_unlinked() {
+        let mut c = funded("100.00");
+        c.place_hold(
+            "a1",
+            d("30.00"),
+            d("30.00"),
+            Currency::USD,
+            Decimal::ONE,
+            0,
+            7,
+        );
+        c.capture("k", "a1", d("30.00"), true, 0, 1).unwrap();
+        assert!(matches!(
+            c.refund("r1", Some("a1"), d("30.01"), Currency::USD, 2),
+            Err(LedgerError::RefundExceedsCaptured { .. })
+        ));
+        c.refund("r1", Some("a1"), d("20.00"), Currency::USD, 2)
+            .unwrap();
+        assert!(c
+            .refund("r2", Some("a1"), d("10.01"), Currency::USD, 2)
+            .is_err());
+        c.refund("r3", None, d("5.00"), Currency::USD, 3).unwrap();
+        assert_eq!(c.posted, d("95.00"));
+        assert!(matches!(
+            c.refund("r4", None, d("0"), Currency::USD, 3),
+            Err(LedgerError::NonPositiveAmount)
+        ));
+        assert!(matches!(
+            c.refund("r4", None, d("1.001"), Currency::USD, 3),
+            Err(LedgerError::Money(_))
+        ));
+    }
+
+    #[test]
+    fn forced_post_may_go_negative() {
+        let mut c = funded("10.00");
+        c.forced_post(
+            "adv1",
+            d("25.00"),
+            d("25.00"),
+            Currency::USD,
+            Decimal::ONE,
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.available(), d("-15.00"));
+        assert!(c.forced);
+    }
+}

@@ -1,0 +1,120 @@
+//! Idempotency keys: the same key with the same request replays the stored response;
+//! with a different request it is a conflict; concurrent duplicates execute once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+/// How long a duplicate waits for the first request with its key to finish.
+const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+enum Entry {
+    InFlight {
+        hash: String,
+    },
+    Done {
+        hash: String,
+        response: Arc<str>,
+        seq: u64,
+    },
+}
+
+pub enum Begin {
+    /// First time: execute, then `finish` (or `abort` on failure).
+    Go,
+    /// Seen before with the same request: the response, durable at `seq`.
+    Replay { response: Arc<str>, seq: u64 },
+    /// Seen before with a different request.
+    Conflict,
+}
+
+#[derive(Default)]
+pub struct Idempotency {
+    map: DashMap<(&'static str, String), Entry>,
+}
+
+/// SHA-256 of a canonical request encoding, as hex.
+pub fn request_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Idempotency {
+    pub fn begin(&self, scope: &'static str, key: &str, hash: &str) -> Begin {
+        let deadline = Instant::now() + IN_FLIGHT_WAIT_MAX;
+        loop {
+            match self.map.entry((scope, key.to_string())) {
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(Entry::InFlight {
+                        hash: hash.to_string(),
+                    });
+                    return Begin::Go;
+                }
+                dashmap::Entry::Occupied(o) => match o.get() {
+                    Entry::Done {
+                        hash: h,
+                        response,
+                        seq,
+                    } => {
+                        return if h == hash {
+                            Begin::Replay {
+                                response: response.clone(),
+                                seq: *seq,
+                            }
+                        } else {
+                            Begin::Conflict
+                        };
+                    }
+                    Entry::InFlight { hash: h } if h != hash => return Begin::Conflict,
+                    Entry::InFlight { .. } => {}
+                },
+            }
+            // The same request is executing right now: wait for its answer.
+            if Instant::now() > deadline {
+                return Begin::Conflict;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    pub fn finish(&self, scope: &'static str, key: &str, hash: &str, response: Arc<str>, seq: u64) {
+        self.map.insert(
+            (scope, key.to_string()),
+            Entry::Done {
+                hash: hash.to_string(),
+                response,
+                seq,
+            },
+        );
+    }
+
+    pub fn abort(&self, scope: &'static str, key: &str) {
+        self.map.remove_if(&(scope, key.to_string()), |_, e| {
+            matches!(e, Entry::InFlight { .. })
+        });
+    }
+
+    /// Restores a completed key from the store.
+    pub fn restore(&self, scope: &'static str, key: String, hash: String, response: String) {
+        self.map.insert(
+            (scope, key),
+            Entry::Done {
+                hash,
+                response: response.into(),
+                seq: 0,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

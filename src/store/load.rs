@@ -1,0 +1,295 @@
+//! Reads everything back at start-up (and for `ledger verify`).
+
+use std::str::FromStr;
+
+use rusqlite::Connection;
+use rust_decimal::Decimal;
+use smallvec::SmallVec;
+
+use super::StoreError;
+use crate::decision::{CardStatus, Expiry, KycStatus};
+use crate::issuing::{CardKind, CardRecord, Cardholder, Program};
+use crate::ledger::verify::LedgerSnapshot;
+use crate::ledger::{AccountId, Hold, HoldStatus, Posting, Transfer, TransferKind};
+use crate::money::Currency;
+
+/// A decision as stored: its outcome, the trace (JSON) and the effects needed to rebuild
+/// velocity windows (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRow {
+    pub auth_id: String,
+    pub card_id: String,
+    pub at_ms: i64,
+    pub approved: bool,
+    pub response_code: String,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub amount_approved: String,
+    pub card_currency: String,
+    pub policy_version: String,
+    pub trace: String,
+    pub effects: String,
+}
+
+/// Everything in the store, in commit order.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub programs: Vec<Program>,
+    pub cardholders: Vec<Cardholder>,
+    pub cards: Vec<CardRecord>,
+    pub ledger: LedgerSnapshot,
+    pub decisions: Vec<DecisionRow>,
+    /// (card id, authorization id, ratio) in order.
+    pub velocity_releases: Vec<(String, String, Decimal)>,
+    /// (scope, key, request hash, response).
+    pub idempotency: Vec<(String, String, String, String)>,
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+fn dec(s: &str) -> Result<Decimal, StoreError> {
+    Decimal::from_str_exact(s).map_err(|_| corrupt(format!("amount `{s}`")))
+}
+
+fn cur(s: &str) -> Result<Currency, StoreError> {
+    Currency::from_str(s).map_err(|_| corrupt(format!("currency `{s}`")))
+}
+
+pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
+    let mut s = Snapshot::default();
+
+    let mut st = conn.prepare("SELECT id, policy, currency FROM programs ORDER BY id")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, policy, c) = row?;
+        s.programs.push(Program {
+            id,
+            policy,
+            currency: cur(&c)?,
+        });
+    }
+
+    let mut st =
+        conn.prepare("SELECT id, program, name, kyc, blocked FROM cardholders ORDER BY id")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, bool>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, program, name, kyc, blocked) = row?;
+        let kyc = KycStatus::parse(&kyc).ok_or_else(|| corrupt(format!("kyc `{kyc}`")))?;
+        s.cardholders.push(Cardholder {
+            id,
+            program,
+            name,
+            kyc,
+            blocked,
+        });
+    }
+
+    let mut st = conn.prepare("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls FROM cards ORDER BY id")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, String>(7)?,
+            r.get::<_, Option<String>>(8)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, program, cardholder_id, kind, c, last4, expiry, status, controls) = row?;
+        let kind: CardKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+            .map_err(|_| corrupt(format!("kind `{kind}`")))?;
+        let (y, m) = expiry
+            .split_once('-')
+            .ok_or_else(|| corrupt(format!("expiry `{expiry}`")))?;
+        let expiry = Expiry {
+            year: y.parse().map_err(|_| corrupt("expiry year"))?,
+            month: m.parse().map_err(|_| corrupt("expiry month"))?,
+        };
+        let status =
+            CardStatus::parse(&status).ok_or_else(|| corrupt(format!("status `{status}`")))?;
+        let controls = controls
+            .map(|c| serde_json::from_str(&c).map_err(|e| corrupt(format!("controls: {e}"))))
+            .transpose()?;
+        s.cards.push(CardRecord {
+            id,
+            program,
+            cardholder_id,
+            kind,
+            currency: cur(&c)?,
+            last4,
+            expiry,
+            status,
+            controls,
+        });
+    }
+
+    // Transfers with their postings, in commit order.
+    let mut st = conn.prepare(
+        "SELECT t.id, t.kind, t.reference, t.fx_rate, t.forced, t.at_ms, p.account, p.currency, p.amount
+         FROM transfers t JOIN postings p ON p.transfer_id = t.id ORDER BY t.seq, p.rowid",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, bool>(4)?,
+            r.get::<_, i64>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, String>(7)?,
+            r.get::<_, String>(8)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, kind, reference, fx_rate, forced, at_ms, account, c, amount) = row?;
+        let posting = Posting {
+            account: AccountId(account),
+            currency: cur(&c)?,
+            amount: dec(&amount)?,
+        };
+        match s.ledger.transfers.last_mut() {
+            Some(t) if t.id == id => t.postings.push(posting),
+            _ => s.ledger.transfers.push(Transfer {
+                id,
+                kind: TransferKind::parse(&kind)
+                    .ok_or_else(|| corrupt(format!("transfer kind `{kind}`")))?,
+                reference,
+                postings: SmallVec::from_iter([posting]),
+                fx_rate: fx_rate.map(|r| dec(&r)).transpose()?,
+                forced,
+                at_ms,
+            }),
+        }
+    }
+
+    let mut st = conn.prepare(
+        "SELECT auth_id, card_id, card_currency, pending, authorized, captured, refunded, txn_amount, txn_currency,
+                fx_rate, status, created_ms, expires_ms, resolved_ms FROM holds ORDER BY created_ms, auth_id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            (
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ),
+            (
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ),
+            (
+                r.get::<_, String>(10)?,
+                r.get::<_, i64>(11)?,
+                r.get::<_, i64>(12)?,
+                r.get::<_, Option<i64>>(13)?,
+            ),
+        ))
+    })?;
+    for row in rows {
+        let (
+            (auth_id, card_id, cc, pending, authorized),
+            (captured, refunded, txn_amount, tc, rate),
+            (status, created_ms, expires_ms, resolved_ms),
+        ) = row?;
+        s.ledger.holds.push(Hold {
+            auth_id,
+            card_id,
+            card_currency: cur(&cc)?,
+            pending: dec(&pending)?,
+            authorized: dec(&authorized)?,
+            captured: dec(&captured)?,
+            refunded: dec(&refunded)?,
+            txn_amount: dec(&txn_amount)?,
+            txn_currency: cur(&tc)?,
+            fx_rate: dec(&rate)?,
+            status: HoldStatus::parse(&status)
+                .ok_or_else(|| corrupt(format!("hold status `{status}`")))?,
+            created_ms,
+            expires_ms,
+            resolved_ms,
+        });
+    }
+
+    let mut st = conn.prepare("SELECT auth_id, status FROM hold_resolutions ORDER BY rowid")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (a, st) = row?;
+        let status = HoldStatus::parse(&st).ok_or_else(|| corrupt(format!("resolution `{st}`")))?;
+        s.ledger.hold_resolutions.push((a, status));
+    }
+
+    let mut st = conn.prepare(
+        "SELECT auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved,
+                card_currency, policy_version, trace, effects FROM decisions ORDER BY seq",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(DecisionRow {
+            auth_id: r.get(0)?,
+            card_id: r.get(1)?,
+            at_ms: r.get(2)?,
+            approved: r.get(3)?,
+            response_code: r.get(4)?,
+            reason: r.get(5)?,
+            rule: r.get(6)?,
+            amount: r.get(7)?,
+            currency: r.get(8)?,
+            amount_approved: r.get(9)?,
+            card_currency: r.get(10)?,
+            policy_version: r.get(11)?,
+            trace: r.get(12)?,
+            effects: r.get(13)?,
+        })
+    })?;
+    for row in rows {
+        s.decisions.push(row?);
+    }
+
+    let mut st =
+        conn.prepare("SELECT card_id, auth_id, ratio FROM velocity_releases ORDER BY seq")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (c, a, ratio) = row?;
+        s.velocity_releases.push((c, a, dec(&ratio)?));
+    }
+
+    let mut st = conn.prepare("SELECT scope, key, request_hash, response FROM idempotency")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    for row in rows {
+        s.idempotency.push(row?);
+    }
+    Ok(s)
+}

@@ -1,0 +1,405 @@
+//! Durable store: one SQLite file (WAL, `synchronous=FULL`), one writer thread with group
+//! commit, and the load that rebuilds memory at start-up.
+//!
+//! Callers submit a batch of writes and get a sequence number; the writer drains every
+//! batch waiting (up to [`BATCH_WRITES_MAX`] writes), commits them in one transaction — one
+//! fsync for all — and then publishes the highest durable sequence. A caller acknowledges
+//! nothing before its sequence is durable. A failed write or commit stops the process
+//! (fail-stop): memory may be ahead of disk, so the only safe recovery is a restart that
+//! rebuilds memory from the store.
+
+mod load;
+mod schema;
+
+pub use load::{load_snapshot, DecisionRow, Snapshot};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{params, Connection};
+
+use crate::issuing::{CardRecord, Cardholder, Program};
+use crate::ledger::{Hold, HoldStatus, Transfer};
+
+/// Most writes committed in one transaction.
+pub const BATCH_WRITES_MAX: usize = 4_096;
+/// Submitted batches waiting for the writer; submitters block beyond this (back-pressure).
+pub const QUEUE_DEPTH_MAX: usize = 16_384;
+pub const DB_FILE: &str = "spendgate.db";
+
+/// One row to write. Amounts are stored as exact decimal text.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Program(Program),
+    Cardholder(Cardholder),
+    Card(CardRecord),
+    Transfer(Transfer),
+    Hold(Hold),
+    /// A hold reached a final state; unique per hold, so a second one fails the commit.
+    HoldResolved {
+        auth_id: String,
+        status: HoldStatus,
+        at_ms: i64,
+    },
+    Decision(Box<DecisionRow>),
+    /// Velocity capacity given back (reversal, expiry, final capture below the hold).
+    VelocityRelease {
+        card_id: String,
+        auth_id: String,
+        ratio: String,
+        at_ms: i64,
+    },
+    Idempotency {
+        scope: &'static str,
+        key: String,
+        request_hash: String,
+        response: Arc<str>,
+        at_ms: i64,
+    },
+}
+
+struct Job {
+    seq: u64,
+    writes: Vec<Write>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsynced before it is acknowledged.
+    Full,
+    /// `synchronous=OFF`: for benchmarks that measure everything but the fsync.
+    Off,
+}
+
+/// Counters the service exports as metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub batches: AtomicU64,
+    pub writes: AtomicU64,
+    pub commit_us_total: AtomicU64,
+    pub commit_us_max: AtomicU64,
+    pub queue_depth: AtomicU64,
+}
+
+struct Durable {
+    seq: Mutex<u64>,
+    changed: Condvar,
+}
+
+/// Handle to the store's writer. Cheap to share behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    tx: Mutex<Option<SyncSender<Job>>>,
+    next_seq: Mutex<u64>,
+    durable: Arc<Durable>,
+    durable_watch: tokio::sync::watch::Receiver<u64>,
+    pub stats: Arc<StoreStats>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if durability == Durability::Full {
+            "FULL"
+        } else {
+            "OFF"
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    schema::migrate(&conn)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/spendgate.db`, loads everything for recovery and
+    /// starts the writer.
+    pub fn open(dir: &Path, durability: Durability) -> Result<(Store, Snapshot), StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let conn = open_connection(&path, durability)?;
+        let snapshot = load_snapshot(&conn)?;
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
+        let durable = Arc::new(Durable {
+            seq: Mutex::new(0),
+            changed: Condvar::new(),
+        });
+        let (watch_tx, watch_rx) = tokio::sync::watch::channel(0u64);
+        let stats = Arc::new(StoreStats::default());
+        let writer = {
+            let durable = durable.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("spendgate-writer".into())
+                .spawn(move || writer_loop(conn, rx, durable, watch_tx, stats))?
+        };
+        Ok((
+            Store {
+                path,
+                tx: Mutex::new(Some(tx)),
+                next_seq: Mutex::new(0),
+                durable,
+                durable_watch: watch_rx,
+                stats,
+                writer: Mutex::new(Some(writer)),
+            },
+            snapshot,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues writes; returns the sequence number to wait for. Batches commit in
+    /// submission order.
+    pub fn submit(&self, writes: Vec<Write>) -> u64 {
+        // Sequence numbers and queue order must agree, so take both under one lock.
+        let mut next = self.next_seq.lock();
+        *next += 1;
+        let seq = *next;
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let tx = self.tx.lock().clone();
+        match tx {
+            Some(tx) if tx.send(Job { seq, writes }).is_ok() => {}
+            _ => fail_stop("store writer is gone"),
+        }
+        seq
+    }
+
+    /// Blocks until `seq` is durable.
+    pub fn wait(&self, seq: u64) {
+        let mut d = self.durable.seq.lock();
+        while *d < seq {
+            self.durable.changed.wait(&mut d);
+        }
+    }
+
+    /// Waits asynchronously until `seq` is durable.
+    pub async fn wait_async(&self, seq: u64) {
+        let mut rx = self.durable_watch.clone();
+        if rx.wait_for(|d| *d >= seq).await.is_err() {
+            fail_stop("store writer is gone");
+        }
+    }
+
+    /// Submits and waits.
+    pub fn commit(&self, writes: Vec<Write>) {
+        let seq = self.submit(writes);
+        self.wait(seq);
+    }
+
+    /// Flushes everything queued and stops the writer.
+    pub fn close(&self) {
+        let last = *self.next_seq.lock();
+        self.wait(last);
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A store that cannot write must not keep answering: stop now, recover at restart.
+pub fn fail_stop(why: &str) -> ! {
+    eprintln!("spendgate: fatal store error, stopping: {why}");
+    std::process::abort();
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: Receiver<Job>,
+    durable: Arc<Durable>,
+    watch: tokio::sync::watch::Sender<u64>,
+    stats: Arc<StoreStats>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut writes = jobs[0].writes.len();
+        while writes < BATCH_WRITES_MAX {
+            match rx.try_recv() {
+                Ok(j) => {
+                    writes += j.writes.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let start = Instant::now();
+        if let Err(e) = commit_batch(&mut conn, &jobs) {
+            fail_stop(&e.to_string());
+        }
+        let us = start.elapsed().as_micros() as u64;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        stats.commit_us_total.fetch_add(us, Ordering::Relaxed);
+        stats.commit_us_max.fetch_max(us, Ordering::Relaxed);
+        stats
+            .queue_depth
+            .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
+        let top = jobs.last().map_or(0, |j| j.seq);
+        *durable.seq.lock() = top;
+        durable.changed.notify_all();
+        watch.send_replace(top);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for job in jobs {
+        for w in &job.writes {
+            write_one(&tx, w)?;
+        }
+    }
+    tx.commit()
+}
+
+fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
+    match w {
+        Write::Program(p) => {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO programs (id, policy, currency) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![p.id, p.policy, p.currency.code()])?;
+        }
+        Write::Cardholder(h) => {
+            c.prepare_cached("INSERT OR REPLACE INTO cardholders (id, program, name, kyc, blocked) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![h.id, h.program, h.name, h.kyc.as_str(), h.blocked])?;
+        }
+        Write::Card(r) => {
+            let controls = r
+                .controls
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default());
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO cards (id, program, cardholder_id, kind, currency, last4, expiry, status, controls)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                r.id,
+                r.program,
+                r.cardholder_id,
+                serde_json::to_value(r.kind).ok().and_then(|v| v.as_str().map(str::to_string)),
+                r.currency.code(),
+                r.last4,
+                format!("{:04}-{:02}", r.expiry.year, r.expiry.month),
+                r.status.as_str(),
+                controls
+            ])?;
+        }
+        Write::Transfer(t) => {
+            c.prepare_cached("INSERT INTO transfers (id, kind, reference, fx_rate, forced, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                .execute(params![t.id, t.kind.as_str(), t.reference, t.fx_rate.map(|r| r.to_string()), t.forced, t.at_ms])?;
+            let mut st = c.prepare_cached("INSERT INTO postings (transfer_id, account, currency, amount) VALUES (?1, ?2, ?3, ?4)")?;
+            for p in &t.postings {
+                st.execute(params![
+                    t.id,
+                    p.account.as_str(),
+                    p.currency.code(),
+                    p.amount.to_string()
+                ])?;
+            }
+        }
+        Write::Hold(h) => {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO holds (auth_id, card_id, card_currency, pending, authorized, captured, refunded,
+                    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                h.auth_id,
+                h.card_id,
+                h.card_currency.code(),
+                h.pending.to_string(),
+                h.authorized.to_string(),
+                h.captured.to_string(),
+                h.refunded.to_string(),
+                h.txn_amount.to_string(),
+                h.txn_currency.code(),
+                h.fx_rate.to_string(),
+                h.status.as_str(),
+                h.created_ms,
+                h.expires_ms,
+                h.resolved_ms
+            ])?;
+        }
+        Write::HoldResolved {
+            auth_id,
+            status,
+            at_ms,
+        } => {
+            c.prepare_cached(
+                "INSERT INTO hold_resolutions (auth_id, status, at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![auth_id, status.as_str(), at_ms])?;
+        }
+        Write::Decision(d) => {
+            c.prepare_cached(
+                "INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency,
+                    amount_approved, card_currency, policy_version, trace, effects)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                d.auth_id,
+                d.card_id,
+                d.at_ms,
+                d.approved,
+                d.response_code,
+                d.reason,
+                d.rule,
+                d.amount,
+                d.currency,
+                d.amount_approved,
+                d.card_currency,
+                d.policy_version,
+                d.trace,
+                d.effects
+            ])?;
+        }
+        Write::VelocityRelease {
+            card_id,
+            auth_id,
+            ratio,
+            at_ms,
+        } => {
+            c.prepare_cached("INSERT INTO velocity_releases (card_id, auth_id, ratio, at_ms) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![card_id, auth_id, ratio, at_ms])?;
+        }
+        Write::Idempotency {
+            scope,
+            key,
+            request_hash,
+            response,
+            at_ms,
+        } => {
+            c.prepare_cached("INSERT INTO idempotency (scope, key, request_hash, response, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![scope, key, request_hash, &**response, at_ms])?;
+        }
+    }
+    Ok(())
+}
