@@ -37,6 +37,45 @@ pub enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Match the ledger's captures of one day against a processor settlement file.
+    Reconcile {
+        /// Settlement CSV: authorization_id,amount,currency,settlement_date
+        #[arg(long)]
+        settlement: PathBuf,
+        /// The settlement day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        date: String,
+        #[arg(long, env = "SPENDGATE_DATA", default_value = "data")]
+        data: PathBuf,
+    },
+    /// Run a durable authorization load against a store until killed (crash tests).
+    #[command(hide = true)]
+    Stress {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        cards: usize,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value = "consumer-prepaid-africa")]
+        policy: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check every ledger invariant over a store; exit 1 on any violation.
+    Verify {
+        #[arg(long, env = "SPENDGATE_DATA", default_value = "data")]
+        data: PathBuf,
+    },
 }
 
 fn load(path: &Path) -> Result<Vec<Arc<CompiledPolicy>>, Vec<PolicyError>> {
@@ -58,8 +97,94 @@ fn print_errors(errors: &[PolicyError]) {
     );
 }
 
+fn open_snapshot(data: &Path) -> Result<crate::store::Snapshot, String> {
+    let path = data.join(crate::store::DB_FILE);
+    if !path.exists() {
+        return Err(format!("no store at {}", path.display()));
+    }
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| e.to_string())?;
+    crate::store::load_snapshot(&conn).map_err(|e| e.to_string())
+}
+
+fn ledger_verify(data: &Path) -> ExitCode {
+    let snapshot = match open_snapshot(data) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("spendgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = crate::ledger::verify::verify(&snapshot.ledger);
+    println!("transfers:      {}", r.transfers);
+    println!("accounts:       {}", r.accounts);
+    println!("holds:          {} pending, {} resolved", r.holds_pending, r.holds_resolved);
+    for (c, total) in &r.totals {
+        let cards = r.card_balances.get(c).copied().unwrap_or_default();
+        println!("{c}:            sum of balances {total}, held on cards {cards}");
+    }
+    if r.ok() {
+        println!("ok: every invariant holds");
+        ExitCode::SUCCESS
+    } else {
+        for v in &r.violations {
+            println!("VIOLATION: {v}");
+        }
+        println!("{} violation(s)", r.violations.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn reconcile_cmd(settlement: &Path, date: &str, data: &Path) -> ExitCode {
+    let run = || -> Result<crate::reconcile::ReconReport, String> {
+        let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| format!("--date `{date}` is not YYYY-MM-DD"))?;
+        let text = std::fs::read_to_string(settlement).map_err(|e| format!("{}: {e}", settlement.display()))?;
+        let snapshot = open_snapshot(data)?;
+        crate::reconcile::reconcile(&snapshot.ledger.transfers, &text, date).map_err(|e| format!("{}: {e}", settlement.display()))
+    };
+    match run() {
+        Ok(r) => {
+            for (cat, lines) in [
+                ("matched", &r.matched),
+                ("mismatched", &r.mismatched),
+                ("missing_in_settlement", &r.missing_in_settlement),
+                ("missing_in_ledger", &r.missing_in_ledger),
+            ] {
+                if cat != "matched" {
+                    for l in lines.iter() {
+                        println!(
+                            "{cat}: {} {} ledger={} settlement={}",
+                            l.authorization_id,
+                            l.currency,
+                            l.ledger.map_or("-".into(), |a| a.to_string()),
+                            l.settlement.map_or("-".into(), |a| a.to_string())
+                        );
+                    }
+                }
+            }
+            for (c, cats) in &r.totals {
+                for (cat, t) in cats {
+                    println!("{c} {cat}: {} totalling {}", t.count, t.amount);
+                }
+            }
+            if r.clean() {
+                println!("ok: {} matched", r.matched.len());
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("spendgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Ledger { command: LedgerCommand::Verify { data } } => ledger_verify(&data),
+        Command::Reconcile { settlement, date, data } => reconcile_cmd(&settlement, &date, &data),
+        Command::Stress { data, rules, cards, threads, policy } => crate::stress::run(&data, &rules, cards, threads, &policy),
         Command::Check { path } => match load(&path) {
             Ok(policies) => {
                 for p in policies {

@@ -15,6 +15,8 @@ pub mod ledger;
 pub mod money;
 pub mod policy;
 pub mod policy_tests;
+pub mod reconcile;
 pub mod service;
 pub mod store;
+pub mod stress;
 pub mod velocity;

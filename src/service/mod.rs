@@ -256,6 +256,13 @@ impl Engine {
         self.cards.get(card_id).map(|c| c.clone())
     }
 
+    /// Every card id, sorted.
+    pub fn card_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.cards.iter().map(|c| c.key().clone()).collect();
+        v.sort();
+        v
+    }
+
     pub fn card_count(&self) -> usize {
         self.cards.len()
     }

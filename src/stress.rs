@@ -1,0 +1,125 @@
+//! `spendgate stress`: durable authorization traffic against a store until killed.
+//! The crash test SIGKILLs it at random moments and checks that every approval it
+//! acknowledged (printed `ACK` line) survived.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+
+use crate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
+use crate::issuing::{CardKind, Cardholder, Program};
+use crate::ledger::TransferKind;
+use crate::money::Currency;
+use crate::policy::load_policy_dir;
+use crate::service::{Engine, EngineConfig};
+use crate::store::{Durability, Store};
+
+const PROGRAM: &str = "stress";
+
+pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str) -> ExitCode {
+    let policies = match load_policy_dir(rules) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}", e[0]);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (store, snapshot) = match Store::open(data, Durability::Full) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = match Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = Utc::now();
+    let usd = Currency::USD;
+    // Every step is idempotent, so a run killed during setup completes it next time.
+    {
+        let setup = || -> Result<(), crate::service::EngineError> {
+            if engine.program(PROGRAM).is_none() {
+                engine.create_program(Program { id: PROGRAM.into(), policy: policy.into(), currency: usd })?;
+            }
+            engine.deposit("stress-deposit", PROGRAM, Decimal::new(100_000_000, 0), usd, now)?;
+            for i in 0..cards {
+                let h = format!("holder-{i}");
+                engine.create_cardholder(&h, Cardholder { id: h.clone(), program: PROGRAM.into(), name: "Stress".into(), kyc: KycStatus::Verified, blocked: false })?;
+                let json = engine.issue_card(&format!("card-{i}"), PROGRAM, &h, CardKind::Virtual, Some(usd), None, true, now)?;
+                let card: crate::service::responses::CardResponse = serde_json::from_str(&json).map_err(|e| crate::service::EngineError::Invalid(e.to_string()))?;
+                engine.move_funds(&format!("fund-{i}"), &card.id, TransferKind::TopUp, Decimal::new(500, 0), now)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            eprintln!("setup: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let card_ids = engine.card_ids();
+    println!("READY {}", card_ids.len());
+    let _ = std::io::stdout().flush();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    std::thread::scope(|s| {
+        for th in 0..threads.max(1) {
+            let (engine, card_ids, run_id) = (engine.clone(), card_ids.clone(), run_id.clone());
+            s.spawn(move || {
+                let mut i: u64 = 0;
+                loop {
+                    i += 1;
+                    let card = &card_ids[(i as usize * 7 + th) % card_ids.len()];
+                    let id = format!("{run_id}-{th}-{i}");
+                    let txn = Authorization {
+                        id: id.clone(),
+                        card_id: card.clone(),
+                        amount: Decimal::new(100 + (i % 50) as i64 * 7, 2),
+                        currency: Currency::USD,
+                        merchant: Merchant {
+                            id: format!("m-{}", i % 97),
+                            name: "Stress".into(),
+                            mcc: Mcc::parse("5411").expect("valid"),
+                            country: Country::parse("NG").expect("valid"),
+                            location: None,
+                        },
+                        channel: Channel::Pos,
+                        txn_type: TxnType::Purchase,
+                        timestamp: None,
+                        partial_ok: false,
+                    };
+                    let now = Utc::now();
+                    match engine.authorize(&txn, now) {
+                        Ok(a) if a.response_code == "51" => {
+                            let key = format!("{run_id}-topup-{th}-{i}");
+                            if let Err(e) = engine.move_funds(&key, card, TransferKind::TopUp, Decimal::new(500, 0), now) {
+                                eprintln!("top-up: {e}");
+                            }
+                        }
+                        Ok(a) if a.approved => {
+                            // Exercise captures and reversals too.
+                            let extra = match i % 4 {
+                                0 => engine.capture(&format!("c{i}"), &id, txn.amount, true, now).map(|_| "captured"),
+                                1 => engine.reverse(&format!("r{i}"), &id, None, now).map(|_| "reversed"),
+                                _ => Ok("held"),
+                            };
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "ACK {id} {card} {}", extra.unwrap_or("held"));
+                            let _ = out.flush();
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("authorize: {e}"),
+                    }
+                }
+            });
+        }
+    });
+    ExitCode::SUCCESS
+}
