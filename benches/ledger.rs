@@ -1,1 +1,127 @@
-fn main() {}
+//! Durable authorization throughput in-process: many threads authorizing against a
+//! SQLite store with group commit, with `synchronous=FULL` and with durability off.
+//!
+//! Reports throughput, end-to-end authorize latency (decide + hold + commit wait) at
+//! p50/p99/p99.9, and the writer's batch size and commit time. Run:
+//! `cargo bench --bench ledger` (add `-- --test` for a quick smoke run).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{TimeZone, Utc};
+use rust_decimal::Decimal;
+
+use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
+use spendgate::issuing::{CardKind, Cardholder, Program};
+use spendgate::ledger::TransferKind;
+use spendgate::money::Currency;
+use spendgate::policy::load_policy_dir;
+use spendgate::service::responses::CardResponse;
+use spendgate::service::{Engine, EngineConfig};
+use spendgate::store::{Durability, Store};
+
+fn setup(dir: &Path, durability: Durability, cards: usize) -> (Arc<Engine>, Vec<String>) {
+    let policies = load_policy_dir(Path::new("rules")).unwrap();
+    let (store, snapshot) = Store::open(dir, durability).unwrap();
+    let e = Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default()).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap();
+    e.create_program(Program { id: "bench".into(), policy: "consumer-prepaid-africa".into(), currency: Currency::USD }).unwrap();
+    e.deposit("d", "bench", Decimal::new(1_000_000_000, 0), Currency::USD, now).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..cards {
+        let h = format!("h{i}");
+        e.create_cardholder(&h, Cardholder { id: h.clone(), program: "bench".into(), name: "Bench".into(), kyc: KycStatus::Verified, blocked: false })
+            .unwrap();
+        let c: CardResponse = serde_json::from_str(&e.issue_card(&h, "bench", &h, CardKind::Virtual, None, None, true, now).unwrap()).unwrap();
+        e.move_funds(&h, &c.id, TransferKind::TopUp, Decimal::new(100_000, 0), now).unwrap();
+        ids.push(c.id);
+    }
+    (Arc::new(e), ids)
+}
+
+fn txn(id: String, card: &str, i: u64) -> Authorization {
+    Authorization {
+        id,
+        card_id: card.to_string(),
+        amount: Decimal::new(500 + (i % 300) as i64, 2),
+        currency: Currency::USD,
+        merchant: Merchant {
+            id: format!("m{}", i % 1000),
+            name: "Bench".into(),
+            mcc: Mcc::parse("5411").unwrap(),
+            country: Country::parse("NG").unwrap(),
+            location: None,
+        },
+        channel: Channel::Pos,
+        txn_type: TxnType::Purchase,
+        timestamp: None,
+        partial_ok: false,
+    }
+}
+
+fn pct(v: &[u64], q: f64) -> u64 {
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+}
+
+fn run(label: &str, durability: Durability, threads: usize, per_thread: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, cards) = setup(dir.path(), durability, 1_000);
+    let stats = e.store().unwrap().stats.clone();
+    let (b0, w0, c0) = (stats.batches.load(Ordering::Relaxed), stats.writes.load(Ordering::Relaxed), stats.commit_us_total.load(Ordering::Relaxed));
+    let start = Instant::now();
+    let mut lat: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (e, cards) = (e.clone(), &cards);
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(per_thread as usize);
+                    // Spread over a simulated day so velocity windows stay realistic.
+                    let base = Utc.with_ymd_and_hms(2026, 6, 3, 0, 0, 0).unwrap();
+                    for i in 0..per_thread {
+                        let n = t as u64 * per_thread + i;
+                        let card = &cards[(n as usize * 7919) % cards.len()];
+                        let a = txn(format!("b{t}-{i}"), card, n);
+                        let now = base + chrono::Duration::milliseconds(n as i64 * 50);
+                        let t0 = Instant::now();
+                        let r = e.authorize(&a, now).unwrap();
+                        lat.push(t0.elapsed().as_micros() as u64);
+                        std::hint::black_box(r);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let n = lat.len();
+    let batches = stats.batches.load(Ordering::Relaxed) - b0;
+    let writes = stats.writes.load(Ordering::Relaxed) - w0;
+    let commit_us = stats.commit_us_total.load(Ordering::Relaxed) - c0;
+    println!(
+        "{label:<28} threads={threads:<4} n={n:<7} {:>8.0} auth/s   latency p50={:>6} us p99={:>6} us p99.9={:>6} us   batches={batches} ({:.1} writes/batch, {:.0} us/commit)",
+        n as f64 / secs,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        writes as f64 / batches.max(1) as f64,
+        commit_us as f64 / batches.max(1) as f64
+    );
+    e.store().unwrap().close();
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test" || a == "--quick");
+    let per_thread = if quick { 20 } else { 2_000 };
+    println!("durable authorize, in-process, reference policy with scripts, 1000 cards");
+    for threads in [16, 64, 256] {
+        if quick && threads > 16 {
+            break;
+        }
+        run("group commit (FULL fsync)", Durability::Full, threads, per_thread * 64 / threads as u64);
+    }
+    run("durability off (baseline)", Durability::Off, 64, per_thread);
+}

@@ -1303,7 +1303,7 @@ fn authorization_response(
         rule: d.rule.clone(),
         amount_approved: money(d.amount_approved, d.currency),
         currency: d.currency,
-        fx_rate: d.fx.map(|q| q.rate.to_string()),
+        fx_rate: d.fx.map(|q| q.rate.normalize().to_string()),
         available_after: available.map(|a| money(a, d.currency)),
         flags: d.flag_ids(p, controls),
         score: d.score,
