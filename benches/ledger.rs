@@ -6,6 +6,9 @@
 //! `cargo bench --bench ledger` (add `-- --test` for a quick smoke run).
 
 use std::path::Path;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;

@@ -332,13 +332,25 @@ impl Engine {
             }
         };
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
-        writes.push(Write::Idempotency {
-            scope,
-            key: key.to_string(),
-            request_hash: hash.clone(),
-            response: json.clone(),
-            at_ms: Utc::now().timestamp_millis(),
-        });
+        // A decision row keeps its own response and request hash (one row, not two);
+        // every other operation gets an idempotency row.
+        let mut recorded = false;
+        for w in writes.iter_mut() {
+            if let Write::Decision(d) = w {
+                d.response = json.to_string();
+                d.request_hash = hash.clone();
+                recorded = true;
+            }
+        }
+        if !recorded {
+            writes.push(Write::Idempotency {
+                scope,
+                key: key.to_string(),
+                request_hash: hash.clone(),
+                response: json.clone(),
+                at_ms: Utc::now().timestamp_millis(),
+            });
+        }
         let seq = self.persist(writes);
         self.idem.finish(scope, key, &hash, json.clone(), seq);
         // The card's lock was held until its writes were queued: commit order for one
@@ -778,13 +790,7 @@ impl Engine {
                 c.available(),
                 started,
             );
-            let mut writes = vec![Write::Decision(Box::new(decision_row(
-                txn,
-                &d,
-                &policy,
-                controls.as_deref(),
-                c.currency,
-            )))];
+            let mut writes = vec![Write::Decision(Box::new(decision_row(txn, &d, c.currency)))];
             if let Some(h) = hold {
                 self.auth_index.insert(txn.id.clone(), c.card_id.clone());
                 writes.push(Write::Hold(h));
@@ -1265,21 +1271,6 @@ fn hold_response(h: &crate::ledger::Hold, amount: Decimal, available: Decimal) -
     }
 }
 
-/// The trace lines worth keeping: everything for a decline, the non-pass ones otherwise.
-fn interesting_trace(
-    d: &Decision,
-    p: &CompiledPolicy,
-    controls: Option<&CompiledPolicy>,
-) -> Vec<TraceLine> {
-    d.trace
-        .iter()
-        .filter(|t| {
-            !d.approved || !matches!(t.outcome, TraceOutcome::Pass | TraceOutcome::NotApplicable)
-        })
-        .map(|t| t.render(p, controls))
-        .collect()
-}
-
 fn authorization_response(
     txn: &Authorization,
     d: &Decision,
@@ -1291,7 +1282,7 @@ fn authorization_response(
     let trace = d
         .trace
         .iter()
-        .filter(|t| !matches!(t.outcome, TraceOutcome::Pass | TraceOutcome::NotApplicable))
+        .filter(|t| !matches!(t.outcome, TraceOutcome::Pass | TraceOutcome::NotApplicable | TraceOutcome::Skipped))
         .map(|t| t.render(p, controls))
         .collect();
     AuthorizationResponse {
@@ -1313,13 +1304,7 @@ fn authorization_response(
     }
 }
 
-fn decision_row(
-    txn: &Authorization,
-    d: &Decision,
-    p: &CompiledPolicy,
-    controls: Option<&CompiledPolicy>,
-    card_currency: Currency,
-) -> DecisionRow {
+fn decision_row(txn: &Authorization, d: &Decision, card_currency: Currency) -> DecisionRow {
     let e = &d.effects;
     let rec = EffectsRecord {
         at: e.at_ms,
@@ -1354,7 +1339,9 @@ fn decision_row(
         amount_approved: d.amount_approved.to_string(),
         card_currency: card_currency.code().to_string(),
         policy_version: d.policy_version.clone(),
-        trace: serde_json::to_string(&interesting_trace(d, p, controls)).unwrap_or_default(),
+        // Filled in with the exact answer by `idempotent`.
+        request_hash: String::new(),
+        response: String::new(),
         effects: serde_json::to_string(&rec).unwrap_or_default(),
     }
 }

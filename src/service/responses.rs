@@ -24,8 +24,9 @@ pub struct AuthorizationResponse {
     pub flags: Vec<String>,
     pub score: i64,
     pub policy_version: String,
-    /// Rules that did something (declined, flagged, scored, shadow, skipped, errored);
-    /// rules that passed are left out (`/v1/simulate` shows every rule).
+    /// Rules that did something (declined, flagged, scored, shadow, errored); rules that
+    /// passed, did not apply or could not be evaluated are left out (`/v1/simulate` shows
+    /// every rule).
     pub trace: Vec<TraceLine>,
     /// Time spent deciding, in microseconds (the commit wait is not included).
     pub latency_us: u64,

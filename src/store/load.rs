@@ -13,8 +13,9 @@ use crate::ledger::verify::LedgerSnapshot;
 use crate::ledger::{AccountId, Hold, HoldStatus, Posting, Transfer, TransferKind};
 use crate::money::Currency;
 
-/// A decision as stored: its outcome, the trace (JSON) and the effects needed to rebuild
-/// velocity windows (JSON).
+/// A decision as stored: its outcome, the exact response answered (JSON, with the trace),
+/// the request's hash (for idempotent replays) and the effects needed to rebuild velocity
+/// windows (JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecisionRow {
     pub auth_id: String,
@@ -29,7 +30,8 @@ pub struct DecisionRow {
     pub amount_approved: String,
     pub card_currency: String,
     pub policy_version: String,
-    pub trace: String,
+    pub request_hash: String,
+    pub response: String,
     pub effects: String,
 }
 
@@ -248,7 +250,7 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
 
     let mut st = conn.prepare(
         "SELECT auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved,
-                card_currency, policy_version, trace, effects FROM decisions ORDER BY seq",
+                card_currency, policy_version, request_hash, response, effects FROM decisions ORDER BY seq",
     )?;
     let rows = st.query_map([], |r| {
         Ok(DecisionRow {
@@ -264,8 +266,9 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
             amount_approved: r.get(9)?,
             card_currency: r.get(10)?,
             policy_version: r.get(11)?,
-            trace: r.get(12)?,
-            effects: r.get(13)?,
+            request_hash: r.get(12)?,
+            response: r.get(13)?,
+            effects: r.get(14)?,
         })
     })?;
     for row in rows {

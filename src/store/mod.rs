@@ -125,6 +125,9 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 64 MiB page cache; checkpoint the WAL every ~40 MiB rather than every 4 MiB.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     schema::migrate(&conn)?;
     Ok(conn)
@@ -361,8 +364,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
         Write::Decision(d) => {
             c.prepare_cached(
                 "INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency,
-                    amount_approved, card_currency, policy_version, trace, effects)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    amount_approved, card_currency, policy_version, request_hash, response, effects)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 d.auth_id,
@@ -377,7 +380,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 d.amount_approved,
                 d.card_currency,
                 d.policy_version,
-                d.trace,
+                d.request_hash,
+                d.response,
                 d.effects
             ])?;
         }
