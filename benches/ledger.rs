@@ -68,27 +68,31 @@ fn pct(v: &[u64], q: f64) -> u64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
-fn run(label: &str, durability: Durability, threads: usize, per_thread: u64) {
+/// `tasks` concurrent callers on a 2-worker tokio runtime, each authorizing one at a
+/// time and awaiting its commit, as the HTTP service does.
+fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (e, cards) = setup(dir.path(), durability, 1_000);
+    let cards = Arc::new(cards);
     let stats = e.store().unwrap().stats.clone();
     let (b0, w0, c0) = (stats.batches.load(Ordering::Relaxed), stats.writes.load(Ordering::Relaxed), stats.commit_us_total.load(Ordering::Relaxed));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let start = Instant::now();
-    let mut lat: Vec<u64> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
+    let mut lat: Vec<u64> = rt.block_on(async {
+        let hs: Vec<_> = (0..tasks)
             .map(|t| {
-                let (e, cards) = (e.clone(), &cards);
-                s.spawn(move || {
-                    let mut lat = Vec::with_capacity(per_thread as usize);
+                let (e, cards) = (e.clone(), cards.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per_task as usize);
                     // Spread over a simulated day so velocity windows stay realistic.
                     let base = Utc.with_ymd_and_hms(2026, 6, 3, 0, 0, 0).unwrap();
-                    for i in 0..per_thread {
-                        let n = t as u64 * per_thread + i;
+                    for i in 0..per_task {
+                        let n = t as u64 * per_task + i;
                         let card = &cards[(n as usize * 7919) % cards.len()];
                         let a = txn(format!("b{t}-{i}"), card, n);
                         let now = base + chrono::Duration::milliseconds(n as i64 * 50);
                         let t0 = Instant::now();
-                        let r = e.authorize(&a, now).unwrap();
+                        let r = e.authorize_async(&a, now).await.unwrap();
                         lat.push(t0.elapsed().as_micros() as u64);
                         std::hint::black_box(r);
                     }
@@ -96,7 +100,11 @@ fn run(label: &str, durability: Durability, threads: usize, per_thread: u64) {
                 })
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        let mut all = Vec::new();
+        for h in hs {
+            all.extend(h.await.unwrap());
+        }
+        all
     });
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
@@ -105,7 +113,7 @@ fn run(label: &str, durability: Durability, threads: usize, per_thread: u64) {
     let writes = stats.writes.load(Ordering::Relaxed) - w0;
     let commit_us = stats.commit_us_total.load(Ordering::Relaxed) - c0;
     println!(
-        "{label:<28} threads={threads:<4} n={n:<7} {:>8.0} auth/s   latency p50={:>6} us p99={:>6} us p99.9={:>6} us   batches={batches} ({:.1} writes/batch, {:.0} us/commit)",
+        "{label:<28} concurrency={tasks:<5} n={n:<7} {:>8.0} auth/s   latency p50={:>6} us p99={:>6} us p99.9={:>6} us   {:.1} writes/batch, {:.0} us/commit",
         n as f64 / secs,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
@@ -119,12 +127,12 @@ fn run(label: &str, durability: Durability, threads: usize, per_thread: u64) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--test" || a == "--quick");
     let per_thread = if quick { 20 } else { 2_000 };
-    println!("durable authorize, in-process, reference policy with scripts, 1000 cards");
-    for threads in [16, 64, 256] {
-        if quick && threads > 16 {
+    println!("durable authorize, in-process, reference policy with scripts, 1000 cards, 2 tokio workers");
+    for tasks in [16, 64, 256, 1024] {
+        if quick && tasks > 16 {
             break;
         }
-        run("group commit (FULL fsync)", Durability::Full, threads, per_thread * 64 / threads as u64);
+        run("group commit (FULL fsync)", Durability::Full, tasks, per_thread * 64 / tasks as u64);
     }
-    run("durability off (baseline)", Durability::Off, 64, per_thread);
+    run("durability off (baseline)", Durability::Off, 256, per_thread / 4);
 }

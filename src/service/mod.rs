@@ -310,6 +310,19 @@ impl Engine {
         request: &impl Serialize,
         op: impl FnOnce() -> Result<(R, Vec<Write>, Option<CardGuard>), EngineError>,
     ) -> Result<Arc<str>, EngineError> {
+        let (json, seq) = self.idempotent_nowait(scope, key, request, op)?;
+        self.wait(seq);
+        Ok(json)
+    }
+
+    /// Like `idempotent`, but returns the store sequence to wait for instead of waiting.
+    fn idempotent_nowait<R: Serialize>(
+        &self,
+        scope: &'static str,
+        key: &str,
+        request: &impl Serialize,
+        op: impl FnOnce() -> Result<(R, Vec<Write>, Option<CardGuard>), EngineError>,
+    ) -> Result<(Arc<str>, u64), EngineError> {
         if key.is_empty() || key.len() > 128 {
             return Err(EngineError::Invalid(
                 "idempotency key must be 1 to 128 characters".into(),
@@ -317,10 +330,7 @@ impl Engine {
         }
         let hash = request_hash(&serde_json::to_vec(request).unwrap_or_default());
         match self.idem.begin(scope, key, &hash) {
-            Begin::Replay { response, seq } => {
-                self.wait(seq);
-                return Ok(response);
-            }
+            Begin::Replay { response, seq } => return Ok((response, seq)),
             Begin::Conflict => return Err(EngineError::IdempotencyConflict),
             Begin::Go => {}
         }
@@ -356,8 +366,7 @@ impl Engine {
         // The card's lock was held until its writes were queued: commit order for one
         // card equals the order its state changed in memory.
         drop(guard);
-        self.wait(seq);
-        Ok(json)
+        Ok((json, seq))
     }
 
     // ---- Programs, cardholders, cards -------------------------------------------------
@@ -745,14 +754,26 @@ impl Engine {
 
     /// Decides an authorization, places its hold, makes both durable, then answers.
     /// The processor's authorization id is the idempotency key.
-    pub fn authorize(
-        &self,
-        txn: &Authorization,
-        now: DateTime<Utc>,
-    ) -> Result<Authorized, EngineError> {
+    pub fn authorize(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<Authorized, EngineError> {
+        let (a, seq) = self.authorize_nowait(txn, now)?;
+        self.wait(seq);
+        Ok(a)
+    }
+
+    /// `authorize` for async callers: the commit wait does not block a thread.
+    pub async fn authorize_async(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<Authorized, EngineError> {
+        let (a, seq) = self.authorize_nowait(txn, now)?;
+        if let (Some(s), true) = (&self.store, seq > 0) {
+            s.wait_async(seq).await;
+        }
+        Ok(a)
+    }
+
+    /// Decides and queues the writes; the answer may be given once `seq` is durable.
+    pub fn authorize_nowait(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<(Authorized, u64), EngineError> {
         let started = Instant::now();
         let mut out = None;
-        let json = self.idempotent("authorization", &txn.id.clone(), txn, || {
+        let (json, seq) = self.idempotent_nowait("authorization", &txn.id.clone(), txn, || {
             let Some(card) = self.card(&txn.card_id) else {
                 let r = self.unknown_card_response(txn, started);
                 out = Some((false, "14".to_string(), None));
@@ -798,26 +819,14 @@ impl Engine {
             out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
             Ok((response, writes, Some(c)))
         })?;
-        Ok(match out {
-            Some((approved, response_code, rule)) => Authorized {
-                json,
-                approved,
-                response_code,
-                rule,
-                replayed: false,
-            },
+        let a = match out {
+            Some((approved, response_code, rule)) => Authorized { json, approved, response_code, rule, replayed: false },
             None => {
-                let r: AuthorizationResponse =
-                    serde_json::from_str(&json).map_err(|e| EngineError::Invalid(e.to_string()))?;
-                Authorized {
-                    json,
-                    approved: r.approved,
-                    response_code: r.response_code,
-                    rule: r.rule,
-                    replayed: true,
-                }
+                let r: AuthorizationResponse = serde_json::from_str(&json).map_err(|e| EngineError::Invalid(e.to_string()))?;
+                Authorized { json, approved: r.approved, response_code: r.response_code, rule: r.rule, replayed: true }
             }
-        })
+        };
+        Ok((a, seq))
     }
 
     fn unknown_card_response(
