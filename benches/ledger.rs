@@ -30,15 +30,47 @@ fn setup(dir: &Path, durability: Durability, cards: usize) -> (Arc<Engine>, Vec<
     let (store, snapshot) = Store::open(dir, durability).unwrap();
     let e = Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default()).unwrap();
     let now = Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap();
-    e.create_program(Program { id: "bench".into(), policy: "consumer-prepaid-africa".into(), currency: Currency::USD }).unwrap();
-    e.deposit("d", "bench", Decimal::new(1_000_000_000, 0), Currency::USD, now).unwrap();
+    e.create_program(Program {
+        id: "bench".into(),
+        policy: "consumer-prepaid-africa".into(),
+        currency: Currency::USD,
+    })
+    .unwrap();
+    e.deposit(
+        "d",
+        "bench",
+        Decimal::new(1_000_000_000, 0),
+        Currency::USD,
+        now,
+    )
+    .unwrap();
     let mut ids = Vec::new();
     for i in 0..cards {
         let h = format!("h{i}");
-        e.create_cardholder(&h, Cardholder { id: h.clone(), program: "bench".into(), name: "Bench".into(), kyc: KycStatus::Verified, blocked: false })
-            .unwrap();
-        let c: CardResponse = serde_json::from_str(&e.issue_card(&h, "bench", &h, CardKind::Virtual, None, None, true, now).unwrap()).unwrap();
-        e.move_funds(&h, &c.id, TransferKind::TopUp, Decimal::new(100_000, 0), now).unwrap();
+        e.create_cardholder(
+            &h,
+            Cardholder {
+                id: h.clone(),
+                program: "bench".into(),
+                name: "Bench".into(),
+                kyc: KycStatus::Verified,
+                blocked: false,
+            },
+        )
+        .unwrap();
+        let c: CardResponse = serde_json::from_str(
+            &e.issue_card(&h, "bench", &h, CardKind::Virtual, None, None, true, now)
+                .unwrap(),
+        )
+        .unwrap();
+        e.move_funds(
+            &h,
+            &c.id,
+            TransferKind::TopUp,
+            Decimal::new(100_000, 0),
+            now,
+        )
+        .unwrap();
         ids.push(c.id);
     }
     (Arc::new(e), ids)
@@ -75,8 +107,16 @@ fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
     let (e, cards) = setup(dir.path(), durability, 1_000);
     let cards = Arc::new(cards);
     let stats = e.store().unwrap().stats.clone();
-    let (b0, w0, c0) = (stats.batches.load(Ordering::Relaxed), stats.writes.load(Ordering::Relaxed), stats.commit_us_total.load(Ordering::Relaxed));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (b0, w0, c0) = (
+        stats.batches.load(Ordering::Relaxed),
+        stats.writes.load(Ordering::Relaxed),
+        stats.commit_us_total.load(Ordering::Relaxed),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let start = Instant::now();
     let mut lat: Vec<u64> = rt.block_on(async {
         let hs: Vec<_> = (0..tasks)
@@ -127,12 +167,24 @@ fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--test" || a == "--quick");
     let per_thread = if quick { 20 } else { 2_000 };
-    println!("durable authorize, in-process, reference policy with scripts, 1000 cards, 2 tokio workers");
+    println!(
+        "durable authorize, in-process, reference policy with scripts, 1000 cards, 2 tokio workers"
+    );
     for tasks in [16, 64, 256, 1024] {
         if quick && tasks > 16 {
             break;
         }
-        run("group commit (FULL fsync)", Durability::Full, tasks, per_thread * 64 / tasks as u64);
+        run(
+            "group commit (FULL fsync)",
+            Durability::Full,
+            tasks,
+            per_thread * 64 / tasks as u64,
+        );
     }
-    run("durability off (baseline)", Durability::Off, 256, per_thread / 4);
+    run(
+        "durability off (baseline)",
+        Durability::Off,
+        256,
+        per_thread / 4,
+    );
 }

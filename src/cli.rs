@@ -102,7 +102,9 @@ fn open_snapshot(data: &Path) -> Result<crate::store::Snapshot, String> {
     if !path.exists() {
         return Err(format!("no store at {}", path.display()));
     }
-    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| e.to_string())?;
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())?;
     crate::store::load_snapshot(&conn).map_err(|e| e.to_string())
 }
 
@@ -117,7 +119,10 @@ fn ledger_verify(data: &Path) -> ExitCode {
     let r = crate::ledger::verify::verify(&snapshot.ledger);
     println!("transfers:      {}", r.transfers);
     println!("accounts:       {}", r.accounts);
-    println!("holds:          {} pending, {} resolved", r.holds_pending, r.holds_resolved);
+    println!(
+        "holds:          {} pending, {} resolved",
+        r.holds_pending, r.holds_resolved
+    );
     for (c, total) in &r.totals {
         let cards = r.card_balances.get(c).copied().unwrap_or_default();
         println!("{c}:            sum of balances {total}, held on cards {cards}");
@@ -136,10 +141,13 @@ fn ledger_verify(data: &Path) -> ExitCode {
 
 fn reconcile_cmd(settlement: &Path, date: &str, data: &Path) -> ExitCode {
     let run = || -> Result<crate::reconcile::ReconReport, String> {
-        let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| format!("--date `{date}` is not YYYY-MM-DD"))?;
-        let text = std::fs::read_to_string(settlement).map_err(|e| format!("{}: {e}", settlement.display()))?;
+        let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .map_err(|_| format!("--date `{date}` is not YYYY-MM-DD"))?;
+        let text = std::fs::read_to_string(settlement)
+            .map_err(|e| format!("{}: {e}", settlement.display()))?;
         let snapshot = open_snapshot(data)?;
-        crate::reconcile::reconcile(&snapshot.ledger.transfers, &text, date).map_err(|e| format!("{}: {e}", settlement.display()))
+        crate::reconcile::reconcile(&snapshot.ledger.transfers, &text, date)
+            .map_err(|e| format!("{}: {e}", settlement.display()))
     };
     match run() {
         Ok(r) => {
@@ -182,9 +190,21 @@ fn reconcile_cmd(settlement: &Path, date: &str, data: &Path) -> ExitCode {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Ledger { command: LedgerCommand::Verify { data } } => ledger_verify(&data),
-        Command::Reconcile { settlement, date, data } => reconcile_cmd(&settlement, &date, &data),
-        Command::Stress { data, rules, cards, threads, policy } => crate::stress::run(&data, &rules, cards, threads, &policy),
+        Command::Ledger {
+            command: LedgerCommand::Verify { data },
+        } => ledger_verify(&data),
+        Command::Reconcile {
+            settlement,
+            date,
+            data,
+        } => reconcile_cmd(&settlement, &date, &data),
+        Command::Stress {
+            data,
+            rules,
+            cards,
+            threads,
+            policy,
+        } => crate::stress::run(&data, &rules, cards, threads, &policy),
         Command::Check { path } => match load(&path) {
             Ok(policies) => {
                 for p in policies {

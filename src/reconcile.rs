@@ -53,7 +53,9 @@ pub struct ReconReport {
 
 impl ReconReport {
     pub fn clean(&self) -> bool {
-        self.mismatched.is_empty() && self.missing_in_settlement.is_empty() && self.missing_in_ledger.is_empty()
+        self.mismatched.is_empty()
+            && self.missing_in_settlement.is_empty()
+            && self.missing_in_ledger.is_empty()
     }
 }
 
@@ -65,10 +67,15 @@ fn settled(t: &Transfer) -> Option<(Currency, Decimal)> {
         .map(|p| (p.currency, p.amount))
 }
 
-pub fn reconcile(transfers: &[Transfer], csv_text: &str, date: NaiveDate) -> Result<ReconReport, String> {
+pub fn reconcile(
+    transfers: &[Transfer],
+    csv_text: &str,
+    date: NaiveDate,
+) -> Result<ReconReport, String> {
     let mut ledger: BTreeMap<(String, Currency), Decimal> = BTreeMap::new();
     for t in transfers.iter().filter(|t| t.kind == TransferKind::Capture) {
-        let Some(day) = chrono::DateTime::from_timestamp_millis(t.at_ms).map(|d| d.date_naive()) else {
+        let Some(day) = chrono::DateTime::from_timestamp_millis(t.at_ms).map(|d| d.date_naive())
+        else {
             continue;
         };
         if day != date {
@@ -79,12 +86,18 @@ pub fn reconcile(transfers: &[Transfer], csv_text: &str, date: NaiveDate) -> Res
         }
     }
     let mut file: BTreeMap<(String, Currency), Decimal> = BTreeMap::new();
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(csv_text.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(csv_text.as_bytes());
     for (i, row) in rdr.deserialize::<Row>().enumerate() {
         let line = i + 2;
         let row = row.map_err(|e| format!("line {line}: {e}"))?;
-        let d = NaiveDate::parse_from_str(&row.settlement_date, "%Y-%m-%d")
-            .map_err(|_| format!("line {line}: settlement_date `{}` is not YYYY-MM-DD", row.settlement_date))?;
+        let d = NaiveDate::parse_from_str(&row.settlement_date, "%Y-%m-%d").map_err(|_| {
+            format!(
+                "line {line}: settlement_date `{}` is not YYYY-MM-DD",
+                row.settlement_date
+            )
+        })?;
         if d != date {
             continue;
         }
@@ -95,10 +108,18 @@ pub fn reconcile(transfers: &[Transfer], csv_text: &str, date: NaiveDate) -> Res
         }
         *file.entry((row.authorization_id, c)).or_default() += a;
     }
-    let mut r = ReconReport { date: date.to_string(), ..ReconReport::default() };
+    let mut r = ReconReport {
+        date: date.to_string(),
+        ..ReconReport::default()
+    };
     let add = |cat: &str, l: Line, r: &mut ReconReport| {
         let amount = l.ledger.or(l.settlement).unwrap_or_default();
-        let t = r.totals.entry(l.currency.to_string()).or_default().entry(cat.to_string()).or_default();
+        let t = r
+            .totals
+            .entry(l.currency.to_string())
+            .or_default()
+            .entry(cat.to_string())
+            .or_default();
         t.count += 1;
         t.amount += amount;
         match cat {
@@ -109,30 +130,67 @@ pub fn reconcile(transfers: &[Transfer], csv_text: &str, date: NaiveDate) -> Res
         }
     };
     // An authorization settled in a different currency than captured is a mismatch.
-    let auths: std::collections::BTreeSet<&String> = ledger.keys().chain(file.keys()).map(|(a, _)| a).collect();
+    let auths: std::collections::BTreeSet<&String> =
+        ledger.keys().chain(file.keys()).map(|(a, _)| a).collect();
     for auth in auths {
         let l: Vec<_> = ledger.iter().filter(|((a, _), _)| a == auth).collect();
         let f: Vec<_> = file.iter().filter(|((a, _), _)| a == auth).collect();
         match (l.as_slice(), f.as_slice()) {
             ([((_, lc), la)], [((_, fc), fa)]) => {
-                let line = Line { authorization_id: auth.clone(), currency: *lc, ledger: Some(**la), settlement: Some(**fa) };
-                let cat = if lc == fc && la == fa { "matched" } else { "mismatched" };
+                let line = Line {
+                    authorization_id: auth.clone(),
+                    currency: *lc,
+                    ledger: Some(**la),
+                    settlement: Some(**fa),
+                };
+                let cat = if lc == fc && la == fa {
+                    "matched"
+                } else {
+                    "mismatched"
+                };
                 add(cat, line, &mut r);
             }
             (ls, []) => {
                 for ((_, c), a) in ls {
-                    add("missing_in_settlement", Line { authorization_id: auth.clone(), currency: *c, ledger: Some(**a), settlement: None }, &mut r);
+                    add(
+                        "missing_in_settlement",
+                        Line {
+                            authorization_id: auth.clone(),
+                            currency: *c,
+                            ledger: Some(**a),
+                            settlement: None,
+                        },
+                        &mut r,
+                    );
                 }
             }
             ([], fs) => {
                 for ((_, c), a) in fs {
-                    add("missing_in_ledger", Line { authorization_id: auth.clone(), currency: *c, ledger: None, settlement: Some(**a) }, &mut r);
+                    add(
+                        "missing_in_ledger",
+                        Line {
+                            authorization_id: auth.clone(),
+                            currency: *c,
+                            ledger: None,
+                            settlement: Some(**a),
+                        },
+                        &mut r,
+                    );
                 }
             }
             (ls, _) => {
                 for ((_, c), a) in ls {
                     let s = file.get(&(auth.clone(), *c)).copied();
-                    add("mismatched", Line { authorization_id: auth.clone(), currency: *c, ledger: Some(**a), settlement: s }, &mut r);
+                    add(
+                        "mismatched",
+                        Line {
+                            authorization_id: auth.clone(),
+                            currency: *c,
+                            ledger: Some(**a),
+                            settlement: s,
+                        },
+                        &mut r,
+                    );
                 }
             }
         }
@@ -163,7 +221,11 @@ mod tests {
     #[test]
     fn matches_mismatches_and_missing() {
         let day = NaiveDate::from_ymd_opt(2026, 6, 3).unwrap();
-        let at = day.and_hms_opt(12, 0, 0).unwrap().and_utc().timestamp_millis();
+        let at = day
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
         let transfers = vec![
             capture("a1", "10.00", Currency::USD, at),
             capture("a2", "20.00", Currency::USD, at),
@@ -176,8 +238,16 @@ mod tests {
         assert_eq!(r.mismatched[0].authorization_id, "a2");
         assert_eq!(r.missing_in_settlement[0].authorization_id, "a3");
         assert_eq!(r.missing_in_ledger[0].authorization_id, "a4");
-        assert_eq!(r.totals["USD"]["matched"].amount, "10.00".parse::<Decimal>().unwrap());
+        assert_eq!(
+            r.totals["USD"]["matched"].amount,
+            "10.00".parse::<Decimal>().unwrap()
+        );
         assert!(!r.clean());
-        assert!(reconcile(&transfers, "authorization_id,amount,currency,settlement_date\na1,10.001,USD,2026-06-03\n", day).is_err());
+        assert!(reconcile(
+            &transfers,
+            "authorization_id,amount,currency,settlement_date\na1,10.001,USD,2026-06-03\n",
+            day
+        )
+        .is_err());
     }
 }

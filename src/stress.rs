@@ -48,15 +48,50 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
     {
         let setup = || -> Result<(), crate::service::EngineError> {
             if engine.program(PROGRAM).is_none() {
-                engine.create_program(Program { id: PROGRAM.into(), policy: policy.into(), currency: usd })?;
+                engine.create_program(Program {
+                    id: PROGRAM.into(),
+                    policy: policy.into(),
+                    currency: usd,
+                })?;
             }
-            engine.deposit("stress-deposit", PROGRAM, Decimal::new(100_000_000, 0), usd, now)?;
+            engine.deposit(
+                "stress-deposit",
+                PROGRAM,
+                Decimal::new(100_000_000, 0),
+                usd,
+                now,
+            )?;
             for i in 0..cards {
                 let h = format!("holder-{i}");
-                engine.create_cardholder(&h, Cardholder { id: h.clone(), program: PROGRAM.into(), name: "Stress".into(), kyc: KycStatus::Verified, blocked: false })?;
-                let json = engine.issue_card(&format!("card-{i}"), PROGRAM, &h, CardKind::Virtual, Some(usd), None, true, now)?;
-                let card: crate::service::responses::CardResponse = serde_json::from_str(&json).map_err(|e| crate::service::EngineError::Invalid(e.to_string()))?;
-                engine.move_funds(&format!("fund-{i}"), &card.id, TransferKind::TopUp, Decimal::new(500, 0), now)?;
+                engine.create_cardholder(
+                    &h,
+                    Cardholder {
+                        id: h.clone(),
+                        program: PROGRAM.into(),
+                        name: "Stress".into(),
+                        kyc: KycStatus::Verified,
+                        blocked: false,
+                    },
+                )?;
+                let json = engine.issue_card(
+                    &format!("card-{i}"),
+                    PROGRAM,
+                    &h,
+                    CardKind::Virtual,
+                    Some(usd),
+                    None,
+                    true,
+                    now,
+                )?;
+                let card: crate::service::responses::CardResponse = serde_json::from_str(&json)
+                    .map_err(|e| crate::service::EngineError::Invalid(e.to_string()))?;
+                engine.move_funds(
+                    &format!("fund-{i}"),
+                    &card.id,
+                    TransferKind::TopUp,
+                    Decimal::new(500, 0),
+                    now,
+                )?;
             }
             Ok(())
         };
@@ -99,15 +134,25 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                     match engine.authorize(&txn, now) {
                         Ok(a) if a.response_code == "51" => {
                             let key = format!("{run_id}-topup-{th}-{i}");
-                            if let Err(e) = engine.move_funds(&key, card, TransferKind::TopUp, Decimal::new(500, 0), now) {
+                            if let Err(e) = engine.move_funds(
+                                &key,
+                                card,
+                                TransferKind::TopUp,
+                                Decimal::new(500, 0),
+                                now,
+                            ) {
                                 eprintln!("top-up: {e}");
                             }
                         }
                         Ok(a) if a.approved => {
                             // Exercise captures and reversals too.
                             let extra = match i % 4 {
-                                0 => engine.capture(&format!("c{i}"), &id, txn.amount, true, now).map(|_| "captured"),
-                                1 => engine.reverse(&format!("r{i}"), &id, None, now).map(|_| "reversed"),
+                                0 => engine
+                                    .capture(&format!("c{i}"), &id, txn.amount, true, now)
+                                    .map(|_| "captured"),
+                                1 => engine
+                                    .reverse(&format!("r{i}"), &id, None, now)
+                                    .map(|_| "reversed"),
                                 _ => Ok("held"),
                             };
                             let mut out = std::io::stdout().lock();

@@ -12,11 +12,15 @@ use proptest::prelude::*;
 use rusqlite::{Connection, OpenFlags};
 use rust_decimal::Decimal;
 use spendgate::decision::KycStatus;
-use spendgate::issuing::{CardAction, CardKind, Cardholder, LimitInterval, Program, SpendingControls, SpendingLimit};
+use spendgate::issuing::{
+    CardAction, CardKind, Cardholder, LimitInterval, Program, SpendingControls, SpendingLimit,
+};
 use spendgate::ledger::verify::verify;
 use spendgate::ledger::TransferKind;
 use spendgate::money::Currency;
-use spendgate::service::responses::{AuthorizationResponse, Balance, CardResponse, HoldResponse, ReversalResponse};
+use spendgate::service::responses::{
+    AuthorizationResponse, Balance, CardResponse, HoldResponse, ReversalResponse,
+};
 use spendgate::service::{Engine, EngineConfig, EngineError};
 use spendgate::store::{load_snapshot, Durability, Store, DB_FILE};
 
@@ -29,29 +33,69 @@ fn open(dir: &Path, durability: Durability) -> Engine {
 
 /// Program `p` with a funded funding account and `n` active, funded USD cards.
 fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
-    e.create_program(Program { id: "p".into(), policy: CONSUMER.into(), currency: Currency::USD }).unwrap();
-    e.deposit("dep", "p", amount("1000000.00"), Currency::USD, t0()).unwrap();
+    e.create_program(Program {
+        id: "p".into(),
+        policy: CONSUMER.into(),
+        currency: Currency::USD,
+    })
+    .unwrap();
+    e.deposit("dep", "p", amount("1000000.00"), Currency::USD, t0())
+        .unwrap();
     (0..n)
         .map(|i| {
             let h = format!("h{i}");
-            e.create_cardholder(&h, Cardholder { id: h.clone(), program: "p".into(), name: "Ama Mensah".into(), kyc: KycStatus::Verified, blocked: false })
+            e.create_cardholder(
+                &h,
+                Cardholder {
+                    id: h.clone(),
+                    program: "p".into(),
+                    name: "Ama Mensah".into(),
+                    kyc: KycStatus::Verified,
+                    blocked: false,
+                },
+            )
+            .unwrap();
+            let json = e
+                .issue_card(
+                    &format!("card{i}"),
+                    "p",
+                    &h,
+                    CardKind::Physical,
+                    None,
+                    None,
+                    true,
+                    t0(),
+                )
                 .unwrap();
-            let json = e.issue_card(&format!("card{i}"), "p", &h, CardKind::Physical, None, None, true, t0()).unwrap();
             let c: CardResponse = serde_json::from_str(&json).unwrap();
             if each != "0" {
-                e.move_funds(&format!("fund{i}"), &c.id, TransferKind::TopUp, amount(each), t0()).unwrap();
+                e.move_funds(
+                    &format!("fund{i}"),
+                    &c.id,
+                    TransferKind::TopUp,
+                    amount(each),
+                    t0(),
+                )
+                .unwrap();
             }
             c.id
         })
         .collect()
 }
 
-fn authorize(e: &Engine, id: &str, card: &str, value: &str, now: DateTime<Utc>) -> AuthorizationResponse {
+fn authorize(
+    e: &Engine,
+    id: &str,
+    card: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> AuthorizationResponse {
     serde_json::from_str(&e.authorize(&txn(id, card, value, "USD"), now).unwrap().json).unwrap()
 }
 
 fn verify_store(dir: &Path) -> spendgate::store::Snapshot {
-    let conn = Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let conn =
+        Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let s = load_snapshot(&conn).unwrap();
     let r = verify(&s.ledger);
     assert!(r.ok(), "{:?}", r.violations);
@@ -73,13 +117,34 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
         let a = authorize(&e, "a1", &card, "40.00", t0());
         assert!(a.approved);
         assert_eq!(a.available_after.as_deref(), Some("60.00"));
-        assert_eq!(balance(&e, &card), ("100.00".into(), "40.00".into(), "60.00".into()));
-        let c: HoldResponse = serde_json::from_str(&e.capture("c1", "a1", amount("15.00"), false, t0()).unwrap()).unwrap();
-        assert_eq!((c.pending.as_str(), c.captured.as_str()), ("25.00", "15.00"));
-        let c: HoldResponse = serde_json::from_str(&e.capture("c2", "a1", amount("20.00"), true, t0()).unwrap()).unwrap();
+        assert_eq!(
+            balance(&e, &card),
+            ("100.00".into(), "40.00".into(), "60.00".into())
+        );
+        let c: HoldResponse =
+            serde_json::from_str(&e.capture("c1", "a1", amount("15.00"), false, t0()).unwrap())
+                .unwrap();
+        assert_eq!(
+            (c.pending.as_str(), c.captured.as_str()),
+            ("25.00", "15.00")
+        );
+        let c: HoldResponse =
+            serde_json::from_str(&e.capture("c2", "a1", amount("20.00"), true, t0()).unwrap())
+                .unwrap();
         assert_eq!(c.hold_status, spendgate::ledger::HoldStatus::Posted);
-        assert_eq!(balance(&e, &card), ("65.00".into(), "0.00".into(), "65.00".into()));
-        e.refund("rf1", &card, Some("a1"), amount("5.00"), Currency::USD, t0()).unwrap();
+        assert_eq!(
+            balance(&e, &card),
+            ("65.00".into(), "0.00".into(), "65.00".into())
+        );
+        e.refund(
+            "rf1",
+            &card,
+            Some("a1"),
+            amount("5.00"),
+            Currency::USD,
+            t0(),
+        )
+        .unwrap();
         assert_eq!(balance(&e, &card).0, "70.00");
         // An over-precise, zero or too-large capture is refused and changes nothing.
         assert!(authorize(&e, "a2", &card, "30.00", t0()).approved);
@@ -87,14 +152,21 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
             let err = e.capture("bad", "a2", amount(bad), true, t0()).unwrap_err();
             assert_eq!(err.kind(), "invalid_amount", "{bad}: {err}");
         }
-        assert_eq!(balance(&e, &card), ("70.00".into(), "30.00".into(), "40.00".into()));
+        assert_eq!(
+            balance(&e, &card),
+            ("70.00".into(), "30.00".into(), "40.00".into())
+        );
         e.store().unwrap().close();
     }
     verify_store(dir.path());
     // Restart: everything is rebuilt from the store, including the open hold.
     let e = open(dir.path(), Durability::Full);
-    assert_eq!(balance(&e, &card), ("70.00".into(), "30.00".into(), "40.00".into()));
-    let c: HoldResponse = serde_json::from_str(&e.capture("c3", "a2", amount("33.00"), true, t0()).unwrap()).unwrap();
+    assert_eq!(
+        balance(&e, &card),
+        ("70.00".into(), "30.00".into(), "40.00".into())
+    );
+    let c: HoldResponse =
+        serde_json::from_str(&e.capture("c3", "a2", amount("33.00"), true, t0()).unwrap()).unwrap();
     assert_eq!(c.captured, "33.00", "over-capture within 10% is allowed");
     // Idempotency survives the restart: the same capture key replays byte for byte.
     let first = e.capture("c2", "a1", amount("20.00"), true, t0()).unwrap();
@@ -116,9 +188,16 @@ fn velocity_windows_survive_a_restart() {
     }
     let e = open(dir.path(), Durability::Full);
     let d = authorize(&e, "v3", &card, "50.00", t0() + Duration::minutes(2));
-    assert_eq!((d.response_code.as_str(), d.rule.as_deref()), ("61", Some("daily_spend")));
+    assert_eq!(
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("61", Some("daily_spend"))
+    );
     // A reversal after the restart gives the capacity back.
-    let r: ReversalResponse = serde_json::from_str(&e.reverse("r", "v2", None, t0() + Duration::minutes(3)).unwrap()).unwrap();
+    let r: ReversalResponse = serde_json::from_str(
+        &e.reverse("r", "v2", None, t0() + Duration::minutes(3))
+            .unwrap(),
+    )
+    .unwrap();
     assert!(r.matched);
     assert!(authorize(&e, "v4", &card, "50.00", t0() + Duration::minutes(4)).approved);
 }
@@ -130,28 +209,95 @@ fn every_mutating_operation_is_idempotent() {
     let card = issue(&e, 1, "100.00").remove(0);
     let now = t0();
     let a1 = e.authorize(&txn("i1", &card, "10.00", "USD"), now).unwrap();
-    let a2 = e.authorize(&txn("i1", &card, "10.00", "USD"), now + Duration::seconds(5)).unwrap();
-    assert_eq!(a1.json, a2.json, "same id, same body: the original answer byte for byte");
+    let a2 = e
+        .authorize(
+            &txn("i1", &card, "10.00", "USD"),
+            now + Duration::seconds(5),
+        )
+        .unwrap();
+    assert_eq!(
+        a1.json, a2.json,
+        "same id, same body: the original answer byte for byte"
+    );
     assert!(a2.replayed);
-    let conflict = e.authorize(&txn("i1", &card, "11.00", "USD"), now).unwrap_err();
+    let conflict = e
+        .authorize(&txn("i1", &card, "11.00", "USD"), now)
+        .unwrap_err();
     assert!(matches!(conflict, EngineError::IdempotencyConflict));
     assert_eq!(balance(&e, &card).1, "10.00", "held once");
 
     type Op<'a> = Box<dyn Fn(&str) -> Result<Arc<str>, EngineError> + 'a>;
     let ops: Vec<(&str, Op, Op)> = vec![
-        ("capture", Box::new(|k| e.capture(k, "i1", amount("4.00"), false, now)), Box::new(|k| e.capture(k, "i1", amount("5.00"), false, now))),
-        ("reversal", Box::new(|k| e.reverse(k, "i1", Some(amount("1.00")), now)), Box::new(|k| e.reverse(k, "i1", Some(amount("2.00")), now))),
-        ("refund", Box::new(|k| e.refund(k, &card, None, amount("1.00"), Currency::USD, now)), Box::new(|k| e.refund(k, &card, None, amount("2.00"), Currency::USD, now))),
-        ("advice", Box::new(|k| e.advice(k, &card, amount("1.00"), Currency::USD, now)), Box::new(|k| e.advice(k, &card, amount("2.00"), Currency::USD, now))),
-        ("top-up", Box::new(|k| e.move_funds(k, &card, TransferKind::TopUp, amount("1.00"), now)), Box::new(|k| e.move_funds(k, &card, TransferKind::TopUp, amount("2.00"), now))),
-        ("withdraw", Box::new(|k| e.move_funds(k, &card, TransferKind::Withdrawal, amount("1.00"), now)), Box::new(|k| e.move_funds(k, &card, TransferKind::Withdrawal, amount("2.00"), now))),
-        ("deposit", Box::new(|k| e.deposit(k, "p", amount("1.00"), Currency::USD, now)), Box::new(|k| e.deposit(k, "p", amount("2.00"), Currency::USD, now))),
-        ("freeze", Box::new(|k| e.card_action(k, &card, CardAction::Freeze, now)), Box::new(|k| e.card_action(k, &card, CardAction::ReportLost, now))),
-        ("unfreeze", Box::new(|k| e.card_action(k, &card, CardAction::Unfreeze, now)), Box::new(|k| e.card_action(k, &card, CardAction::ReportStolen, now))),
+        (
+            "capture",
+            Box::new(|k| e.capture(k, "i1", amount("4.00"), false, now)),
+            Box::new(|k| e.capture(k, "i1", amount("5.00"), false, now)),
+        ),
+        (
+            "reversal",
+            Box::new(|k| e.reverse(k, "i1", Some(amount("1.00")), now)),
+            Box::new(|k| e.reverse(k, "i1", Some(amount("2.00")), now)),
+        ),
+        (
+            "refund",
+            Box::new(|k| e.refund(k, &card, None, amount("1.00"), Currency::USD, now)),
+            Box::new(|k| e.refund(k, &card, None, amount("2.00"), Currency::USD, now)),
+        ),
+        (
+            "advice",
+            Box::new(|k| e.advice(k, &card, amount("1.00"), Currency::USD, now)),
+            Box::new(|k| e.advice(k, &card, amount("2.00"), Currency::USD, now)),
+        ),
+        (
+            "top-up",
+            Box::new(|k| e.move_funds(k, &card, TransferKind::TopUp, amount("1.00"), now)),
+            Box::new(|k| e.move_funds(k, &card, TransferKind::TopUp, amount("2.00"), now)),
+        ),
+        (
+            "withdraw",
+            Box::new(|k| e.move_funds(k, &card, TransferKind::Withdrawal, amount("1.00"), now)),
+            Box::new(|k| e.move_funds(k, &card, TransferKind::Withdrawal, amount("2.00"), now)),
+        ),
+        (
+            "deposit",
+            Box::new(|k| e.deposit(k, "p", amount("1.00"), Currency::USD, now)),
+            Box::new(|k| e.deposit(k, "p", amount("2.00"), Currency::USD, now)),
+        ),
+        (
+            "freeze",
+            Box::new(|k| e.card_action(k, &card, CardAction::Freeze, now)),
+            Box::new(|k| e.card_action(k, &card, CardAction::ReportLost, now)),
+        ),
+        (
+            "unfreeze",
+            Box::new(|k| e.card_action(k, &card, CardAction::Unfreeze, now)),
+            Box::new(|k| e.card_action(k, &card, CardAction::ReportStolen, now)),
+        ),
         (
             "controls",
-            Box::new(|k| e.set_controls(k, &card, SpendingControls { blocked_categories: vec![], ..Default::default() })),
-            Box::new(|k| e.set_controls(k, &card, SpendingControls { spending_limits: vec![SpendingLimit { amount: amount("5"), interval: LimitInterval::Daily }], ..Default::default() })),
+            Box::new(|k| {
+                e.set_controls(
+                    k,
+                    &card,
+                    SpendingControls {
+                        blocked_categories: vec![],
+                        ..Default::default()
+                    },
+                )
+            }),
+            Box::new(|k| {
+                e.set_controls(
+                    k,
+                    &card,
+                    SpendingControls {
+                        spending_limits: vec![SpendingLimit {
+                            amount: amount("5"),
+                            interval: LimitInterval::Daily,
+                        }],
+                        ..Default::default()
+                    },
+                )
+            }),
         ),
         (
             "cardholder",
@@ -165,10 +311,21 @@ fn every_mutating_operation_is_idempotent() {
         let snapshot = balance(&e, &card);
         let again = op(&key).unwrap();
         assert_eq!(first, again, "{name}: replayed byte for byte");
-        assert_eq!(balance(&e, &card), snapshot, "{name}: the replay changed nothing");
+        assert_eq!(
+            balance(&e, &card),
+            snapshot,
+            "{name}: the replay changed nothing"
+        );
         let err = different(&key).unwrap_err();
-        assert!(matches!(err, EngineError::IdempotencyConflict), "{name}: {err}");
-        assert_eq!(balance(&e, &card), snapshot, "{name}: the conflict changed nothing");
+        assert!(
+            matches!(err, EngineError::IdempotencyConflict),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            balance(&e, &card),
+            snapshot,
+            "{name}: the conflict changed nothing"
+        );
     }
     e.store().unwrap().close();
     verify_store(dir.path());
@@ -183,7 +340,16 @@ fn concurrent_duplicates_execute_once() {
         let hs: Vec<_> = (0..8)
             .map(|_| {
                 let (e, card) = (e.clone(), card.clone());
-                s.spawn(move || e.move_funds("same-key", &card, TransferKind::TopUp, amount("10.00"), t0()).unwrap())
+                s.spawn(move || {
+                    e.move_funds(
+                        "same-key",
+                        &card,
+                        TransferKind::TopUp,
+                        amount("10.00"),
+                        t0(),
+                    )
+                    .unwrap()
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -200,32 +366,91 @@ fn bad_inputs_are_typed_errors_that_change_nothing() {
     assert!(authorize(&e, "h1", &card, "50.00", t0()).approved);
     let before = balance(&e, &card);
     let kind = |r: Result<Arc<str>, EngineError>| r.unwrap_err().kind();
-    assert_eq!(kind(e.move_funds("b1", &card, TransferKind::TopUp, amount("0"), t0())), "invalid_amount");
-    assert_eq!(kind(e.move_funds("b2", &card, TransferKind::TopUp, amount("-5"), t0())), "invalid_amount");
-    assert_eq!(kind(e.move_funds("b3", &card, TransferKind::TopUp, amount("1.005"), t0())), "invalid_amount");
-    assert_eq!(kind(e.move_funds("b4", &card, TransferKind::Withdrawal, amount("50.01"), t0())), "insufficient_funds");
-    assert_eq!(kind(e.advice("b5", &card, amount("1.00"), Currency::from_code("XOF").unwrap(), t0())), "fx_rate_unavailable");
-    assert!(Currency::from_code("XYZ").is_err(), "unknown currencies never reach the engine");
-    assert_eq!(kind(e.capture("b6", "h1", amount("55.01"), true, t0())), "invalid_amount");
-    assert_eq!(kind(e.reverse("b7", "h1", Some(amount("50.01")), t0())), "invalid_amount");
-    assert_eq!(kind(e.refund("b8", &card, Some("h1"), amount("1.00"), Currency::USD, t0())), "invalid_amount");
-    assert_eq!(kind(e.card_action("b9", &card, CardAction::Unfreeze, t0())), "invalid_transition");
-    assert_eq!(kind(e.card_action("b10", &card, CardAction::Terminate, t0())), "pending_holds");
+    assert_eq!(
+        kind(e.move_funds("b1", &card, TransferKind::TopUp, amount("0"), t0())),
+        "invalid_amount"
+    );
+    assert_eq!(
+        kind(e.move_funds("b2", &card, TransferKind::TopUp, amount("-5"), t0())),
+        "invalid_amount"
+    );
+    assert_eq!(
+        kind(e.move_funds("b3", &card, TransferKind::TopUp, amount("1.005"), t0())),
+        "invalid_amount"
+    );
+    assert_eq!(
+        kind(e.move_funds("b4", &card, TransferKind::Withdrawal, amount("50.01"), t0())),
+        "insufficient_funds"
+    );
+    assert_eq!(
+        kind(e.advice(
+            "b5",
+            &card,
+            amount("1.00"),
+            Currency::from_code("XOF").unwrap(),
+            t0()
+        )),
+        "fx_rate_unavailable"
+    );
+    assert!(
+        Currency::from_code("XYZ").is_err(),
+        "unknown currencies never reach the engine"
+    );
+    assert_eq!(
+        kind(e.capture("b6", "h1", amount("55.01"), true, t0())),
+        "invalid_amount"
+    );
+    assert_eq!(
+        kind(e.reverse("b7", "h1", Some(amount("50.01")), t0())),
+        "invalid_amount"
+    );
+    assert_eq!(
+        kind(e.refund("b8", &card, Some("h1"), amount("1.00"), Currency::USD, t0())),
+        "invalid_amount"
+    );
+    assert_eq!(
+        kind(e.card_action("b9", &card, CardAction::Unfreeze, t0())),
+        "invalid_transition"
+    );
+    assert_eq!(
+        kind(e.card_action("b10", &card, CardAction::Terminate, t0())),
+        "pending_holds"
+    );
     assert_eq!(balance(&e, &card), before);
     e.capture("ok", "h1", amount("50.00"), true, t0()).unwrap();
-    assert_eq!(kind(e.capture("b11", "h1", amount("1.00"), true, t0())), "hold_not_pending");
+    assert_eq!(
+        kind(e.capture("b11", "h1", amount("1.00"), true, t0())),
+        "hold_not_pending"
+    );
     // Terminating returns the rest to the funding account; then every operation fails.
-    let funding_before = e.house_balance(&spendgate::ledger::AccountId::funding("p", Currency::USD));
-    e.card_action("term", &card, CardAction::Terminate, t0()).unwrap();
+    let funding_before =
+        e.house_balance(&spendgate::ledger::AccountId::funding("p", Currency::USD));
+    e.card_action("term", &card, CardAction::Terminate, t0())
+        .unwrap();
     let funding_after = e.house_balance(&spendgate::ledger::AccountId::funding("p", Currency::USD));
     assert_eq!(funding_after - funding_before, amount("50.00"));
     let dead = balance(&e, &card);
     assert_eq!(dead.0, "0.00");
-    assert_eq!(kind(e.move_funds("t1", &card, TransferKind::TopUp, amount("1.00"), t0())), "card_terminated");
-    assert_eq!(kind(e.refund("t2", &card, None, amount("1.00"), Currency::USD, t0())), "card_terminated");
-    assert_eq!(kind(e.advice("t3", &card, amount("1.00"), Currency::USD, t0())), "card_terminated");
-    assert_eq!(kind(e.set_controls("t4", &card, SpendingControls::default())), "card_terminated");
-    assert_eq!(kind(e.card_action("t5", &card, CardAction::Activate, t0())), "invalid_transition");
+    assert_eq!(
+        kind(e.move_funds("t1", &card, TransferKind::TopUp, amount("1.00"), t0())),
+        "card_terminated"
+    );
+    assert_eq!(
+        kind(e.refund("t2", &card, None, amount("1.00"), Currency::USD, t0())),
+        "card_terminated"
+    );
+    assert_eq!(
+        kind(e.advice("t3", &card, amount("1.00"), Currency::USD, t0())),
+        "card_terminated"
+    );
+    assert_eq!(
+        kind(e.set_controls("t4", &card, SpendingControls::default())),
+        "card_terminated"
+    );
+    assert_eq!(
+        kind(e.card_action("t5", &card, CardAction::Activate, t0())),
+        "invalid_transition"
+    );
     assert_eq!(authorize(&e, "t6", &card, "1.00", t0()).response_code, "46");
     assert_eq!(balance(&e, &card), dead);
     e.store().unwrap().close();
@@ -239,11 +464,20 @@ fn holds_expire_on_the_injected_clock_and_give_capacity_back() {
     let card = issue(&e, 1, "5000.00").remove(0);
     // calendar_week cardholder budget is 3000; a week-old hold still counts until it expires.
     assert!(authorize(&e, "x1", &card, "480.00", t0()).approved);
-    assert!(e.expire_holds(t0() + Duration::days(7) - Duration::milliseconds(1)).expired.is_empty());
+    assert!(e
+        .expire_holds(t0() + Duration::days(7) - Duration::milliseconds(1))
+        .expired
+        .is_empty());
     let r = e.expire_holds(t0() + Duration::days(7));
     assert_eq!(r.expired, ["x1"]);
-    assert!(e.expire_holds(t0() + Duration::days(8)).expired.is_empty(), "exactly once");
-    assert_eq!(balance(&e, &card), ("5000.00".into(), "0.00".into(), "5000.00".into()));
+    assert!(
+        e.expire_holds(t0() + Duration::days(8)).expired.is_empty(),
+        "exactly once"
+    );
+    assert_eq!(
+        balance(&e, &card),
+        ("5000.00".into(), "0.00".into(), "5000.00".into())
+    );
     e.store().unwrap().close();
     verify_store(dir.path());
 }
@@ -252,26 +486,56 @@ fn holds_expire_on_the_injected_clock_and_give_capacity_back() {
 fn partial_approval_cross_currency_and_forced_posts() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path(), Durability::Off);
-    e.create_program(Program { id: "ng".into(), policy: CONSUMER.into(), currency: Currency::NGN }).unwrap();
-    e.deposit("d", "ng", amount("10000000.00"), Currency::NGN, t0()).unwrap();
-    e.create_cardholder("h", Cardholder { id: "h".into(), program: "ng".into(), name: "Chidi".into(), kyc: KycStatus::Verified, blocked: false })
+    e.create_program(Program {
+        id: "ng".into(),
+        policy: CONSUMER.into(),
+        currency: Currency::NGN,
+    })
+    .unwrap();
+    e.deposit("d", "ng", amount("10000000.00"), Currency::NGN, t0())
         .unwrap();
-    let c: CardResponse = serde_json::from_str(&e.issue_card("c", "ng", "h", CardKind::Virtual, None, None, true, t0()).unwrap()).unwrap();
+    e.create_cardholder(
+        "h",
+        Cardholder {
+            id: "h".into(),
+            program: "ng".into(),
+            name: "Chidi".into(),
+            kyc: KycStatus::Verified,
+            blocked: false,
+        },
+    )
+    .unwrap();
+    let c: CardResponse = serde_json::from_str(
+        &e.issue_card("c", "ng", "h", CardKind::Virtual, None, None, true, t0())
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(c.currency, Currency::NGN);
-    e.move_funds("f", &c.id, TransferKind::TopUp, amount("100000.00"), t0()).unwrap();
+    e.move_funds("f", &c.id, TransferKind::TopUp, amount("100000.00"), t0())
+        .unwrap();
     // 50 USD at 1550 NGN/USD plus the 1.5% spread = 78662.50 NGN.
     let a = authorize(&e, "usd1", &c.id, "50.00", t0());
     assert!(a.approved);
-    assert_eq!((a.amount_approved.as_str(), a.fx_rate.as_deref()), ("78662.50", Some("1573.25")));
-    let cap: HoldResponse = serde_json::from_str(&e.capture("k", "usd1", amount("50.00"), true, t0()).unwrap()).unwrap();
+    assert_eq!(
+        (a.amount_approved.as_str(), a.fx_rate.as_deref()),
+        ("78662.50", Some("1573.25"))
+    );
+    let cap: HoldResponse =
+        serde_json::from_str(&e.capture("k", "usd1", amount("50.00"), true, t0()).unwrap())
+            .unwrap();
     assert_eq!(cap.captured, "78662.50");
     // Partial approval: ask for more than is left.
     let mut t = txn("part", &c.id, "30000.00", "NGN");
     t.partial_ok = true;
-    let p: AuthorizationResponse = serde_json::from_str(&e.authorize(&t, t0()).unwrap().json).unwrap();
-    assert_eq!((p.response_code.as_str(), p.amount_approved.as_str()), ("10", "21337.50"));
+    let p: AuthorizationResponse =
+        serde_json::from_str(&e.authorize(&t, t0()).unwrap().json).unwrap();
+    assert_eq!(
+        (p.response_code.as_str(), p.amount_approved.as_str()),
+        ("10", "21337.50")
+    );
     // A stand-in advice may take the card below zero; the ledger still verifies.
-    e.advice("adv", &c.id, amount("5000.00"), Currency::NGN, t0()).unwrap();
+    e.advice("adv", &c.id, amount("5000.00"), Currency::NGN, t0())
+        .unwrap();
     assert_eq!(balance(&e, &c.id).2, "-5000.00");
     e.store().unwrap().close();
     let s = verify_store(dir.path());
@@ -283,21 +547,44 @@ fn card_controls_restrict_beyond_the_program_policy() {
     let e = Engine::new(rules());
     let card = issue(&e, 1, "1000.00").remove(0);
     let controls = SpendingControls {
-        spending_limits: vec![SpendingLimit { amount: amount("50.00"), interval: LimitInterval::Daily }],
+        spending_limits: vec![SpendingLimit {
+            amount: amount("50.00"),
+            interval: LimitInterval::Daily,
+        }],
         blocked_categories: vec![spendgate::decision::Mcc::parse("5411").unwrap()],
         ..Default::default()
     };
     e.set_controls("ctl", &card, controls).unwrap();
     let d = authorize(&e, "k1", &card, "10.00", t0());
-    assert_eq!((d.response_code.as_str(), d.rule.as_deref()), ("57", Some("card_blocked_categories")));
-    e.set_controls("ctl2", &card, SpendingControls { spending_limits: vec![SpendingLimit { amount: amount("50.00"), interval: LimitInterval::Daily }], ..Default::default() })
-        .unwrap();
+    assert_eq!(
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("57", Some("card_blocked_categories"))
+    );
+    e.set_controls(
+        "ctl2",
+        &card,
+        SpendingControls {
+            spending_limits: vec![SpendingLimit {
+                amount: amount("50.00"),
+                interval: LimitInterval::Daily,
+            }],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(authorize(&e, "k2", &card, "40.00", t0()).approved);
     let d = authorize(&e, "k3", &card, "20.00", t0());
-    assert_eq!((d.response_code.as_str(), d.rule.as_deref()), ("61", Some("card_limit_0_calendar_day")));
+    assert_eq!(
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("61", Some("card_limit_0_calendar_day"))
+    );
     // Cardholder KYC change reaches the card.
-    e.update_cardholder("kyc", "h0", Some(KycStatus::Rejected), None).unwrap();
-    assert_eq!(authorize(&e, "k4", &card, "1.00", t0()).reason, "kyc_not_verified");
+    e.update_cardholder("kyc", "h0", Some(KycStatus::Rejected), None)
+        .unwrap();
+    assert_eq!(
+        authorize(&e, "k4", &card, "1.00", t0()).reason,
+        "kyc_not_verified"
+    );
 }
 
 #[test]
@@ -314,7 +601,11 @@ fn verify_and_reconcile_commands_on_a_real_store() {
         e.store().unwrap().close();
     }
     let bin = env!("CARGO_BIN_EXE_spendgate");
-    let out = Command::new(bin).args(["ledger", "verify", "--data"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(bin)
+        .args(["ledger", "verify", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ok: every invariant holds"), "{text}");
@@ -322,39 +613,89 @@ fn verify_and_reconcile_commands_on_a_real_store() {
     let day = t0().date_naive().to_string();
     let good = dir.path().join("good.csv");
     std::fs::write(&good, format!("authorization_id,amount,currency,settlement_date\ns0,10.00,USD,{day}\ns1,20.00,USD,{day}\ns2,30.00,USD,{day}\n")).unwrap();
-    let out = Command::new(bin).args(["reconcile", "--date", &day, "--settlement"]).arg(&good).arg("--data").arg(dir.path()).output().unwrap();
+    let out = Command::new(bin)
+        .args(["reconcile", "--date", &day, "--settlement"])
+        .arg(&good)
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("USD matched: 3 totalling 60.00"), "{text}");
 
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, format!("authorization_id,amount,currency,settlement_date\ns0,10.00,USD,{day}\ns1,21.00,USD,{day}\nzz,5.00,USD,{day}\n")).unwrap();
-    let out = Command::new(bin).args(["reconcile", "--date", &day, "--settlement"]).arg(&bad).arg("--data").arg(dir.path()).output().unwrap();
+    let out = Command::new(bin)
+        .args(["reconcile", "--date", &day, "--settlement"])
+        .arg(&bad)
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("mismatched: s1 USD ledger=20.00 settlement=21.00"), "{text}");
+    assert!(
+        text.contains("mismatched: s1 USD ledger=20.00 settlement=21.00"),
+        "{text}"
+    );
     assert!(text.contains("missing_in_settlement: s2"), "{text}");
     assert!(text.contains("missing_in_ledger: zz"), "{text}");
 
     // The sample file documents the format and parses.
     let sample = std::fs::read_to_string("tests/fixtures/settlement_sample.csv").unwrap();
-    let s = spendgate::reconcile::reconcile(&[], &sample, chrono::NaiveDate::from_ymd_opt(2026, 6, 3).unwrap()).unwrap();
+    let s = spendgate::reconcile::reconcile(
+        &[],
+        &sample,
+        chrono::NaiveDate::from_ymd_opt(2026, 6, 3).unwrap(),
+    )
+    .unwrap();
     assert_eq!(s.missing_in_ledger.len(), 3);
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Authorize { card: usize, cents: i64 },
-    Capture { auth: usize, percent: i64, last: bool },
-    Reverse { auth: usize, full: bool },
-    Refund { card: usize, cents: i64 },
-    Advice { card: usize, cents: i64 },
-    TopUp { card: usize, cents: i64 },
-    Withdraw { card: usize, cents: i64 },
-    Expire { days: i64 },
-    Freeze { card: usize },
-    Unfreeze { card: usize },
-    Terminate { card: usize },
+    Authorize {
+        card: usize,
+        cents: i64,
+    },
+    Capture {
+        auth: usize,
+        percent: i64,
+        last: bool,
+    },
+    Reverse {
+        auth: usize,
+        full: bool,
+    },
+    Refund {
+        card: usize,
+        cents: i64,
+    },
+    Advice {
+        card: usize,
+        cents: i64,
+    },
+    TopUp {
+        card: usize,
+        cents: i64,
+    },
+    Withdraw {
+        card: usize,
+        cents: i64,
+    },
+    Expire {
+        days: i64,
+    },
+    Freeze {
+        card: usize,
+    },
+    Unfreeze {
+        card: usize,
+    },
+    Terminate {
+        card: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -163,12 +163,7 @@ impl CardState {
             txn,
             now,
         );
-        self.apply(
-            d.approved,
-            &d.effects,
-            cardholder,
-            program,
-        );
+        self.apply(d.approved, &d.effects, cardholder, program);
         let mut hold = None;
         if d.approved
             && self.funds_tracked

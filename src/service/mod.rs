@@ -754,14 +754,22 @@ impl Engine {
 
     /// Decides an authorization, places its hold, makes both durable, then answers.
     /// The processor's authorization id is the idempotency key.
-    pub fn authorize(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<Authorized, EngineError> {
+    pub fn authorize(
+        &self,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<Authorized, EngineError> {
         let (a, seq) = self.authorize_nowait(txn, now)?;
         self.wait(seq);
         Ok(a)
     }
 
     /// `authorize` for async callers: the commit wait does not block a thread.
-    pub async fn authorize_async(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<Authorized, EngineError> {
+    pub async fn authorize_async(
+        &self,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<Authorized, EngineError> {
         let (a, seq) = self.authorize_nowait(txn, now)?;
         if let (Some(s), true) = (&self.store, seq > 0) {
             s.wait_async(seq).await;
@@ -770,7 +778,11 @@ impl Engine {
     }
 
     /// Decides and queues the writes; the answer may be given once `seq` is durable.
-    pub fn authorize_nowait(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<(Authorized, u64), EngineError> {
+    pub fn authorize_nowait(
+        &self,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<(Authorized, u64), EngineError> {
         let started = Instant::now();
         let mut out = None;
         let (json, seq) = self.idempotent_nowait("authorization", &txn.id.clone(), txn, || {
@@ -820,10 +832,23 @@ impl Engine {
             Ok((response, writes, Some(c)))
         })?;
         let a = match out {
-            Some((approved, response_code, rule)) => Authorized { json, approved, response_code, rule, replayed: false },
+            Some((approved, response_code, rule)) => Authorized {
+                json,
+                approved,
+                response_code,
+                rule,
+                replayed: false,
+            },
             None => {
-                let r: AuthorizationResponse = serde_json::from_str(&json).map_err(|e| EngineError::Invalid(e.to_string()))?;
-                Authorized { json, approved: r.approved, response_code: r.response_code, rule: r.rule, replayed: true }
+                let r: AuthorizationResponse =
+                    serde_json::from_str(&json).map_err(|e| EngineError::Invalid(e.to_string()))?;
+                Authorized {
+                    json,
+                    approved: r.approved,
+                    response_code: r.response_code,
+                    rule: r.rule,
+                    replayed: true,
+                }
             }
         };
         Ok((a, seq))
@@ -1291,7 +1316,12 @@ fn authorization_response(
     let trace = d
         .trace
         .iter()
-        .filter(|t| !matches!(t.outcome, TraceOutcome::Pass | TraceOutcome::NotApplicable | TraceOutcome::Skipped))
+        .filter(|t| {
+            !matches!(
+                t.outcome,
+                TraceOutcome::Pass | TraceOutcome::NotApplicable | TraceOutcome::Skipped
+            )
+        })
         .map(|t| t.render(p, controls))
         .collect();
     AuthorizationResponse {
