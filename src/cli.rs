@@ -22,6 +22,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP service on the embedded store.
+    Serve {
+        /// YAML configuration file (environment variables override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address [default: 127.0.0.1:8080, or SPENDGATE_ADDR].
+        #[arg(long)]
+        addr: Option<String>,
+        /// Data directory [default: data, or SPENDGATE_DATA].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Rules directory [default: rules, or SPENDGATE_RULES].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Load benchmark: drive mixed authorization traffic at a server and report latency.
+    Loadgen(crate::loadgen::Args),
     /// Validate policy files; prints `file:line:col: rule: message` per error.
     Check {
         /// A rules directory or one policy file.
@@ -190,6 +207,32 @@ fn reconcile_cmd(settlement: &Path, date: &str, data: &Path) -> ExitCode {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve { config, addr, data, rules } => {
+            let mut c = match crate::http::Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("spendgate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(a) = addr {
+                c.addr = a;
+            }
+            if let Some(d) = data {
+                c.data_dir = d;
+            }
+            if let Some(r) = rules {
+                c.rules_dir = r;
+            }
+            match crate::http::run_server(c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("spendgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Loadgen(args) => crate::loadgen::run(args),
         Command::Ledger {
             command: LedgerCommand::Verify { data },
         } => ledger_verify(&data),

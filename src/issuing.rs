@@ -12,16 +12,17 @@ use crate::decision::{CardStatus, Channel, Country, Expiry, KycStatus, Mcc};
 use crate::money::{check_precision, Currency, FxTable};
 use crate::policy::{compile_policy, CompiledPolicy};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Program {
     pub id: String,
     /// The policy (by name) that governs the program's cards.
     pub policy: String,
     /// Default card currency.
+    #[schema(value_type = String)]
     pub currency: Currency,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cardholder {
     pub id: String,
     pub program: String,
@@ -30,7 +31,7 @@ pub struct Cardholder {
     pub blocked: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CardKind {
     Virtual,
@@ -87,7 +88,7 @@ pub fn transition(from: CardStatus, action: CardAction) -> Result<CardStatus, Tr
     Ok(to)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitInterval {
     PerAuthorization,
@@ -98,29 +99,34 @@ pub enum LimitInterval {
     AllTime,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpendingLimit {
     /// In the card currency, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "200.00")]
     pub amount: Decimal,
     pub interval: LimitInterval,
 }
 
 /// Card-level controls, like Stripe's `spending_controls`. Each becomes a card-scope
 /// rule, evaluated after the program's policy; the most restrictive wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpendingControls {
     #[serde(default)]
     pub spending_limits: Vec<SpendingLimit>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     pub allowed_categories: Option<Vec<Mcc>>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub blocked_categories: Vec<Mcc>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     pub allowed_countries: Option<Vec<Country>>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub blocked_countries: Vec<Country>,
     #[serde(default)]
     pub allowed_channels: Option<Vec<Channel>>,

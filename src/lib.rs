@@ -10,8 +10,10 @@
 pub mod cli;
 pub mod decision;
 pub mod geo;
+pub mod http;
 pub mod issuing;
 pub mod ledger;
+pub mod loadgen;
 pub mod money;
 pub mod policy;
 pub mod policy_tests;

@@ -95,13 +95,15 @@ impl Decision {
 }
 
 /// A decision as JSON and CLI show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DecisionSummary {
     pub approved: bool,
+    #[schema(value_type = String)]
     pub response_code: ResponseCode,
     pub reason: String,
     pub rule: Option<String>,
     pub amount_approved: String,
+    #[schema(value_type = String)]
     pub currency: Currency,
     pub flags: Vec<String>,
     pub score: i64,

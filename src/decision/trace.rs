@@ -121,7 +121,7 @@ pub struct TraceEntry {
 }
 
 /// A rendered trace line: `{rule, outcome, detail}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TraceLine {
     pub rule: String,
     pub outcome: String,

@@ -91,7 +91,7 @@ impl<'de> Deserialize<'de> for Country {
 macro_rules! small_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
         impl $name {
@@ -128,7 +128,7 @@ small_enum!(
     KycStatus { Pending = "pending", Verified = "verified", Rejected = "rejected" }
 );
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LatLon {
     pub lat: f64,
@@ -144,20 +144,24 @@ impl LatLon {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Merchant {
     pub id: String,
     #[serde(default)]
     pub name: String,
+    /// ISO 18245 merchant category code, four digits.
+    #[schema(value_type = String, example = "5411")]
     pub mcc: Mcc,
+    /// ISO 3166-1 alpha-2.
+    #[schema(value_type = String, example = "NG")]
     pub country: Country,
     #[serde(default)]
     pub location: Option<LatLon>,
 }
 
 /// An authorization request from the processor's hook.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Authorization {
     /// The processor's authorization id; also the idempotency key.
@@ -165,20 +169,23 @@ pub struct Authorization {
     pub card_id: String,
     /// Major units as a decimal string ("25.00"), parsed exactly.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "25.00")]
     pub amount: Decimal,
+    #[schema(value_type = String, example = "NGN")]
     pub currency: Currency,
     pub merchant: Merchant,
     pub channel: Channel,
     #[serde(rename = "type")]
     pub txn_type: TxnType,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub timestamp: Option<DateTime<Utc>>,
     #[serde(default)]
     pub partial_ok: bool,
 }
 
 /// Card expiry: valid through the last day of this month (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Expiry {
     pub year: i32,
     pub month: u32,

@@ -181,6 +181,8 @@ pub struct Engine {
     cardholders: DashMap<String, Cardholder>,
     /// Authorization id → card id, for captures and reversals.
     auth_index: DashMap<String, String>,
+    /// SHA-256 of each API key → its program.
+    api_keys: DashMap<String, String>,
     /// Balances of every non-card account.
     house: Mutex<BTreeMap<AccountId, Decimal>>,
     idem: Idempotency,
@@ -204,6 +206,7 @@ impl Engine {
             programs: DashMap::new(),
             cardholders: DashMap::new(),
             auth_index: DashMap::new(),
+            api_keys: DashMap::new(),
             house: Mutex::new(BTreeMap::new()),
             idem: Idempotency::default(),
             policies: ArcSwap::from_pointee(policies),
@@ -778,15 +781,18 @@ impl Engine {
     }
 
     /// Decides and queues the writes; the answer may be given once `seq` is durable.
-    pub fn authorize_nowait(
-        &self,
-        txn: &Authorization,
-        now: DateTime<Utc>,
-    ) -> Result<(Authorized, u64), EngineError> {
+    pub fn authorize_nowait(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<(Authorized, u64), EngineError> {
+        self.authorize_for(None, txn, now)
+    }
+
+    /// `authorize_nowait` for one tenant: a card of another program is as unknown as a
+    /// card that does not exist (code 14), and is never touched.
+    pub fn authorize_for(&self, tenant: Option<&str>, txn: &Authorization, now: DateTime<Utc>) -> Result<(Authorized, u64), EngineError> {
         let started = Instant::now();
         let mut out = None;
         let (json, seq) = self.idempotent_nowait("authorization", &txn.id.clone(), txn, || {
-            let Some(card) = self.card(&txn.card_id) else {
+            let visible = tenant.is_none_or(|t| self.card_program(&txn.card_id).as_deref() == Some(t));
+            let Some(card) = self.card(&txn.card_id).filter(|_| visible) else {
                 let r = self.unknown_card_response(txn, started);
                 out = Some((false, "14".to_string(), None));
                 return Ok((r, vec![], None));
@@ -852,6 +858,76 @@ impl Engine {
             }
         };
         Ok((a, seq))
+    }
+
+    /// Answers 91 for an authorization whose decision missed its deadline and voids the
+    /// hold it placed, so a late decision never leaves money reserved. The 91 answer
+    /// replaces the stored one: a retry gets 91 too.
+    pub fn abandon_authorization(&self, txn: &Authorization, now: DateTime<Utc>) -> Arc<str> {
+        let hash = request_hash(&serde_json::to_vec(txn).unwrap_or_default());
+        let at_ms = now.timestamp_millis();
+        let mut writes = Vec::new();
+        let mut guard = None;
+        if let Some(card) = self.card(&txn.card_id) {
+            let mut c = card.lock_arc();
+            if let Ok(r) = c.account.reverse(&txn.id, None, at_ms) {
+                writes.push(Write::Hold(r.hold.clone()));
+                writes.push(Write::HoldResolved { auth_id: txn.id.clone(), status: r.hold.status, at_ms });
+                self.release(&mut c, &txn.id, r.released_ratio, at_ms, &mut writes);
+            }
+            guard = Some(c);
+        }
+        let response = AuthorizationResponse {
+            authorization_id: txn.id.clone(),
+            card_id: txn.card_id.clone(),
+            approved: false,
+            response_code: "91".into(),
+            reason: "deadline_exceeded".into(),
+            rule: None,
+            amount_approved: "0".into(),
+            currency: txn.currency,
+            fx_rate: None,
+            available_after: None,
+            flags: vec![],
+            score: 0,
+            policy_version: String::new(),
+            trace: vec![TraceLine { rule: "deadline".into(), outcome: "decline 91".into(), detail: "the decision missed its deadline; any hold was voided".into() }],
+            latency_us: 0,
+        };
+        let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        writes.push(Write::Idempotency { scope: "authorization", key: txn.id.clone(), request_hash: hash.clone(), response: json.clone(), at_ms });
+        let seq = self.persist(writes);
+        self.idem.finish("authorization", &txn.id, &hash, json.clone(), seq);
+        drop(guard);
+        json
+    }
+
+    /// Creates an API key for a program. The key is returned once; only its SHA-256 is kept.
+    pub fn create_api_key(&self, program: &str, now: DateTime<Utc>) -> Result<String, EngineError> {
+        if !self.programs.contains_key(program) {
+            return Err(EngineError::UnknownProgram(program.to_string()));
+        }
+        let key = format!("sk_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let hash = request_hash(key.as_bytes());
+        self.api_keys.insert(hash.clone(), program.to_string());
+        let seq = self.persist(vec![Write::ApiKey { hash, program: program.to_string(), prefix: key[..11].to_string(), at_ms: now.timestamp_millis() }]);
+        self.wait(seq);
+        Ok(key)
+    }
+
+    /// The program an API key belongs to.
+    pub fn program_for_key(&self, key: &str) -> Option<String> {
+        self.api_keys.get(&request_hash(key.as_bytes())).map(|p| p.clone())
+    }
+
+    /// The program of the card an authorization was placed on.
+    pub fn auth_program(&self, auth_id: &str) -> Option<String> {
+        let card = self.auth_index.get(auth_id).map(|c| c.clone())?;
+        self.card_program(&card)
+    }
+
+    pub fn store_seq_wait(&self, seq: u64) {
+        self.wait(seq);
     }
 
     fn unknown_card_response(
@@ -1238,6 +1314,9 @@ impl Engine {
                 let mut pg = program.as_ref().map(|p| p.lock());
                 c.release_velocity(auth_id, *ratio, hg.as_deref_mut(), pg.as_deref_mut());
             }
+        }
+        for (hash, program) in s.api_keys {
+            self.api_keys.insert(hash, program);
         }
         for (scope, key, hash, response) in s.idempotency {
             if let Some(sc) = SCOPES.iter().find(|x| **x == scope) {

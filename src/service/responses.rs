@@ -7,7 +7,7 @@ use crate::issuing::{CardKind, SpendingControls};
 use crate::ledger::HoldStatus;
 use crate::money::Currency;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuthorizationResponse {
     pub authorization_id: String,
     pub card_id: String,
@@ -17,6 +17,7 @@ pub struct AuthorizationResponse {
     pub rule: Option<String>,
     /// In the card currency.
     pub amount_approved: String,
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// Card-currency units per transaction-currency unit, when converted.
     pub fx_rate: Option<String>,
@@ -32,20 +33,22 @@ pub struct AuthorizationResponse {
     pub latency_us: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Balance {
+    #[schema(value_type = String)]
     pub currency: Currency,
     pub posted: String,
     pub pending: String,
     pub available: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CardResponse {
     pub id: String,
     pub program: String,
     pub cardholder_id: String,
     pub kind: CardKind,
+    #[schema(value_type = String)]
     pub currency: Currency,
     pub last4: String,
     pub expiry: String,
@@ -54,23 +57,25 @@ pub struct CardResponse {
     pub balance: Balance,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferResponse {
     pub transfer_id: String,
     pub kind: String,
     pub account: String,
     pub amount: String,
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// The card's (or funding account's) available balance afterwards.
     pub available_after: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HoldResponse {
     pub authorization_id: String,
     pub card_id: String,
     /// Amount of this operation in the card currency.
     pub amount: String,
+    #[schema(value_type = String)]
     pub currency: Currency,
     pub hold_status: HoldStatus,
     pub pending: String,
@@ -78,7 +83,7 @@ pub struct HoldResponse {
     pub available_after: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReversalResponse {
     pub authorization_id: String,
     /// False when the authorization was unknown: the reversal is recorded and answered.
@@ -88,7 +93,7 @@ pub struct ReversalResponse {
     pub available_after: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExpiryReport {
     pub expired: Vec<String>,
 }

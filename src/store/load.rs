@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub velocity_releases: Vec<(String, String, Decimal)>,
     /// (scope, key, request hash, response).
     pub idempotency: Vec<(String, String, String, String)>,
+    /// (SHA-256 of the key, program).
+    pub api_keys: Vec<(String, String)>,
 }
 
 fn corrupt(what: impl Into<String>) -> StoreError {
@@ -287,6 +289,12 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     for row in rows {
         let (c, a, ratio) = row?;
         s.velocity_releases.push((c, a, dec(&ratio)?));
+    }
+
+    let mut st = conn.prepare("SELECT hash, program FROM api_keys")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    for row in rows {
+        s.api_keys.push(row?);
     }
 
     let mut st = conn.prepare("SELECT scope, key, request_hash, response FROM idempotency")?;

@@ -61,6 +61,8 @@ pub enum Write {
         response: Arc<str>,
         at_ms: i64,
     },
+    /// An API key, stored only as its SHA-256.
+    ApiKey { hash: String, program: String, prefix: String, at_ms: i64 },
 }
 
 struct Job {
@@ -401,8 +403,13 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
             response,
             at_ms,
         } => {
-            c.prepare_cached("INSERT INTO idempotency (scope, key, request_hash, response, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            // REPLACE: a deadline override supersedes the stored answer of its request.
+            c.prepare_cached("INSERT OR REPLACE INTO idempotency (scope, key, request_hash, response, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![scope, key, request_hash, &**response, at_ms])?;
+        }
+        Write::ApiKey { hash, program, prefix, at_ms } => {
+            c.prepare_cached("INSERT INTO api_keys (hash, program, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![hash, program, prefix, at_ms])?;
         }
     }
     Ok(())

@@ -37,6 +37,8 @@ CREATE INDEX IF NOT EXISTS decisions_card ON decisions(card_id, at_ms);
 CREATE TABLE IF NOT EXISTS velocity_releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, card_id TEXT NOT NULL, auth_id TEXT NOT NULL,
     ratio TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    hash TEXT PRIMARY KEY, program TEXT NOT NULL, prefix TEXT NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL,
     at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));

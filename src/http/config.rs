@@ -1,0 +1,104 @@
+//! Service configuration: defaults, then a YAML file, then environment variables.
+//! Secrets (admin key, hook secrets) come from the environment or files, never the repo.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address (`SPENDGATE_ADDR`).
+    pub addr: String,
+    /// Data directory holding the SQLite store (`SPENDGATE_DATA`).
+    pub data_dir: PathBuf,
+    /// Rules directory (`SPENDGATE_RULES`).
+    pub rules_dir: PathBuf,
+    /// Admin key (`SPENDGATE_ADMIN_KEY`) or a file holding it (`SPENDGATE_ADMIN_KEY_FILE`).
+    /// When neither is set, one is generated into `<data_dir>/admin.key` (mode 0600).
+    #[serde(skip)]
+    pub admin_key: Option<String>,
+    pub admin_key_file: Option<PathBuf>,
+    /// Hook secrets, comma-separated `whsec_…` (`SPENDGATE_HOOK_SECRETS`); when set, the
+    /// processor-facing endpoints require a valid signature. Two during rotation.
+    #[serde(skip)]
+    pub hook_secrets: Vec<String>,
+    /// Decision budget in milliseconds (`SPENDGATE_DEADLINE_MS`).
+    pub deadline_ms: u64,
+    /// Largest request body in bytes.
+    pub body_bytes_max: usize,
+    /// Requests in flight at once; more wait.
+    pub requests_in_flight_max: usize,
+    /// Requests per second per API key.
+    pub rate_per_key_per_s: u32,
+    pub hold_expiry_days: u32,
+    pub over_capture_bps: u32,
+    /// Seconds between hold-expiry sweeps.
+    pub expiry_sweep_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: "127.0.0.1:8080".into(),
+            data_dir: "data".into(),
+            rules_dir: "rules".into(),
+            admin_key: None,
+            admin_key_file: None,
+            hook_secrets: vec![],
+            deadline_ms: 1_500,
+            body_bytes_max: 8 * 1024,
+            requests_in_flight_max: 4_096,
+            rate_per_key_per_s: 50_000,
+            hold_expiry_days: crate::ledger::HOLD_EXPIRY_DAYS_DEFAULT,
+            over_capture_bps: crate::ledger::OVER_CAPTURE_BPS_DEFAULT,
+            expiry_sweep_s: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by `file` (YAML, same keys) and then by environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, String> {
+        let mut c = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(v) = env("SPENDGATE_ADDR") {
+            c.addr = v;
+        }
+        if let Some(v) = env("SPENDGATE_DATA") {
+            c.data_dir = v.into();
+        }
+        if let Some(v) = env("SPENDGATE_RULES") {
+            c.rules_dir = v.into();
+        }
+        if let Some(v) = env("SPENDGATE_DEADLINE_MS") {
+            c.deadline_ms = v.parse().map_err(|_| "SPENDGATE_DEADLINE_MS must be a number".to_string())?;
+        }
+        if let Some(v) = env("SPENDGATE_ADMIN_KEY_FILE") {
+            c.admin_key_file = Some(v.into());
+        }
+        c.admin_key = env("SPENDGATE_ADMIN_KEY");
+        if c.admin_key.is_none() {
+            if let Some(f) = &c.admin_key_file {
+                let k = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                c.admin_key = Some(k.trim().to_string());
+            }
+        }
+        if let Some(v) = env("SPENDGATE_HOOK_SECRETS") {
+            c.hook_secrets = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if c.hook_secrets.len() > 2 {
+            return Err("at most two hook secrets (current and previous)".into());
+        }
+        if c.admin_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err("the admin key must be at least 16 characters".into());
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,413 @@
+//! `spendgate loadgen`: the load benchmark. Issues and funds cards through the real API,
+//! then drives mixed authorization traffic (approvals, declines by several rules,
+//! captures, reversals) over keep-alive connections, and reports throughput and latency
+//! percentiles next to a minimal axum JSON endpoint measured the same way in the same run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A running server; without it, one is started on a temporary data directory.
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Admin key of the running server (with --addr).
+    #[arg(long, env = "SPENDGATE_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+    #[arg(long, default_value_t = 10_000)]
+    pub cards: usize,
+    /// Connection counts to measure, comma-separated.
+    #[arg(long, default_value = "4,64", value_delimiter = ',')]
+    pub connections: Vec<usize>,
+    /// Seconds of traffic per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// A minimal HTTP/1.1 keep-alive client: enough for JSON requests with Content-Length.
+struct Conn {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Conn { r: BufReader::new(r), w, host: addr.to_string() })
+    }
+
+    async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", self.host, body.len());
+        for (k, v) in headers {
+            req.push_str(k);
+            req.push_str(": ");
+            req.push_str(v);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.w.write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).await?;
+        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).await?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.r.read_exact(&mut buf).await?;
+        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+    }
+}
+
+fn field(json: &str, key: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get(key).and_then(|x| x.as_str()).map(str::to_string)
+}
+
+struct Setup {
+    addr: SocketAddr,
+    api_key: String,
+    cards: Vec<String>,
+}
+
+async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String> {
+    let e = |x: std::io::Error| x.to_string();
+    let mut c = Conn::open(addr).await.map_err(e)?;
+    let bearer = format!("Bearer {admin}");
+    let (st, body) = c
+        .request("POST", "/v1/programs", &[("authorization", &bearer)], r#"{"id":"loadgen","policy":"consumer-prepaid-africa","currency":"NGN"}"#)
+        .await
+        .map_err(e)?;
+    if st != 201 && st != 409 {
+        return Err(format!("create program: {st} {body}"));
+    }
+    let (st, body) = c.request("POST", "/v1/programs/loadgen/api_keys", &[("authorization", &bearer)], "").await.map_err(e)?;
+    if st != 201 {
+        return Err(format!("api key: {st} {body}"));
+    }
+    let api_key = field(&body, "api_key").ok_or("no api_key")?;
+    let auth = format!("Bearer {api_key}");
+    let (st, body) = c
+        .request("POST", "/v1/programs/loadgen/deposits", &[("authorization", &auth), ("idempotency-key", "loadgen-deposit")], r#"{"amount":"100000000000.00","currency":"NGN"}"#)
+        .await
+        .map_err(e)?;
+    if st != 201 {
+        return Err(format!("deposit: {st} {body}"));
+    }
+    // Issue and fund cards over 16 connections.
+    let workers = 16;
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let auth = auth.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await.map_err(|x| x.to_string())?;
+            let mut ids = Vec::new();
+            for i in (w..n).step_by(workers) {
+                let h = format!("lg-holder-{i}");
+                let k1 = format!("lg-h-{i}");
+                let body = format!(r#"{{"id":"{h}","name":"Load Gen","kyc":"verified"}}"#);
+                let (st, b) = c.request("POST", "/v1/cardholders", &[("authorization", &auth), ("idempotency-key", &k1)], &body).await.map_err(|x| x.to_string())?;
+                if st != 201 {
+                    return Err(format!("cardholder: {st} {b}"));
+                }
+                let k2 = format!("lg-c-{i}");
+                let body = format!(r#"{{"cardholder_id":"{h}","kind":"virtual"}}"#);
+                let (st, b) = c.request("POST", "/v1/cards", &[("authorization", &auth), ("idempotency-key", &k2)], &body).await.map_err(|x| x.to_string())?;
+                if st != 201 {
+                    return Err(format!("card: {st} {b}"));
+                }
+                let id = field(&b, "id").ok_or("no card id")?;
+                let k3 = format!("lg-f-{i}");
+                let (st, b) = c
+                    .request("POST", &format!("/v1/cards/{id}/fund"), &[("authorization", &auth), ("idempotency-key", &k3)], r#"{"amount":"1000000.00"}"#)
+                    .await
+                    .map_err(|x| x.to_string())?;
+                if st != 201 {
+                    return Err(format!("fund: {st} {b}"));
+                }
+                ids.push(id);
+            }
+            Ok::<_, String>(ids)
+        }));
+    }
+    let mut cards = Vec::new();
+    for h in handles {
+        cards.extend(h.await.map_err(|x| x.to_string())??);
+    }
+    Ok(Setup { addr, api_key, cards })
+}
+
+#[derive(Default)]
+struct Sample {
+    latencies_us: Vec<u64>,
+    by_code: std::collections::BTreeMap<String, u64>,
+    captures: u64,
+    reversals: u64,
+    errors: u64,
+}
+
+fn auth_body(id: &str, card: &str, i: u64) -> String {
+    let (mcc, country, amount) = match i % 20 {
+        0 | 1 => ("7995", "NG", "5000.00"),    // gambling: 57
+        2 => ("5411", "BR", "5000.00"),        // outside travel countries: 62
+        3 => ("5411", "NG", "900000.00"),      // above the 500 USD cap: 61
+        _ => ("5411", "NG", "4500.00"),
+    };
+    format!(
+        r#"{{"id":"{id}","card_id":"{card}","amount":"{amount}","currency":"NGN","merchant":{{"id":"m-{}","name":"Shop","mcc":"{mcc}","country":"{country}"}},"channel":"pos","type":"purchase"}}"#,
+        i % 5000
+    )
+}
+
+async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hs = Vec::new();
+    for w in 0..conns {
+        let (s, stop, run) = (s.clone(), stop.clone(), run.to_string());
+        hs.push(tokio::spawn(async move {
+            let mut out = Sample::default();
+            let Ok(mut c) = Conn::open(s.addr).await else {
+                out.errors += 1;
+                return out;
+            };
+            let auth = format!("Bearer {}", s.api_key);
+            let mut i = w as u64;
+            let mut approved: Vec<String> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                i += conns as u64;
+                // Every 10th request settles an earlier approval: capture or reversal.
+                if i % 10 == 5 {
+                    if let Some(a) = approved.pop() {
+                        let key = format!("{run}-s{i}");
+                        let (path, body) = if i % 20 == 5 {
+                            (format!("/v1/authorizations/{a}/captures"), r#"{"amount":"4500.00"}"#)
+                        } else {
+                            (format!("/v1/authorizations/{a}/reversals"), "{}")
+                        };
+                        match c.request("POST", &path, &[("authorization", &auth), ("idempotency-key", &key)], body).await {
+                            Ok((201, _)) if i % 20 == 5 => out.captures += 1,
+                            Ok((201, _)) => out.reversals += 1,
+                            _ => out.errors += 1,
+                        }
+                        continue;
+                    }
+                }
+                let card = &s.cards[(i as usize * 7919) % s.cards.len()];
+                let id = format!("{run}-{i}");
+                let body = auth_body(&id, card, i);
+                let t = Instant::now();
+                match c.request("POST", "/v1/authorizations", &[("authorization", &auth)], &body).await {
+                    Ok((200, resp)) => {
+                        out.latencies_us.push(t.elapsed().as_micros() as u64);
+                        let code = field(&resp, "response_code").unwrap_or_default();
+                        if code == "00" {
+                            approved.push(id);
+                        }
+                        *out.by_code.entry(code).or_default() += 1;
+                    }
+                    _ => out.errors += 1,
+                }
+            }
+            out
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Sample::default();
+    for h in hs {
+        if let Ok(o) = h.await {
+            all.latencies_us.extend(o.latencies_us);
+            for (k, v) in o.by_code {
+                *all.by_code.entry(k).or_default() += v;
+            }
+            all.captures += o.captures;
+            all.reversals += o.reversals;
+            all.errors += o.errors;
+        }
+    }
+    all
+}
+
+/// The baseline: a minimal axum JSON endpoint, driven the same way.
+async fn baseline(conns: usize, seconds: u64) -> Sample {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/echo",
+        post(|body: axum::body::Bytes| async move {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            axum::Json(serde_json::json!({"ok": true, "id": v.get("id")}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hs = Vec::new();
+    for w in 0..conns {
+        let stop = stop.clone();
+        hs.push(tokio::spawn(async move {
+            let mut out = Sample::default();
+            let Ok(mut c) = Conn::open(addr).await else { return out };
+            let mut i = w as u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += conns as u64;
+                let body = auth_body(&format!("b{i}"), "card", i);
+                let t = Instant::now();
+                match c.request("POST", "/echo", &[], &body).await {
+                    Ok((200, _)) => out.latencies_us.push(t.elapsed().as_micros() as u64),
+                    _ => out.errors += 1,
+                }
+            }
+            out
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Sample::default();
+    for h in hs {
+        if let Ok(o) = h.await {
+            all.latencies_us.extend(o.latencies_us);
+            all.errors += o.errors;
+        }
+    }
+    server.abort();
+    all
+}
+
+fn pct(v: &[u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0
+}
+
+fn report(label: &str, s: &mut Sample, seconds: u64) -> f64 {
+    s.latencies_us.sort_unstable();
+    let rps = s.latencies_us.len() as f64 / seconds as f64;
+    println!(
+        "  {label:<34} {rps:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   p99.9 {:>6.2} ms   errors {}",
+        pct(&s.latencies_us, 0.5),
+        pct(&s.latencies_us, 0.99),
+        pct(&s.latencies_us, 0.999),
+        s.errors
+    );
+    rps
+}
+
+struct Spawned {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_server() -> Result<(SocketAddr, String, Spawned), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().map_err(|e: std::net::AddrParseError| e.to_string())?;
+    let admin = format!("adm_{}", uuid::Uuid::new_v4().simple());
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let data: PathBuf = dir.path().join("data");
+    let child = std::process::Command::new(exe)
+        .args(["serve", "--addr", &addr.to_string(), "--data"])
+        .arg(&data)
+        .env("SPENDGATE_ADMIN_KEY", &admin)
+        .env("SPENDGATE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    Ok((addr, admin, Spawned { child, _dir: dir }))
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let mut _spawned = None;
+        let (addr, admin) = match (args.addr, args.admin_key.clone()) {
+            (Some(a), Some(k)) => (a, k),
+            (Some(_), None) => {
+                eprintln!("loadgen: --addr needs --admin-key (or SPENDGATE_ADMIN_KEY)");
+                return ExitCode::FAILURE;
+            }
+            (None, _) => match spawn_server() {
+                Ok((a, k, s)) => {
+                    _spawned = Some(s);
+                    (a, k)
+                }
+                Err(e) => {
+                    eprintln!("loadgen: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) = Conn::open(addr).await {
+                if let Ok((200, _)) = c.request("GET", "/healthz", &[], "").await {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                eprintln!("loadgen: server at {addr} did not come up");
+                return ExitCode::FAILURE;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t = Instant::now();
+        let s = match setup(addr, &admin, args.cards).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("loadgen: setup: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("issued and funded {} cards in {:.1} s (3 requests each)", s.cards.len(), t.elapsed().as_secs_f64());
+        for (n, conns) in args.connections.iter().enumerate() {
+            println!("{conns} connections, {} s each:", args.seconds);
+            let mut b = baseline(*conns, args.seconds).await;
+            let base = report("baseline: minimal axum JSON endpoint", &mut b, args.seconds);
+            let mut a = drive(s.clone(), *conns, args.seconds, &format!("r{n}")).await;
+            let rps = report("spendgate POST /v1/authorizations", &mut a, args.seconds);
+            println!(
+                "  ratio {:.0}% of baseline; codes {:?}; captures {}, reversals {}",
+                100.0 * rps / base.max(1.0),
+                a.by_code,
+                a.captures,
+                a.reversals
+            );
+        }
+        ExitCode::SUCCESS
+    })
+}
