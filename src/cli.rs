@@ -207,7 +207,12 @@ fn reconcile_cmd(settlement: &Path, date: &str, data: &Path) -> ExitCode {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, addr, data, rules } => {
+        Command::Serve {
+            config,
+            addr,
+            data,
+            rules,
+        } => {
             let mut c = match crate::http::Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {

@@ -43,10 +43,20 @@ impl Conn {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (r, w) = s.into_split();
-        Ok(Conn { r: BufReader::new(r), w, host: addr.to_string() })
+        Ok(Conn {
+            r: BufReader::new(r),
+            w,
+            host: addr.to_string(),
+        })
     }
 
-    async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", self.host, body.len());
         for (k, v) in headers {
             req.push_str(k);
@@ -59,7 +69,11 @@ impl Conn {
         self.w.write_all(req.as_bytes()).await?;
         let mut line = String::new();
         self.r.read_line(&mut line).await?;
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
         let mut len = 0usize;
         loop {
             line.clear();
@@ -96,20 +110,41 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
     let mut c = Conn::open(addr).await.map_err(e)?;
     let bearer = format!("Bearer {admin}");
     let (st, body) = c
-        .request("POST", "/v1/programs", &[("authorization", &bearer)], r#"{"id":"loadgen","policy":"consumer-prepaid-africa","currency":"NGN"}"#)
+        .request(
+            "POST",
+            "/v1/programs",
+            &[("authorization", &bearer)],
+            r#"{"id":"loadgen","policy":"consumer-prepaid-africa","currency":"NGN"}"#,
+        )
         .await
         .map_err(e)?;
     if st != 201 && st != 409 {
         return Err(format!("create program: {st} {body}"));
     }
-    let (st, body) = c.request("POST", "/v1/programs/loadgen/api_keys", &[("authorization", &bearer)], "").await.map_err(e)?;
+    let (st, body) = c
+        .request(
+            "POST",
+            "/v1/programs/loadgen/api_keys",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await
+        .map_err(e)?;
     if st != 201 {
         return Err(format!("api key: {st} {body}"));
     }
     let api_key = field(&body, "api_key").ok_or("no api_key")?;
     let auth = format!("Bearer {api_key}");
     let (st, body) = c
-        .request("POST", "/v1/programs/loadgen/deposits", &[("authorization", &auth), ("idempotency-key", "loadgen-deposit")], r#"{"amount":"100000000000.00","currency":"NGN"}"#)
+        .request(
+            "POST",
+            "/v1/programs/loadgen/deposits",
+            &[
+                ("authorization", &auth),
+                ("idempotency-key", "loadgen-deposit"),
+            ],
+            r#"{"amount":"100000000000.00","currency":"NGN"}"#,
+        )
         .await
         .map_err(e)?;
     if st != 201 {
@@ -127,20 +162,41 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
                 let h = format!("lg-holder-{i}");
                 let k1 = format!("lg-h-{i}");
                 let body = format!(r#"{{"id":"{h}","name":"Load Gen","kyc":"verified"}}"#);
-                let (st, b) = c.request("POST", "/v1/cardholders", &[("authorization", &auth), ("idempotency-key", &k1)], &body).await.map_err(|x| x.to_string())?;
+                let (st, b) = c
+                    .request(
+                        "POST",
+                        "/v1/cardholders",
+                        &[("authorization", &auth), ("idempotency-key", &k1)],
+                        &body,
+                    )
+                    .await
+                    .map_err(|x| x.to_string())?;
                 if st != 201 {
                     return Err(format!("cardholder: {st} {b}"));
                 }
                 let k2 = format!("lg-c-{i}");
                 let body = format!(r#"{{"cardholder_id":"{h}","kind":"virtual"}}"#);
-                let (st, b) = c.request("POST", "/v1/cards", &[("authorization", &auth), ("idempotency-key", &k2)], &body).await.map_err(|x| x.to_string())?;
+                let (st, b) = c
+                    .request(
+                        "POST",
+                        "/v1/cards",
+                        &[("authorization", &auth), ("idempotency-key", &k2)],
+                        &body,
+                    )
+                    .await
+                    .map_err(|x| x.to_string())?;
                 if st != 201 {
                     return Err(format!("card: {st} {b}"));
                 }
                 let id = field(&b, "id").ok_or("no card id")?;
                 let k3 = format!("lg-f-{i}");
                 let (st, b) = c
-                    .request("POST", &format!("/v1/cards/{id}/fund"), &[("authorization", &auth), ("idempotency-key", &k3)], r#"{"amount":"1000000.00"}"#)
+                    .request(
+                        "POST",
+                        &format!("/v1/cards/{id}/fund"),
+                        &[("authorization", &auth), ("idempotency-key", &k3)],
+                        r#"{"amount":"1000000.00"}"#,
+                    )
                     .await
                     .map_err(|x| x.to_string())?;
                 if st != 201 {
@@ -155,7 +211,11 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
     for h in handles {
         cards.extend(h.await.map_err(|x| x.to_string())??);
     }
-    Ok(Setup { addr, api_key, cards })
+    Ok(Setup {
+        addr,
+        api_key,
+        cards,
+    })
 }
 
 #[derive(Default)]
@@ -169,14 +229,15 @@ struct Sample {
 
 fn auth_body(id: &str, card: &str, i: u64) -> String {
     let (mcc, country, amount) = match i % 20 {
-        0 | 1 => ("7995", "NG", "5000.00"),    // gambling: 57
-        2 => ("5411", "BR", "5000.00"),        // outside travel countries: 62
-        3 => ("5411", "NG", "900000.00"),      // above the 500 USD cap: 61
+        0 | 1 => ("7995", "NG", "5000.00"), // gambling: 57
+        2 => ("5411", "BR", "5000.00"),     // outside travel countries: 62
+        3 => ("5411", "NG", "900000.00"),   // above the 500 USD cap: 61
         _ => ("5411", "NG", "4500.00"),
     };
     format!(
         r#"{{"id":"{id}","card_id":"{card}","amount":"{amount}","currency":"NGN","merchant":{{"id":"m-{}","name":"Shop","mcc":"{mcc}","country":"{country}"}},"channel":"pos","type":"purchase"}}"#,
-        i % 5000
+        // 4999 is prime to the card stride, so card/merchant pairs vary.
+        i % 4999
     )
 }
 
@@ -201,11 +262,22 @@ async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
                     if let Some(a) = approved.pop() {
                         let key = format!("{run}-s{i}");
                         let (path, body) = if i % 20 == 5 {
-                            (format!("/v1/authorizations/{a}/captures"), r#"{"amount":"4500.00"}"#)
+                            (
+                                format!("/v1/authorizations/{a}/captures"),
+                                r#"{"amount":"4500.00"}"#,
+                            )
                         } else {
                             (format!("/v1/authorizations/{a}/reversals"), "{}")
                         };
-                        match c.request("POST", &path, &[("authorization", &auth), ("idempotency-key", &key)], body).await {
+                        match c
+                            .request(
+                                "POST",
+                                &path,
+                                &[("authorization", &auth), ("idempotency-key", &key)],
+                                body,
+                            )
+                            .await
+                        {
                             Ok((201, _)) if i % 20 == 5 => out.captures += 1,
                             Ok((201, _)) => out.reversals += 1,
                             _ => out.errors += 1,
@@ -217,7 +289,15 @@ async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
                 let id = format!("{run}-{i}");
                 let body = auth_body(&id, card, i);
                 let t = Instant::now();
-                match c.request("POST", "/v1/authorizations", &[("authorization", &auth)], &body).await {
+                match c
+                    .request(
+                        "POST",
+                        "/v1/authorizations",
+                        &[("authorization", &auth)],
+                        &body,
+                    )
+                    .await
+                {
                     Ok((200, resp)) => {
                         out.latencies_us.push(t.elapsed().as_micros() as u64);
                         let code = field(&resp, "response_code").unwrap_or_default();
@@ -259,7 +339,9 @@ async fn baseline(conns: usize, seconds: u64) -> Sample {
             axum::Json(serde_json::json!({"ok": true, "id": v.get("id")}))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let stop = Arc::new(AtomicBool::new(false));
@@ -268,7 +350,9 @@ async fn baseline(conns: usize, seconds: u64) -> Sample {
         let stop = stop.clone();
         hs.push(tokio::spawn(async move {
             let mut out = Sample::default();
-            let Ok(mut c) = Conn::open(addr).await else { return out };
+            let Ok(mut c) = Conn::open(addr).await else {
+                return out;
+            };
             let mut i = w as u64;
             while !stop.load(Ordering::Relaxed) {
                 i += conns as u64;
@@ -329,8 +413,13 @@ impl Drop for Spawned {
 
 fn spawn_server() -> Result<(SocketAddr, String, Spawned), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().map_err(|e: std::net::AddrParseError| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e: std::net::AddrParseError| e.to_string())?;
     let admin = format!("adm_{}", uuid::Uuid::new_v4().simple());
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let data: PathBuf = dir.path().join("data");
@@ -346,7 +435,10 @@ fn spawn_server() -> Result<(SocketAddr, String, Spawned), String> {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -393,7 +485,11 @@ pub fn run(args: Args) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("issued and funded {} cards in {:.1} s (3 requests each)", s.cards.len(), t.elapsed().as_secs_f64());
+        println!(
+            "issued and funded {} cards in {:.1} s (3 requests each)",
+            s.cards.len(),
+            t.elapsed().as_secs_f64()
+        );
         for (n, conns) in args.connections.iter().enumerate() {
             println!("{conns} connections, {} s each:", args.seconds);
             let mut b = baseline(*conns, args.seconds).await;

@@ -62,7 +62,8 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, String> {
         let mut c = match file {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
                 serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
             }
             None => Config::default(),
@@ -78,7 +79,9 @@ impl Config {
             c.rules_dir = v.into();
         }
         if let Some(v) = env("SPENDGATE_DEADLINE_MS") {
-            c.deadline_ms = v.parse().map_err(|_| "SPENDGATE_DEADLINE_MS must be a number".to_string())?;
+            c.deadline_ms = v
+                .parse()
+                .map_err(|_| "SPENDGATE_DEADLINE_MS must be a number".to_string())?;
         }
         if let Some(v) = env("SPENDGATE_ADMIN_KEY_FILE") {
             c.admin_key_file = Some(v.into());
@@ -91,7 +94,11 @@ impl Config {
             }
         }
         if let Some(v) = env("SPENDGATE_HOOK_SECRETS") {
-            c.hook_secrets = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            c.hook_secrets = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         if c.hook_secrets.len() > 2 {
             return Err("at most two hook secrets (current and previous)".into());

@@ -53,7 +53,10 @@ fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets(&[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0])
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.0,
+                ])
                 .expect("static buckets");
             match builder.install_recorder() {
                 Ok(h) => h,
@@ -66,12 +69,19 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// Validates the rules and runs their embedded tests; any failure keeps the old policy.
 pub fn load_and_test_policies(dir: &Path) -> Result<PolicySet, Vec<String>> {
-    let set = load_policy_dir(dir).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let set =
+        load_policy_dir(dir).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let mut failures = Vec::new();
     for p in set.policies.values() {
         for r in run_policy_tests(p) {
             if !r.passed {
-                failures.push(format!("{}:{}: test `{}` failed: {}", p.file.display(), r.line, r.name, r.message));
+                failures.push(format!(
+                    "{}:{}: test `{}` failed: {}",
+                    p.file.display(),
+                    r.line,
+                    r.name,
+                    r.message
+                ));
             }
         }
     }
@@ -92,7 +102,11 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
         return Ok(k.trim().to_string());
     }
     std::fs::create_dir_all(&config.data_dir)?;
-    let key = format!("adm_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let key = format!(
+        "adm_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     std::fs::write(&path, &key)?;
     #[cfg(unix)]
     {
@@ -105,14 +119,18 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 
 /// Opens the store, rebuilds the engine and builds the application state.
 pub fn build_state(config: Config) -> anyhow::Result<Shared> {
-    let policies = load_and_test_policies(&config.rules_dir).map_err(|e| anyhow::anyhow!("policies:\n{}", e.join("\n")))?;
+    let policies = load_and_test_policies(&config.rules_dir)
+        .map_err(|e| anyhow::anyhow!("policies:\n{}", e.join("\n")))?;
     let (store, snapshot) = Store::open(&config.data_dir, Durability::Full)?;
     let store = Arc::new(store);
     let engine = Engine::open(
         policies,
         store.clone(),
         snapshot,
-        EngineConfig { hold_expiry_days: config.hold_expiry_days, over_capture_bps: config.over_capture_bps },
+        EngineConfig {
+            hold_expiry_days: config.hold_expiry_days,
+            over_capture_bps: config.over_capture_bps,
+        },
     )?;
     let secrets = config
         .hook_secrets
@@ -121,7 +139,10 @@ pub fn build_state(config: Config) -> anyhow::Result<Shared> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!(e))?;
     let admin = admin_key(&config)?;
-    let reader = rusqlite::Connection::open_with_flags(store.path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let reader = rusqlite::Connection::open_with_flags(
+        store.path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
     Ok(Arc::new(AppState {
         engine: Arc::new(engine),
         admin_hash: crate::service::request_hash(admin.as_bytes()),
@@ -146,7 +167,11 @@ impl AppState {
     /// Reloads the rules: validated and tested first; the old policies stay on failure.
     pub fn reload(&self) -> Result<Vec<(String, String)>, Vec<String>> {
         let set = load_and_test_policies(&self.config.rules_dir)?;
-        let versions = set.policies.values().map(|p| (p.name.clone(), p.version.clone())).collect();
+        let versions = set
+            .policies
+            .values()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
         self.engine.replace_policies(set);
         Ok(versions)
     }
@@ -160,11 +185,20 @@ async fn request_context(req: Request, next: Next) -> Response {
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let method = req.method().clone();
-    let path = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let mut req = req;
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut res = next.run(req).await;
@@ -172,7 +206,8 @@ async fn request_context(req: Request, next: Next) -> Response {
         res.headers_mut().insert("x-request-id", v);
     }
     let latency_us = started.elapsed().as_micros() as u64;
-    metrics::histogram!("http_request_duration_seconds", "route" => path.clone()).record(latency_us as f64 / 1e6);
+    metrics::histogram!("http_request_duration_seconds", "route" => path.clone())
+        .record(latency_us as f64 / 1e6);
     tracing::info!(request_id = %id, method = %method, route = %path, status = res.status().as_u16(), latency_us, "request");
     res
 }
@@ -184,12 +219,37 @@ async fn fallback() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
 }
 
-async fn method_not_allowed(req: Request, next: Next) -> Response {
+/// Turns the framework's own plain-text rejections into problem+json.
+async fn framework_problems(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
-    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
-        return Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method").into_response();
+    let is_problem = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return res;
     }
-    res
+    match res.status() {
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+        .into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than allowed",
+        )
+        .into_response(),
+        s if s.is_client_error() => Problem::new(
+            s,
+            "invalid_request",
+            s.canonical_reason().unwrap_or("invalid request"),
+        )
+        .into_response(),
+        _ => res,
+    }
 }
 
 /// The application router with every layer.
@@ -200,23 +260,34 @@ pub fn app(state: Shared) -> Router {
     }
     router
         .fallback(fallback)
-        .layer(axum::middleware::from_fn(method_not_allowed))
+        .layer(axum::middleware::from_fn(framework_problems))
         .layer(axum::middleware::from_fn(request_context))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(state.config.requests_in_flight_max))
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.body_bytes_max))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            state.config.requests_in_flight_max,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.body_bytes_max,
+        ))
         .with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests and flushes the store.
-pub async fn serve(state: Shared, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    state: Shared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let sweeper = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(state.config.expiry_sweep_s.max(1)));
+            let mut tick =
+                tokio::time::interval(Duration::from_secs(state.config.expiry_sweep_s.max(1)));
             loop {
                 tick.tick().await;
                 let engine = state.engine.clone();
-                let r = tokio::task::spawn_blocking(move || engine.expire_holds(chrono::Utc::now())).await;
+                let r =
+                    tokio::task::spawn_blocking(move || engine.expire_holds(chrono::Utc::now()))
+                        .await;
                 if let Ok(r) = r {
                     if !r.expired.is_empty() {
                         tracing::info!(expired = r.expired.len(), "holds expired");
@@ -226,9 +297,13 @@ pub async fn serve(state: Shared, listener: TcpListener, shutdown: impl Future<O
         })
     };
     let app = app(state.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     sweeper.abort();
-    state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    state
+        .ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     state.reader.lock().take();
     if let Some(store) = state.engine.store() {
         store.close();
@@ -241,9 +316,14 @@ pub async fn serve(state: Shared, listener: TcpListener, shutdown: impl Future<O
 pub fn run_server(config: Config) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPENDGATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPENDGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let state = build_state(config.clone())?;
         let listener = TcpListener::bind(&config.addr).await?;

@@ -25,7 +25,11 @@ pub struct ProblemBody {
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, kind, detail: detail.into() }
+        Problem {
+            status,
+            kind,
+            detail: detail.into(),
+        }
     }
     pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::BAD_REQUEST, kind, detail)
@@ -55,7 +59,12 @@ impl IntoResponse for Problem {
             detail: self.detail,
         };
         let json = serde_json::to_string(&body).unwrap_or_default();
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], json).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json,
+        )
+            .into_response()
     }
 }
 
@@ -67,8 +76,12 @@ impl From<EngineError> for Problem {
             | EngineError::UnknownProgram(_)
             | EngineError::UnknownAuthorization(_) => StatusCode::NOT_FOUND,
             EngineError::Exists(..) | EngineError::IdempotencyConflict => StatusCode::CONFLICT,
-            EngineError::UnknownPolicy(_) | EngineError::Invalid(_) | EngineError::InvalidControls(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            EngineError::Ledger(_) | EngineError::Transition(_) | EngineError::Money(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::UnknownPolicy(_)
+            | EngineError::Invalid(_)
+            | EngineError::InvalidControls(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::Ledger(_) | EngineError::Transition(_) | EngineError::Money(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
         };
         Problem::new(status, e.kind(), e.to_string())
     }

@@ -21,7 +21,9 @@ use crate::decision::{Authorization, DecisionSummary, KycStatus};
 use crate::issuing::{CardAction, CardKind, Cardholder, Program, SpendingControls};
 use crate::ledger::TransferKind;
 use crate::money::{parse_decimal, Currency};
-use crate::service::responses::{AuthorizationResponse, Balance, CardResponse, HoldResponse, ReversalResponse, TransferResponse};
+use crate::service::responses::{
+    AuthorizationResponse, Balance, CardResponse, HoldResponse, ReversalResponse, TransferResponse,
+};
 
 type ApiResult = Result<Response, Problem>;
 
@@ -183,7 +185,12 @@ pub struct TxnTransfer {
 // ---- helpers ----------------------------------------------------------------------------
 
 fn json(status: StatusCode, body: Arc<str>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn to_json<T: Serialize>(status: StatusCode, v: &T) -> Response {
@@ -195,7 +202,13 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
 }
 
 fn amount(s: &str) -> Result<Decimal, Problem> {
-    parse_decimal(s).map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount", e.to_string()))
+    parse_decimal(s).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+            e.to_string(),
+        )
+    })
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
@@ -210,9 +223,16 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
 fn tenant(s: &Shared, headers: &HeaderMap) -> Result<String, Problem> {
     let key = bearer(headers)?;
     if s.is_admin(key) {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "use a program API key for this call"));
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "use a program API key for this call",
+        ));
     }
-    let program = s.engine.program_for_key(key).ok_or_else(|| Problem::unauthorized("unknown API key"))?;
+    let program = s
+        .engine
+        .program_for_key(key)
+        .ok_or_else(|| Problem::unauthorized("unknown API key"))?;
     s.rate.check(&program)?;
     Ok(program)
 }
@@ -222,7 +242,11 @@ fn admin(s: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
     if s.is_admin(key) {
         Ok(())
     } else if s.engine.program_for_key(key).is_some() {
-        Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "this call needs the admin key"))
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this call needs the admin key",
+        ))
     } else {
         Err(Problem::unauthorized("unknown API key"))
     }
@@ -233,9 +257,17 @@ fn idem(headers: &HeaderMap, program: &str) -> Result<String, Problem> {
     let k = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Problem::bad_request("missing_idempotency_key", "mutating calls need an Idempotency-Key header"))?;
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "missing_idempotency_key",
+                "mutating calls need an Idempotency-Key header",
+            )
+        })?;
     if k.is_empty() || k.len() > 100 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Problem::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 100 visible ASCII characters"));
+        return Err(Problem::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 100 visible ASCII characters",
+        ));
     }
     Ok(format!("{program}/{k}"))
 }
@@ -244,14 +276,20 @@ fn idem(headers: &HeaderMap, program: &str) -> Result<String, Problem> {
 fn own_card(s: &Shared, program: &str, card_id: &str) -> Result<(), Problem> {
     match s.engine.card_program(card_id) {
         Some(p) if p == program => Ok(()),
-        _ => Err(Problem::not_found("card_not_found", format!("unknown card `{card_id}`"))),
+        _ => Err(Problem::not_found(
+            "card_not_found",
+            format!("unknown card `{card_id}`"),
+        )),
     }
 }
 
 fn own_auth(s: &Shared, program: &str, auth_id: &str) -> Result<(), Problem> {
     match s.engine.auth_program(auth_id) {
         Some(p) if p == program => Ok(()),
-        _ => Err(Problem::not_found("authorization_not_found", format!("unknown authorization `{auth_id}`"))),
+        _ => Err(Problem::not_found(
+            "authorization_not_found",
+            format!("unknown authorization `{auth_id}`"),
+        )),
     }
 }
 
@@ -268,28 +306,52 @@ fn hook(s: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<String, Problem
 async fn create_program(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
     admin(&s, &headers)?;
     let b: CreateProgram = parse(&body)?;
-    let r = s.engine.create_program(Program { id: b.id, policy: b.policy, currency: b.currency })?;
+    let r = s.engine.create_program(Program {
+        id: b.id,
+        policy: b.policy,
+        currency: b.currency,
+    })?;
     Ok(json(StatusCode::CREATED, r))
 }
 
 #[utoipa::path(post, path = "/v1/programs/{id}/api_keys", tag = "admin", params(("id" = String, Path)),
     responses((status = 201, body = ApiKeyCreated), (status = 404, body = ProblemBody)))]
-async fn create_api_key(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn create_api_key(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     admin(&s, &headers)?;
     let key = s.engine.create_api_key(&id, Utc::now())?;
-    Ok(to_json(StatusCode::CREATED, &ApiKeyCreated { program: id, api_key: key }))
+    Ok(to_json(
+        StatusCode::CREATED,
+        &ApiKeyCreated {
+            program: id,
+            api_key: key,
+        },
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/programs/{id}/deposits", tag = "funding", params(("id" = String, Path)), request_body = Deposit,
     responses((status = 201, body = TransferResponse), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
-async fn deposit(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn deposit(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let program = tenant(&s, &headers)?;
     if program != id {
-        return Err(Problem::not_found("program_not_found", format!("unknown program `{id}`")));
+        return Err(Problem::not_found(
+            "program_not_found",
+            format!("unknown program `{id}`"),
+        ));
     }
     let key = idem(&headers, &program)?;
     let b: Deposit = parse(&body)?;
-    let r = s.engine.deposit(&key, &program, amount(&b.amount)?, b.currency, Utc::now())?;
+    let r = s
+        .engine
+        .deposit(&key, &program, amount(&b.amount)?, b.currency, Utc::now())?;
     Ok(json(StatusCode::CREATED, r))
 }
 
@@ -301,20 +363,43 @@ async fn create_cardholder(State(s): State<Shared>, headers: HeaderMap, body: By
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
     let b: CreateCardholder = parse(&body)?;
-    let h = Cardholder { id: b.id, program, name: b.name, kyc: b.kyc.unwrap_or(KycStatus::Pending), blocked: b.blocked };
-    Ok(json(StatusCode::CREATED, s.engine.create_cardholder(&key, h)?))
+    let h = Cardholder {
+        id: b.id,
+        program,
+        name: b.name,
+        kyc: b.kyc.unwrap_or(KycStatus::Pending),
+        blocked: b.blocked,
+    };
+    Ok(json(
+        StatusCode::CREATED,
+        s.engine.create_cardholder(&key, h)?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/cardholders/{id}", tag = "cards", params(("id" = String, Path)), request_body = UpdateCardholder,
     responses((status = 200, body = Cardholder), (status = 404, body = ProblemBody)))]
-async fn update_cardholder(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn update_cardholder(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
-    if s.engine.cardholder(&id).is_none_or(|h| h.program != program) {
-        return Err(Problem::not_found("cardholder_not_found", format!("unknown cardholder `{id}`")));
+    if s.engine
+        .cardholder(&id)
+        .is_none_or(|h| h.program != program)
+    {
+        return Err(Problem::not_found(
+            "cardholder_not_found",
+            format!("unknown cardholder `{id}`"),
+        ));
     }
     let b: UpdateCardholder = parse(&body)?;
-    Ok(json(StatusCode::OK, s.engine.update_cardholder(&key, &id, b.kyc, b.blocked)?))
+    Ok(json(
+        StatusCode::OK,
+        s.engine.update_cardholder(&key, &id, b.kyc, b.blocked)?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/cards", tag = "cards", request_body = CreateCard,
@@ -323,16 +408,35 @@ async fn create_card(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
     let b: CreateCard = parse(&body)?;
-    if s.engine.cardholder(&b.cardholder_id).is_none_or(|h| h.program != program) {
-        return Err(Problem::not_found("cardholder_not_found", format!("unknown cardholder `{}`", b.cardholder_id)));
+    if s.engine
+        .cardholder(&b.cardholder_id)
+        .is_none_or(|h| h.program != program)
+    {
+        return Err(Problem::not_found(
+            "cardholder_not_found",
+            format!("unknown cardholder `{}`", b.cardholder_id),
+        ));
     }
-    let r = s.engine.issue_card(&key, &program, &b.cardholder_id, b.kind, b.currency, b.controls, b.active, Utc::now())?;
+    let r = s.engine.issue_card(
+        &key,
+        &program,
+        &b.cardholder_id,
+        b.kind,
+        b.currency,
+        b.controls,
+        b.active,
+        Utc::now(),
+    )?;
     Ok(json(StatusCode::CREATED, r))
 }
 
 #[utoipa::path(get, path = "/v1/cards/{id}", tag = "cards", params(("id" = String, Path)),
     responses((status = 200, body = CardResponse), (status = 404, body = ProblemBody)))]
-async fn get_card(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn get_card(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     let program = tenant(&s, &headers)?;
     own_card(&s, &program, &id)?;
     Ok(to_json(StatusCode::OK, &s.engine.get_card(&id)?))
@@ -342,7 +446,10 @@ async fn card_action(s: Shared, headers: HeaderMap, id: String, action: CardActi
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
     own_card(&s, &program, &id)?;
-    Ok(json(StatusCode::OK, s.engine.card_action(&key, &id, action, Utc::now())?))
+    Ok(json(
+        StatusCode::OK,
+        s.engine.card_action(&key, &id, action, Utc::now())?,
+    ))
 }
 
 macro_rules! action_route {
@@ -354,16 +461,41 @@ macro_rules! action_route {
         }
     };
 }
-action_route!(activate_card, "/v1/cards/{id}/activate", CardAction::Activate);
+action_route!(
+    activate_card,
+    "/v1/cards/{id}/activate",
+    CardAction::Activate
+);
 action_route!(freeze_card, "/v1/cards/{id}/freeze", CardAction::Freeze);
-action_route!(unfreeze_card, "/v1/cards/{id}/unfreeze", CardAction::Unfreeze);
-action_route!(terminate_card, "/v1/cards/{id}/terminate", CardAction::Terminate);
-action_route!(report_lost, "/v1/cards/{id}/report_lost", CardAction::ReportLost);
-action_route!(report_stolen, "/v1/cards/{id}/report_stolen", CardAction::ReportStolen);
+action_route!(
+    unfreeze_card,
+    "/v1/cards/{id}/unfreeze",
+    CardAction::Unfreeze
+);
+action_route!(
+    terminate_card,
+    "/v1/cards/{id}/terminate",
+    CardAction::Terminate
+);
+action_route!(
+    report_lost,
+    "/v1/cards/{id}/report_lost",
+    CardAction::ReportLost
+);
+action_route!(
+    report_stolen,
+    "/v1/cards/{id}/report_stolen",
+    CardAction::ReportStolen
+);
 
 #[utoipa::path(put, path = "/v1/cards/{id}/controls", tag = "cards", params(("id" = String, Path)), request_body = SpendingControls,
     responses((status = 200, body = CardResponse), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
-async fn set_controls(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn set_controls(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
     own_card(&s, &program, &id)?;
@@ -371,23 +503,43 @@ async fn set_controls(State(s): State<Shared>, headers: HeaderMap, Path(id): Pat
     Ok(json(StatusCode::OK, s.engine.set_controls(&key, &id, c)?))
 }
 
-async fn move_funds(s: Shared, headers: HeaderMap, id: String, body: Bytes, kind: TransferKind) -> ApiResult {
+async fn move_funds(
+    s: Shared,
+    headers: HeaderMap,
+    id: String,
+    body: Bytes,
+    kind: TransferKind,
+) -> ApiResult {
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
     own_card(&s, &program, &id)?;
     let b: AmountBody = parse(&body)?;
-    Ok(json(StatusCode::CREATED, s.engine.move_funds(&key, &id, kind, amount(&b.amount)?, Utc::now())?))
+    Ok(json(
+        StatusCode::CREATED,
+        s.engine
+            .move_funds(&key, &id, kind, amount(&b.amount)?, Utc::now())?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/cards/{id}/fund", tag = "funding", params(("id" = String, Path)), request_body = AmountBody,
     responses((status = 201, body = TransferResponse), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
-async fn fund_card(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn fund_card(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     move_funds(s, headers, id, body, TransferKind::TopUp).await
 }
 
 #[utoipa::path(post, path = "/v1/cards/{id}/withdraw", tag = "funding", params(("id" = String, Path)), request_body = AmountBody,
     responses((status = 201, body = TransferResponse), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
-async fn withdraw_card(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn withdraw_card(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     move_funds(s, headers, id, body, TransferKind::Withdrawal).await
 }
 
@@ -401,20 +553,52 @@ async fn balance(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<Str
 
 #[utoipa::path(get, path = "/v1/cards/{id}/transactions", tag = "cards", params(("id" = String, Path)),
     responses((status = 200, body = Transactions), (status = 404, body = ProblemBody)))]
-async fn transactions(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn transactions(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     let program = tenant(&s, &headers)?;
     own_card(&s, &program, &id)?;
     let state = s.clone();
     let card = id.clone();
     let r = tokio::task::spawn_blocking(move || state.with_reader(|c| list_transactions(c, &card)))
         .await
-        .map_err(|_| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down"))?
-        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down"))?
-        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the transaction history could not be read"))?;
-    Ok(to_json(StatusCode::OK, &Transactions { card_id: id, authorizations: r.0, transfers: r.1 }))
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "shutting down",
+            )
+        })?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "shutting down",
+            )
+        })?
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the transaction history could not be read",
+            )
+        })?;
+    Ok(to_json(
+        StatusCode::OK,
+        &Transactions {
+            card_id: id,
+            authorizations: r.0,
+            transfers: r.1,
+        },
+    ))
 }
 
-fn list_transactions(c: &rusqlite::Connection, card: &str) -> rusqlite::Result<(Vec<TxnDecision>, Vec<TxnTransfer>)> {
+fn list_transactions(
+    c: &rusqlite::Connection,
+    card: &str,
+) -> rusqlite::Result<(Vec<TxnDecision>, Vec<TxnTransfer>)> {
     let mut st = c.prepare_cached(
         "SELECT auth_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved
          FROM decisions WHERE card_id = ?1 ORDER BY at_ms DESC, seq DESC LIMIT 100",
@@ -440,7 +624,14 @@ fn list_transactions(c: &rusqlite::Connection, card: &str) -> rusqlite::Result<(
     )?;
     let t = st
         .query_map([format!("card:{card}")], |r| {
-            Ok(TxnTransfer { transfer_id: r.get(0)?, kind: r.get(1)?, reference: r.get(2)?, at_ms: r.get(3)?, amount: r.get(4)?, currency: r.get(5)? })
+            Ok(TxnTransfer {
+                transfer_id: r.get(0)?,
+                kind: r.get(1)?,
+                reference: r.get(2)?,
+                at_ms: r.get(3)?,
+                amount: r.get(4)?,
+                currency: r.get(5)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((a, t))
@@ -460,7 +651,9 @@ async fn authorize(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let (a, seq) = s.engine.authorize_for(Some(&program), &txn, now)?;
     let remaining = budget.saturating_sub(arrival.elapsed());
     let durable = match s.engine.store() {
-        Some(store) if seq > 0 => tokio::time::timeout(remaining, store.wait_async(seq)).await.is_ok(),
+        Some(store) if seq > 0 => tokio::time::timeout(remaining, store.wait_async(seq))
+            .await
+            .is_ok(),
         _ => true,
     };
     let (body, code, rule) = if durable && arrival.elapsed() <= budget {
@@ -468,7 +661,11 @@ async fn authorize(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     } else {
         // Too late: answer 91 and void whatever hold the decision placed.
         metrics::counter!("spendgate_deadline_missed_total").increment(1);
-        (s.engine.abandon_authorization(&txn, now), "91".to_string(), None)
+        (
+            s.engine.abandon_authorization(&txn, now),
+            "91".to_string(),
+            None,
+        )
     };
     let latency = arrival.elapsed();
     metrics::counter!("spendgate_decisions_total", "code" => code.clone(), "rule" => rule.clone().unwrap_or_default()).increment(1);
@@ -484,23 +681,40 @@ async fn simulate(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> A
     let program = tenant(&s, &headers)?;
     let txn: Authorization = parse(&body)?;
     own_card(&s, &program, &txn.card_id)?;
-    Ok(to_json(StatusCode::OK, &s.engine.simulate(&txn, Utc::now())?))
+    Ok(to_json(
+        StatusCode::OK,
+        &s.engine.simulate(&txn, Utc::now())?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/authorizations/{id}/captures", tag = "authorizations", params(("id" = String, Path)), request_body = CaptureBody,
     responses((status = 201, body = HoldResponse), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
-async fn capture(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn capture(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let program = hook(&s, &headers, &body)?;
     let key = idem(&headers, &program)?;
     own_auth(&s, &program, &id)?;
     let b: CaptureBody = parse(&body)?;
-    Ok(json(StatusCode::CREATED, s.engine.capture(&key, &id, amount(&b.amount)?, b.is_final, Utc::now())?))
+    Ok(json(
+        StatusCode::CREATED,
+        s.engine
+            .capture(&key, &id, amount(&b.amount)?, b.is_final, Utc::now())?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/authorizations/{id}/reversals", tag = "authorizations", params(("id" = String, Path)), request_body = ReversalBody,
     responses((status = 201, description = "matched: false when the authorization is unknown (recorded and answered)", body = ReversalResponse),
         (status = 422, body = ProblemBody)))]
-async fn reversal(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn reversal(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let program = hook(&s, &headers, &body)?;
     let key = idem(&headers, &program)?;
     let b: ReversalBody = parse(&body)?;
@@ -508,10 +722,19 @@ async fn reversal(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<St
     match s.engine.auth_program(&id) {
         Some(p) if p != program => {
             // Another tenant's authorization is unknown here, and never touched.
-            let r = ReversalResponse { authorization_id: id, matched: false, released: None, hold_status: None, available_after: None };
+            let r = ReversalResponse {
+                authorization_id: id,
+                matched: false,
+                released: None,
+                hold_status: None,
+                available_after: None,
+            };
             Ok(to_json(StatusCode::CREATED, &r))
         }
-        _ => Ok(json(StatusCode::CREATED, s.engine.reverse(&key, &id, a, Utc::now())?)),
+        _ => Ok(json(
+            StatusCode::CREATED,
+            s.engine.reverse(&key, &id, a, Utc::now())?,
+        )),
     }
 }
 
@@ -522,7 +745,11 @@ async fn advice(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Api
     let b: AdviceBody = parse(&body)?;
     own_card(&s, &program, &b.card_id)?;
     let key = format!("{program}/{}", b.id);
-    Ok(json(StatusCode::CREATED, s.engine.advice(&key, &b.card_id, amount(&b.amount)?, b.currency, Utc::now())?))
+    Ok(json(
+        StatusCode::CREATED,
+        s.engine
+            .advice(&key, &b.card_id, amount(&b.amount)?, b.currency, Utc::now())?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/refunds", tag = "authorizations", request_body = RefundBody,
@@ -535,7 +762,14 @@ async fn refund(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Api
         own_auth(&s, &program, a)?;
     }
     let key = format!("{program}/{}", b.id);
-    let r = s.engine.refund(&key, &b.card_id, b.authorization_id.as_deref(), amount(&b.amount)?, b.currency, Utc::now())?;
+    let r = s.engine.refund(
+        &key,
+        &b.card_id,
+        b.authorization_id.as_deref(),
+        amount(&b.amount)?,
+        b.currency,
+        Utc::now(),
+    )?;
     Ok(json(StatusCode::CREATED, r))
 }
 
@@ -571,11 +805,25 @@ async fn reload(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
     let state = s.clone();
     match tokio::task::spawn_blocking(move || state.reload()).await {
         Ok(Ok(versions)) => {
-            let v: Vec<_> = versions.into_iter().map(|(name, version)| serde_json::json!({"name": name, "version": version})).collect();
-            Ok(to_json(StatusCode::OK, &serde_json::json!({ "reloaded": v })))
+            let v: Vec<_> = versions
+                .into_iter()
+                .map(|(name, version)| serde_json::json!({"name": name, "version": version}))
+                .collect();
+            Ok(to_json(
+                StatusCode::OK,
+                &serde_json::json!({ "reloaded": v }),
+            ))
         }
-        Ok(Err(errors)) => Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", errors.join("\n"))),
-        Err(_) => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "reload failed")),
+        Ok(Err(errors)) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_policy",
+            errors.join("\n"),
+        )),
+        Err(_) => Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "reload failed",
+        )),
     }
 }
 
@@ -587,9 +835,16 @@ async fn healthz() -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready for traffic"), (status = 503, body = ProblemBody)))]
 async fn readyz(State(s): State<Shared>) -> ApiResult {
     if s.ready.load(std::sync::atomic::Ordering::SeqCst) && s.engine.store().is_some() {
-        Ok(to_json(StatusCode::OK, &serde_json::json!({"status": "ready", "cards": s.engine.card_count()})))
+        Ok(to_json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "cards": s.engine.card_count()}),
+        ))
     } else {
-        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not ready"))
+        Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "not ready",
+        ))
     }
 }
 
@@ -601,26 +856,67 @@ async fn metrics_endpoint(State(s): State<Shared>) -> Response {
         metrics::gauge!("spendgate_store_queue_depth").set(st.queue_depth.load(Relaxed) as f64);
         metrics::gauge!("spendgate_store_batches").set(st.batches.load(Relaxed) as f64);
         metrics::gauge!("spendgate_store_writes").set(st.writes.load(Relaxed) as f64);
-        metrics::gauge!("spendgate_store_commit_seconds_sum").set(st.commit_us_total.load(Relaxed) as f64 / 1e6);
-        metrics::gauge!("spendgate_store_commit_seconds_max").set(st.commit_us_max.load(Relaxed) as f64 / 1e6);
+        metrics::gauge!("spendgate_store_commit_seconds_sum")
+            .set(st.commit_us_total.load(Relaxed) as f64 / 1e6);
+        metrics::gauge!("spendgate_store_commit_seconds_max")
+            .set(st.commit_us_max.load(Relaxed) as f64 / 1e6);
     }
     metrics::gauge!("spendgate_cards").set(s.engine.card_count() as f64);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "this document")))]
 async fn openapi_json() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], openapi()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi(),
+    )
+        .into_response()
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "spendgate", description = "Authorization decisions and spend controls for card issuers"),
+    info(
+        title = "spendgate",
+        description = "Authorization decisions and spend controls for card issuers"
+    ),
     paths(
-        create_program, create_api_key, deposit, create_cardholder, update_cardholder, create_card, get_card,
-        activate_card, freeze_card, unfreeze_card, terminate_card, report_lost, report_stolen, set_controls,
-        fund_card, withdraw_card, balance, transactions, authorize, simulate, capture, reversal, advice, refund,
-        list_policies, reload, healthz, readyz, metrics_endpoint, openapi_json
+        create_program,
+        create_api_key,
+        deposit,
+        create_cardholder,
+        update_cardholder,
+        create_card,
+        get_card,
+        activate_card,
+        freeze_card,
+        unfreeze_card,
+        terminate_card,
+        report_lost,
+        report_stolen,
+        set_controls,
+        fund_card,
+        withdraw_card,
+        balance,
+        transactions,
+        authorize,
+        simulate,
+        capture,
+        reversal,
+        advice,
+        refund,
+        list_policies,
+        reload,
+        healthz,
+        readyz,
+        metrics_endpoint,
+        openapi_json
     ),
     components(schemas(ProblemBody))
 )]
@@ -666,4 +962,3 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Shared>)> {
         ("get", "/openapi.json", get(openapi_json)),
     ]
 }
-

@@ -21,7 +21,9 @@ const REPLAY_CACHE_MAX: usize = 1_000_000;
 /// A hook secret in Standard Webhooks form: `whsec_` + base64 of the key bytes.
 pub fn parse_secret(s: &str) -> Result<Vec<u8>, String> {
     let b64 = s.trim().strip_prefix("whsec_").unwrap_or(s.trim());
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| "hook secret must be whsec_ + base64".to_string())?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "hook secret must be whsec_ + base64".to_string())?;
     if bytes.len() < 16 {
         return Err("hook secret must be at least 16 bytes".into());
     }
@@ -36,7 +38,10 @@ pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
 }
 
 pub struct HookVerifier {
@@ -47,7 +52,10 @@ pub struct HookVerifier {
 
 impl HookVerifier {
     pub fn new(secrets: Vec<Vec<u8>>) -> HookVerifier {
-        HookVerifier { secrets, seen: DashMap::new() }
+        HookVerifier {
+            secrets,
+            seen: DashMap::new(),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -59,13 +67,15 @@ impl HookVerifier {
         if !self.enabled() {
             return Ok(());
         }
-        let bad = |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "invalid_signature", d.to_string());
+        let bad =
+            |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "invalid_signature", d.to_string());
         let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
         let id = get("webhook-id").ok_or_else(|| bad("missing webhook-id header"))?;
         let ts: i64 = get("webhook-timestamp")
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| bad("missing or invalid webhook-timestamp header"))?;
-        let sigs = get("webhook-signature").ok_or_else(|| bad("missing webhook-signature header"))?;
+        let sigs =
+            get("webhook-signature").ok_or_else(|| bad("missing webhook-signature header"))?;
         if (now_s - ts).abs() > SIGNATURE_TOLERANCE_S {
             return Err(bad("webhook-timestamp is outside the 5-minute tolerance"));
         }
@@ -74,9 +84,14 @@ impl HookVerifier {
         }
         let valid = self.secrets.iter().any(|secret| {
             sigs.split_whitespace().any(|candidate| {
-                let Some(b64) = candidate.strip_prefix("v1,") else { return false };
-                let Ok(given) = base64::engine::general_purpose::STANDARD.decode(b64) else { return false };
-                let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+                let Some(b64) = candidate.strip_prefix("v1,") else {
+                    return false;
+                };
+                let Ok(given) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+                    return false;
+                };
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
                 mac.update(id.as_bytes());
                 mac.update(b".");
                 mac.update(ts.to_string().as_bytes());
@@ -93,7 +108,11 @@ impl HookVerifier {
             self.seen.retain(|_, seen| now_s - *seen <= REPLAY_WINDOW_S);
         }
         match self.seen.entry(id.to_string()) {
-            dashmap::Entry::Occupied(_) => Err(Problem::new(StatusCode::UNAUTHORIZED, "replayed_signature", "this webhook-id was already used")),
+            dashmap::Entry::Occupied(_) => Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "replayed_signature",
+                "this webhook-id was already used",
+            )),
             dashmap::Entry::Vacant(v) => {
                 v.insert(now_s);
                 Ok(())
@@ -110,18 +129,28 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> RateLimiter {
-        RateLimiter { per_second: f64::from(per_second.max(1)), buckets: DashMap::new() }
+        RateLimiter {
+            per_second: f64::from(per_second.max(1)),
+            buckets: DashMap::new(),
+        }
     }
 
     pub fn check(&self, key: &str) -> Result<(), Problem> {
         let now = Instant::now();
-        let entry = self.buckets.entry(key.to_string()).or_insert_with(|| Mutex::new((self.per_second, now)));
+        let entry = self
+            .buckets
+            .entry(key.to_string())
+            .or_insert_with(|| Mutex::new((self.per_second, now)));
         let mut b = entry.lock();
         let refill = now.duration_since(b.1).as_secs_f64() * self.per_second;
         b.0 = (b.0 + refill).min(self.per_second);
         b.1 = now;
         if b.0 < 1.0 {
-            return Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key"));
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests for this API key",
+            ));
         }
         b.0 -= 1.0;
         Ok(())
@@ -141,13 +170,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("webhook-id", "msg_1".parse().unwrap());
         h.insert("webhook-timestamp", "1000".parse().unwrap());
-        h.insert("webhook-signature", sign(&old, "msg_1", 1000, body).parse().unwrap());
-        assert!(v.verify(&h, body, 1000).is_ok(), "the previous secret still works during rotation");
-        assert_eq!(v.verify(&h, body, 1000).unwrap_err().kind, "replayed_signature");
+        h.insert(
+            "webhook-signature",
+            sign(&old, "msg_1", 1000, body).parse().unwrap(),
+        );
+        assert!(
+            v.verify(&h, body, 1000).is_ok(),
+            "the previous secret still works during rotation"
+        );
+        assert_eq!(
+            v.verify(&h, body, 1000).unwrap_err().kind,
+            "replayed_signature"
+        );
         h.insert("webhook-id", "msg_2".parse().unwrap());
-        h.insert("webhook-signature", sign(&new, "msg_2", 1000, body).parse().unwrap());
-        assert_eq!(v.verify(&h, body, 1301).unwrap_err().kind, "invalid_signature", "too old");
-        assert_eq!(v.verify(&h, b"{}", 1000).unwrap_err().kind, "invalid_signature", "body changed");
+        h.insert(
+            "webhook-signature",
+            sign(&new, "msg_2", 1000, body).parse().unwrap(),
+        );
+        assert_eq!(
+            v.verify(&h, body, 1301).unwrap_err().kind,
+            "invalid_signature",
+            "too old"
+        );
+        assert_eq!(
+            v.verify(&h, b"{}", 1000).unwrap_err().kind,
+            "invalid_signature",
+            "body changed"
+        );
         assert!(v.verify(&h, body, 1000).is_ok());
         assert!(parse_secret("whsec_c2hvcnQ=").is_err());
     }

@@ -781,17 +781,27 @@ impl Engine {
     }
 
     /// Decides and queues the writes; the answer may be given once `seq` is durable.
-    pub fn authorize_nowait(&self, txn: &Authorization, now: DateTime<Utc>) -> Result<(Authorized, u64), EngineError> {
+    pub fn authorize_nowait(
+        &self,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<(Authorized, u64), EngineError> {
         self.authorize_for(None, txn, now)
     }
 
     /// `authorize_nowait` for one tenant: a card of another program is as unknown as a
     /// card that does not exist (code 14), and is never touched.
-    pub fn authorize_for(&self, tenant: Option<&str>, txn: &Authorization, now: DateTime<Utc>) -> Result<(Authorized, u64), EngineError> {
+    pub fn authorize_for(
+        &self,
+        tenant: Option<&str>,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+    ) -> Result<(Authorized, u64), EngineError> {
         let started = Instant::now();
         let mut out = None;
         let (json, seq) = self.idempotent_nowait("authorization", &txn.id.clone(), txn, || {
-            let visible = tenant.is_none_or(|t| self.card_program(&txn.card_id).as_deref() == Some(t));
+            let visible =
+                tenant.is_none_or(|t| self.card_program(&txn.card_id).as_deref() == Some(t));
             let Some(card) = self.card(&txn.card_id).filter(|_| visible) else {
                 let r = self.unknown_card_response(txn, started);
                 out = Some((false, "14".to_string(), None));
@@ -872,7 +882,11 @@ impl Engine {
             let mut c = card.lock_arc();
             if let Ok(r) = c.account.reverse(&txn.id, None, at_ms) {
                 writes.push(Write::Hold(r.hold.clone()));
-                writes.push(Write::HoldResolved { auth_id: txn.id.clone(), status: r.hold.status, at_ms });
+                writes.push(Write::HoldResolved {
+                    auth_id: txn.id.clone(),
+                    status: r.hold.status,
+                    at_ms,
+                });
                 self.release(&mut c, &txn.id, r.released_ratio, at_ms, &mut writes);
             }
             guard = Some(c);
@@ -891,13 +905,24 @@ impl Engine {
             flags: vec![],
             score: 0,
             policy_version: String::new(),
-            trace: vec![TraceLine { rule: "deadline".into(), outcome: "decline 91".into(), detail: "the decision missed its deadline; any hold was voided".into() }],
+            trace: vec![TraceLine {
+                rule: "deadline".into(),
+                outcome: "decline 91".into(),
+                detail: "the decision missed its deadline; any hold was voided".into(),
+            }],
             latency_us: 0,
         };
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
-        writes.push(Write::Idempotency { scope: "authorization", key: txn.id.clone(), request_hash: hash.clone(), response: json.clone(), at_ms });
+        writes.push(Write::Idempotency {
+            scope: "authorization",
+            key: txn.id.clone(),
+            request_hash: hash.clone(),
+            response: json.clone(),
+            at_ms,
+        });
         let seq = self.persist(writes);
-        self.idem.finish("authorization", &txn.id, &hash, json.clone(), seq);
+        self.idem
+            .finish("authorization", &txn.id, &hash, json.clone(), seq);
         drop(guard);
         json
     }
@@ -907,17 +932,28 @@ impl Engine {
         if !self.programs.contains_key(program) {
             return Err(EngineError::UnknownProgram(program.to_string()));
         }
-        let key = format!("sk_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let key = format!(
+            "sk_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         let hash = request_hash(key.as_bytes());
         self.api_keys.insert(hash.clone(), program.to_string());
-        let seq = self.persist(vec![Write::ApiKey { hash, program: program.to_string(), prefix: key[..11].to_string(), at_ms: now.timestamp_millis() }]);
+        let seq = self.persist(vec![Write::ApiKey {
+            hash,
+            program: program.to_string(),
+            prefix: key[..11].to_string(),
+            at_ms: now.timestamp_millis(),
+        }]);
         self.wait(seq);
         Ok(key)
     }
 
     /// The program an API key belongs to.
     pub fn program_for_key(&self, key: &str) -> Option<String> {
-        self.api_keys.get(&request_hash(key.as_bytes())).map(|p| p.clone())
+        self.api_keys
+            .get(&request_hash(key.as_bytes()))
+            .map(|p| p.clone())
     }
 
     /// The program of the card an authorization was placed on.
@@ -1280,6 +1316,13 @@ impl Engine {
             }
         }
         for d in &s.decisions {
+            // A retried authorization replays its stored answer after a restart too.
+            self.idem.restore(
+                "authorization",
+                d.auth_id.clone(),
+                d.request_hash.clone(),
+                d.response.clone(),
+            );
             let Some(card) = self.card(&d.card_id) else {
                 continue;
             };
