@@ -383,7 +383,15 @@ async fn full_card_lifecycle() {
 }
 
 /// (method, path, key, idempotency key, body, expected status, expected problem type)
-type Case<'a> = (Method, String, Option<&'a str>, Option<&'a str>, Option<Value>, StatusCode, &'a str);
+type Case<'a> = (
+    Method,
+    String,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<Value>,
+    StatusCode,
+    &'a str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_problem_json_and_changes_nothing() {

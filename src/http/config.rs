@@ -35,6 +35,8 @@ pub struct Config {
     pub over_capture_bps: u32,
     /// Seconds between hold-expiry sweeps.
     pub expiry_sweep_s: u64,
+    /// Runtime worker threads (`SPENDGATE_WORKERS`); 0 = one per core.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             hold_expiry_days: crate::ledger::HOLD_EXPIRY_DAYS_DEFAULT,
             over_capture_bps: crate::ledger::OVER_CAPTURE_BPS_DEFAULT,
             expiry_sweep_s: 60,
+            workers: 0,
         }
     }
 }
@@ -77,6 +80,11 @@ impl Config {
         }
         if let Some(v) = env("SPENDGATE_RULES") {
             c.rules_dir = v.into();
+        }
+        if let Some(v) = env("SPENDGATE_WORKERS") {
+            c.workers = v
+                .parse()
+                .map_err(|_| "SPENDGATE_WORKERS must be a number".to_string())?;
         }
         if let Some(v) = env("SPENDGATE_DEADLINE_MS") {
             c.deadline_ms = v

@@ -107,6 +107,7 @@ pub struct Store {
     durable_watch: tokio::sync::watch::Receiver<u64>,
     pub stats: Arc<StoreStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +136,9 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     // SQLite's default 2 MiB page cache: a larger one made each commit slower (the page
     // cache is scanned on transaction end). Checkpoint the WAL every ~40 MiB, not 4 MiB.
     conn.pragma_update(None, "cache_size", -2_000)?;
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    // The writer never checkpoints: a separate thread does, passively (see `checkpointer`),
+    // so copying the WAL back into the database never stalls a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     schema::migrate(&conn)?;
     Ok(conn)
@@ -163,6 +166,11 @@ impl Store {
                 .name("spendgate-writer".into())
                 .spawn(move || writer_loop(conn, rx, durable, watch_tx, stats))?
         };
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+        let cp_path = path.clone();
+        let cp = std::thread::Builder::new()
+            .name("spendgate-checkpoint".into())
+            .spawn(move || checkpointer(cp_path, stop_rx))?;
         Ok((
             Store {
                 path,
@@ -172,6 +180,7 @@ impl Store {
                 durable_watch: watch_rx,
                 stats,
                 writer: Mutex::new(Some(writer)),
+                checkpointer: Mutex::new(Some((stop_tx, cp))),
             },
             snapshot,
         ))
@@ -227,6 +236,10 @@ impl Store {
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+        if let Some((stop, h)) = self.checkpointer.lock().take() {
+            drop(stop);
+            let _ = h.join();
+        }
     }
 }
 
@@ -240,6 +253,23 @@ impl Drop for Store {
 pub fn fail_stop(why: &str) -> ! {
     eprintln!("spendgate: fatal store error, stopping: {why}");
     std::process::abort();
+}
+
+/// Copies the WAL back into the database file every 200 ms without blocking the writer
+/// (`PASSIVE`); a failed checkpoint is retried next time (the WAL keeps the data).
+fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+    let Ok(conn) = Connection::open(&path) else {
+        return;
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(std::time::Duration::from_millis(200))
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn writer_loop(
