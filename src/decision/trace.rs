@@ -120,6 +120,49 @@ pub struct TraceEntry {
     pub detail: Detail,
 }
 
+/// A short description of a condition for explanations.
+fn describe_cond(c: &crate::policy::Cond) -> String {
+    match c {
+        crate::policy::Cond::Rhai { source, .. } => format!("`{source}`"),
+        crate::policy::Cond::Match(m) => {
+            let mut parts = Vec::new();
+            if let Some(v) = &m.mcc {
+                parts.push(if v.len() <= 4 {
+                    format!("mcc in {v:04?}")
+                } else {
+                    format!("mcc in a list of {}", v.len())
+                });
+            }
+            if m.channels.is_some() {
+                parts.push("channel".to_string());
+            }
+            if m.types.is_some() {
+                parts.push("type".to_string());
+            }
+            if m.merchants.is_some() {
+                parts.push("merchant list".to_string());
+            }
+            if m.countries.is_some() {
+                parts.push("country list".to_string());
+            }
+            if m.amount_gt.is_some()
+                || m.amount_gte.is_some()
+                || m.amount_lt.is_some()
+                || m.amount_lte.is_some()
+            {
+                parts.push("amount range".to_string());
+            }
+            if m.local_time.is_some() {
+                parts.push("local time".to_string());
+            }
+            if m.weekdays.is_some() {
+                parts.push("weekday".to_string());
+            }
+            parts.join(", ")
+        }
+    }
+}
+
 /// A rendered trace line: `{rule, outcome, detail}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TraceLine {
@@ -137,6 +180,23 @@ impl TraceEntry {
         };
         let fmt = |d: Decimal| format_amount(d, currency);
         let detail = match (&self.detail, rule.map(|r| &r.check)) {
+            (Detail::None, Some(Check::Conditions)) if self.outcome != TraceOutcome::Pass => {
+                let r = rule.expect("matched Some");
+                let when = r.when.as_ref().map(describe_cond).unwrap_or_default();
+                let unless = r
+                    .unless
+                    .as_ref()
+                    .map(|c| format!("not {}", describe_cond(c)))
+                    .unwrap_or_default();
+                format!(
+                    "matched {}",
+                    [when, unless]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )
+            }
             (Detail::None, _) => String::new(),
             (Detail::Text(t), _) => (*t).to_string(),
             (
