@@ -1054,15 +1054,16 @@ async fn a_missed_deadline_answers_91_and_leaves_no_hold() {
 async fn operations_endpoints_and_openapi_in_step_with_routes() {
     let mut s = Server::start().await;
     let (key, card) = s.tenant("ng", "NGN").await;
-    let _ = s
-        .call(
-            Method::POST,
-            "/v1/authorizations",
-            Some(&key),
-            None,
-            Some(auth("m1", &card, "10.00", "5411")),
-        )
-        .await;
+    let r = s
+        .client
+        .post(format!("http://{}/v1/authorizations", s.addr))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-decision-1")
+        .body(auth("m1", &card, "10.00", "5411").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-decision-1");
     let r = s
         .client
         .get(format!("http://{}/healthz", s.addr))
@@ -1127,4 +1128,14 @@ async fn operations_endpoints_and_openapi_in_step_with_routes() {
         "OpenAPI and router name the same routes"
     );
     s.stop().await;
+    // The request id is in the decision record too.
+    let conn = rusqlite::Connection::open(s.data.join(spendgate::store::DB_FILE)).unwrap();
+    let rid: String = conn
+        .query_row(
+            "SELECT request_id FROM decisions WHERE auth_id = 'm1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rid, "req-decision-1");
 }

@@ -642,13 +642,21 @@ fn list_transactions(
 #[utoipa::path(post, path = "/v1/authorizations", tag = "authorizations", request_body = Authorization,
     responses((status = 200, description = "a decision: approved or declined with its ISO 8583 code", body = AuthorizationResponse),
         (status = 400, body = ProblemBody), (status = 401, body = ProblemBody), (status = 409, body = ProblemBody)))]
-async fn authorize(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn authorize(
+    State(s): State<Shared>,
+    rid: Option<axum::Extension<super::RequestId>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let arrival = Instant::now();
+    let request_id = rid.map(|r| r.0 .0).unwrap_or_default();
     let program = hook(&s, &headers, &body)?;
     let txn: Authorization = parse(&body)?;
     let budget = Duration::from_millis(s.config.deadline_ms);
     let now = Utc::now();
-    let (a, seq) = s.engine.authorize_for(Some(&program), &txn, now)?;
+    let (a, seq) = s
+        .engine
+        .authorize_traced(Some(&program), &txn, now, &request_id)?;
     let remaining = budget.saturating_sub(arrival.elapsed());
     let durable = match s.engine.store() {
         Some(store) if seq > 0 => tokio::time::timeout(remaining, store.wait_async(seq))
@@ -670,7 +678,7 @@ async fn authorize(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let latency = arrival.elapsed();
     metrics::counter!("spendgate_decisions_total", "code" => code.clone(), "rule" => rule.clone().unwrap_or_default()).increment(1);
     metrics::histogram!("spendgate_decision_latency_seconds").record(latency.as_secs_f64());
-    tracing::info!(card = %txn.card_id, authorization = %txn.id, code = %code, rule = ?rule, replayed = a.replayed, latency_us = latency.as_micros() as u64, "decision");
+    tracing::info!(request_id = %request_id, card = %txn.card_id, authorization = %txn.id, code = %code, rule = ?rule, replayed = a.replayed, latency_us = latency.as_micros() as u64, "decision");
     Ok(json(StatusCode::OK, body))
 }
 

@@ -797,6 +797,17 @@ impl Engine {
         txn: &Authorization,
         now: DateTime<Utc>,
     ) -> Result<(Authorized, u64), EngineError> {
+        self.authorize_traced(tenant, txn, now, "")
+    }
+
+    /// `authorize_for`, recording the caller's request id with the decision.
+    pub fn authorize_traced(
+        &self,
+        tenant: Option<&str>,
+        txn: &Authorization,
+        now: DateTime<Utc>,
+        request_id: &str,
+    ) -> Result<(Authorized, u64), EngineError> {
         let started = Instant::now();
         let mut out = None;
         let (json, seq) = self.idempotent_nowait("authorization", &txn.id.clone(), txn, || {
@@ -839,7 +850,9 @@ impl Engine {
                 c.available(),
                 started,
             );
-            let mut writes = vec![Write::Decision(Box::new(decision_row(txn, &d, c.currency)))];
+            let mut writes = vec![Write::Decision(Box::new(decision_row(
+                txn, &d, c.currency, request_id,
+            )))];
             if let Some(h) = hold {
                 self.auth_index.insert(txn.id.clone(), c.card_id.clone());
                 writes.push(Write::Hold(h));
@@ -1465,7 +1478,12 @@ fn authorization_response(
     }
 }
 
-fn decision_row(txn: &Authorization, d: &Decision, card_currency: Currency) -> DecisionRow {
+fn decision_row(
+    txn: &Authorization,
+    d: &Decision,
+    card_currency: Currency,
+    request_id: &str,
+) -> DecisionRow {
     let e = &d.effects;
     let rec = EffectsRecord {
         at: e.at_ms,
@@ -1500,6 +1518,7 @@ fn decision_row(txn: &Authorization, d: &Decision, card_currency: Currency) -> D
         amount_approved: d.amount_approved.to_string(),
         card_currency: card_currency.code().to_string(),
         policy_version: d.policy_version.clone(),
+        request_id: request_id.to_string(),
         // Filled in with the exact answer by `idempotent`.
         request_hash: String::new(),
         response: String::new(),

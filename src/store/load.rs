@@ -30,6 +30,8 @@ pub struct DecisionRow {
     pub amount_approved: String,
     pub card_currency: String,
     pub policy_version: String,
+    /// The HTTP request id that asked for this decision (empty in-process).
+    pub request_id: String,
     pub request_hash: String,
     pub response: String,
     pub effects: String,
@@ -252,7 +254,7 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
 
     let mut st = conn.prepare(
         "SELECT auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved,
-                card_currency, policy_version, request_hash, response, effects FROM decisions ORDER BY seq",
+                card_currency, policy_version, request_id, request_hash, response, effects FROM decisions ORDER BY seq",
     )?;
     let rows = st.query_map([], |r| {
         Ok(DecisionRow {
@@ -268,9 +270,10 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
             amount_approved: r.get(9)?,
             card_currency: r.get(10)?,
             policy_version: r.get(11)?,
-            request_hash: r.get(12)?,
-            response: r.get(13)?,
-            effects: r.get(14)?,
+            request_id: r.get(12)?,
+            request_hash: r.get(13)?,
+            response: r.get(14)?,
+            effects: r.get(15)?,
         })
     })?;
     for row in rows {

@@ -402,8 +402,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
         Write::Decision(d) => {
             c.prepare_cached(
                 "INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency,
-                    amount_approved, card_currency, policy_version, request_hash, response, effects)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    amount_approved, card_currency, policy_version, request_id, request_hash, response, effects)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 d.auth_id,
@@ -418,6 +418,7 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 d.amount_approved,
                 d.card_currency,
                 d.policy_version,
+                d.request_id,
                 d.request_hash,
                 d.response,
                 d.effects

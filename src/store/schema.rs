@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_id TEXT NOT NULL UNIQUE, card_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL, approved INTEGER NOT NULL, response_code TEXT NOT NULL, reason TEXT NOT NULL,
     rule TEXT, amount TEXT NOT NULL, currency TEXT NOT NULL, amount_approved TEXT NOT NULL,
-    card_currency TEXT NOT NULL, policy_version TEXT NOT NULL, request_hash TEXT NOT NULL,
+    card_currency TEXT NOT NULL, policy_version TEXT NOT NULL, request_id TEXT NOT NULL, request_hash TEXT NOT NULL,
     response TEXT NOT NULL, effects TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS decisions_card ON decisions(card_id, at_ms);
 CREATE TABLE IF NOT EXISTS velocity_releases (
