@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use rust_decimal::{Decimal, RoundingStrategy};
-use smallvec::smallvec;
+use smallvec::{smallvec, SmallVec};
 
 use super::{
     check_amount, AccountId, Hold, HoldStatus, LedgerError, Posting, Transfer, TransferKind,
@@ -48,6 +48,55 @@ pub struct ReversalResult {
 pub struct ExpiredHold {
     pub hold: Hold,
     pub released_ratio: Decimal,
+}
+
+/// Postings that move `amount_card` out of the card and `txn_amount` into network
+/// settlement, through the FX accounts when the currencies differ. A refund uses the
+/// same legs negated.
+fn charge_postings(
+    card: AccountId,
+    card_ccy: Currency,
+    amount_card: Decimal,
+    txn_ccy: Currency,
+    txn_amount: Decimal,
+) -> SmallVec<[Posting; 4]> {
+    if txn_ccy == card_ccy {
+        smallvec![
+            Posting {
+                account: card,
+                currency: card_ccy,
+                amount: -amount_card
+            },
+            Posting {
+                account: AccountId::settlement(card_ccy),
+                currency: card_ccy,
+                amount: amount_card
+            },
+        ]
+    } else {
+        smallvec![
+            Posting {
+                account: card,
+                currency: card_ccy,
+                amount: -amount_card
+            },
+            Posting {
+                account: AccountId::fx(card_ccy),
+                currency: card_ccy,
+                amount: amount_card
+            },
+            Posting {
+                account: AccountId::fx(txn_ccy),
+                currency: txn_ccy,
+                amount: -txn_amount
+            },
+            Posting {
+                account: AccountId::settlement(txn_ccy),
+                currency: txn_ccy,
+                amount: txn_amount
+            },
+        ]
+    }
 }
 
 fn round(amount: Decimal, c: Currency) -> Decimal {
@@ -198,44 +247,13 @@ impl CardAccount {
         }
         let card_ccy = self.currency;
         let (txn_ccy, fx_rate) = (h.txn_currency, h.fx_rate);
-        let postings = if txn_ccy == card_ccy {
-            smallvec![
-                Posting {
-                    account: self.account_id(),
-                    currency: card_ccy,
-                    amount: -amount_card
-                },
-                Posting {
-                    account: AccountId::settlement(card_ccy),
-                    currency: card_ccy,
-                    amount: amount_card
-                },
-            ]
-        } else {
-            // The card pays in its currency; the network is settled in the transaction's.
-            smallvec![
-                Posting {
-                    account: self.account_id(),
-                    currency: card_ccy,
-                    amount: -amount_card
-                },
-                Posting {
-                    account: AccountId::fx(card_ccy),
-                    currency: card_ccy,
-                    amount: amount_card
-                },
-                Posting {
-                    account: AccountId::fx(txn_ccy),
-                    currency: txn_ccy,
-                    amount: -txn_amount
-                },
-                Posting {
-                    account: AccountId::settlement(txn_ccy),
-                    currency: txn_ccy,
-                    amount: txn_amount
-                },
-            ]
-        };
+        let postings = charge_postings(
+            self.account_id(),
+            card_ccy,
+            amount_card,
+            txn_ccy,
+            txn_amount,
+        );
         let transfer = Transfer {
             id: format!("capture:{capture_id}"),
             kind: TransferKind::Capture,
@@ -378,43 +396,12 @@ impl CardAccount {
             }
         };
         let card_ccy = self.currency;
-        let postings = if txn_ccy == card_ccy {
-            smallvec![
-                Posting {
-                    account: AccountId::settlement(card_ccy),
-                    currency: card_ccy,
-                    amount: -amount_card
-                },
-                Posting {
-                    account: self.account_id(),
-                    currency: card_ccy,
-                    amount: amount_card
-                },
-            ]
-        } else {
-            smallvec![
-                Posting {
-                    account: AccountId::settlement(txn_ccy),
-                    currency: txn_ccy,
-                    amount: -amount
-                },
-                Posting {
-                    account: AccountId::fx(txn_ccy),
-                    currency: txn_ccy,
-                    amount
-                },
-                Posting {
-                    account: AccountId::fx(card_ccy),
-                    currency: card_ccy,
-                    amount: -amount_card
-                },
-                Posting {
-                    account: self.account_id(),
-                    currency: card_ccy,
-                    amount: amount_card
-                },
-            ]
-        };
+        // A refund reverses a charge's legs.
+        let mut postings =
+            charge_postings(self.account_id(), card_ccy, amount_card, txn_ccy, amount);
+        for p in postings.iter_mut() {
+            p.amount = -p.amount;
+        }
         let transfer = Transfer {
             id: format!("refund:{refund_id}"),
             kind: TransferKind::Refund,
@@ -449,43 +436,13 @@ impl CardAccount {
         check_amount(txn_amount, txn_currency)?;
         check_amount(amount_card, self.currency)?;
         let card_ccy = self.currency;
-        let postings = if txn_currency == card_ccy {
-            smallvec![
-                Posting {
-                    account: self.account_id(),
-                    currency: card_ccy,
-                    amount: -amount_card
-                },
-                Posting {
-                    account: AccountId::settlement(card_ccy),
-                    currency: card_ccy,
-                    amount: amount_card
-                },
-            ]
-        } else {
-            smallvec![
-                Posting {
-                    account: self.account_id(),
-                    currency: card_ccy,
-                    amount: -amount_card
-                },
-                Posting {
-                    account: AccountId::fx(card_ccy),
-                    currency: card_ccy,
-                    amount: amount_card
-                },
-                Posting {
-                    account: AccountId::fx(txn_currency),
-                    currency: txn_currency,
-                    amount: -txn_amount
-                },
-                Posting {
-                    account: AccountId::settlement(txn_currency),
-                    currency: txn_currency,
-                    amount: txn_amount
-                },
-            ]
-        };
+        let postings = charge_postings(
+            self.account_id(),
+            card_ccy,
+            amount_card,
+            txn_currency,
+            txn_amount,
+        );
         let transfer = Transfer {
             id: format!("advice:{advice_id}"),
             kind: TransferKind::ForcedPost,

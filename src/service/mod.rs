@@ -904,27 +904,14 @@ impl Engine {
             }
             guard = Some(c);
         }
-        let response = AuthorizationResponse {
-            authorization_id: txn.id.clone(),
-            card_id: txn.card_id.clone(),
-            approved: false,
-            response_code: "91".into(),
-            reason: "deadline_exceeded".into(),
-            rule: None,
-            amount_approved: "0".into(),
-            currency: txn.currency,
-            fx_rate: None,
-            available_after: None,
-            flags: vec![],
-            score: 0,
-            policy_version: String::new(),
-            trace: vec![TraceLine {
-                rule: "deadline".into(),
-                outcome: "decline 91".into(),
-                detail: "the decision missed its deadline; any hold was voided".into(),
-            }],
-            latency_us: 0,
-        };
+        let response = step_decline(
+            txn,
+            "91",
+            "deadline_exceeded",
+            "deadline",
+            "the decision missed its deadline; any hold was voided",
+            0,
+        );
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
         writes.push(Write::Idempotency {
             scope: "authorization",
@@ -984,27 +971,14 @@ impl Engine {
         txn: &Authorization,
         started: Instant,
     ) -> AuthorizationResponse {
-        AuthorizationResponse {
-            authorization_id: txn.id.clone(),
-            card_id: txn.card_id.clone(),
-            approved: false,
-            response_code: "14".into(),
-            reason: "card_not_found".into(),
-            rule: None,
-            amount_approved: "0".into(),
-            currency: txn.currency,
-            fx_rate: None,
-            available_after: None,
-            flags: vec![],
-            score: 0,
-            policy_version: String::new(),
-            trace: vec![TraceLine {
-                rule: "card".into(),
-                outcome: "decline 14".into(),
-                detail: "no such card".into(),
-            }],
-            latency_us: started.elapsed().as_micros() as u64,
-        }
+        step_decline(
+            txn,
+            "14",
+            "card_not_found",
+            "card",
+            "no such card",
+            started.elapsed().as_micros() as u64,
+        )
     }
 
     /// Decides without any effect (no counters, no hold, nothing stored): `/v1/simulate`.
@@ -1385,6 +1359,39 @@ impl Engine {
     /// Balance of a non-card account (funding, settlement, FX, external).
     pub fn house_balance(&self, account: &AccountId) -> Decimal {
         self.house.lock().get(account).copied().unwrap_or_default()
+    }
+}
+
+/// A decline decided by a built-in step before or around the rules (no such card,
+/// missed deadline).
+fn step_decline(
+    txn: &Authorization,
+    code: &str,
+    reason: &str,
+    step: &str,
+    detail: &str,
+    latency_us: u64,
+) -> AuthorizationResponse {
+    AuthorizationResponse {
+        authorization_id: txn.id.clone(),
+        card_id: txn.card_id.clone(),
+        approved: false,
+        response_code: code.into(),
+        reason: reason.into(),
+        rule: None,
+        amount_approved: "0".into(),
+        currency: txn.currency,
+        fx_rate: None,
+        available_after: None,
+        flags: vec![],
+        score: 0,
+        policy_version: String::new(),
+        trace: vec![TraceLine {
+            rule: step.into(),
+            outcome: format!("decline {code}"),
+            detail: detail.into(),
+        }],
+        latency_us,
     }
 }
 
