@@ -232,7 +232,8 @@ fn auth_body(id: &str, card: &str, i: u64) -> String {
         0 | 1 => ("7995", "NG", "5000.00"), // gambling: 57
         2 => ("5411", "BR", "5000.00"),     // outside travel countries: 62
         3 => ("5411", "NG", "900000.00"),   // above the 500 USD cap: 61
-        _ => ("5411", "NG", "4500.00"),
+        // Small enough that the program's hourly exposure breaker (250k USD) holds out.
+        _ => ("5411", "NG", "450.00"),
     };
     format!(
         r#"{{"id":"{id}","card_id":"{card}","amount":"{amount}","currency":"NGN","merchant":{{"id":"m-{}","name":"Shop","mcc":"{mcc}","country":"{country}"}},"channel":"pos","type":"purchase"}}"#,
@@ -264,7 +265,7 @@ async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
                         let (path, body) = if i % 20 == 5 {
                             (
                                 format!("/v1/authorizations/{a}/captures"),
-                                r#"{"amount":"4500.00"}"#,
+                                r#"{"amount":"450.00"}"#,
                             )
                         } else {
                             (format!("/v1/authorizations/{a}/reversals"), "{}")
