@@ -96,6 +96,9 @@ pub struct StoreStats {
 struct Durable {
     seq: Mutex<u64>,
     changed: Condvar,
+    /// Async waiters by the sequence they wait for. Each is woken exactly once, when its
+    /// batch is durable (a broadcast would wake every waiter on every commit).
+    waiters: Mutex<std::collections::BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 /// Handle to the store's writer. Cheap to share behind an `Arc`.
@@ -104,7 +107,6 @@ pub struct Store {
     tx: Mutex<Option<SyncSender<Job>>>,
     next_seq: Mutex<u64>,
     durable: Arc<Durable>,
-    durable_watch: tokio::sync::watch::Receiver<u64>,
     pub stats: Arc<StoreStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
@@ -156,15 +158,15 @@ impl Store {
         let durable = Arc::new(Durable {
             seq: Mutex::new(0),
             changed: Condvar::new(),
+            waiters: Mutex::new(std::collections::BTreeMap::new()),
         });
-        let (watch_tx, watch_rx) = tokio::sync::watch::channel(0u64);
         let stats = Arc::new(StoreStats::default());
         let writer = {
             let durable = durable.clone();
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("spendgate-writer".into())
-                .spawn(move || writer_loop(conn, rx, durable, watch_tx, stats))?
+                .spawn(move || writer_loop(conn, rx, durable, stats))?
         };
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let cp_path = path.clone();
@@ -177,7 +179,6 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 next_seq: Mutex::new(0),
                 durable,
-                durable_watch: watch_rx,
                 stats,
                 writer: Mutex::new(Some(writer)),
                 checkpointer: Mutex::new(Some((stop_tx, cp))),
@@ -216,8 +217,18 @@ impl Store {
 
     /// Waits asynchronously until `seq` is durable.
     pub async fn wait_async(&self, seq: u64) {
-        let mut rx = self.durable_watch.clone();
-        if rx.wait_for(|d| *d >= seq).await.is_err() {
+        let rx = {
+            // Under the waiters lock the writer cannot publish in between the check and
+            // the registration, so no wake-up is lost.
+            let mut w = self.durable.waiters.lock();
+            if *self.durable.seq.lock() >= seq {
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            w.entry(seq).or_default().push(tx);
+            rx
+        };
+        if rx.await.is_err() {
             fail_stop("store writer is gone");
         }
     }
@@ -276,7 +287,6 @@ fn writer_loop(
     mut conn: Connection,
     rx: Receiver<Job>,
     durable: Arc<Durable>,
-    watch: tokio::sync::watch::Sender<u64>,
     stats: Arc<StoreStats>,
 ) {
     while let Ok(first) = rx.recv() {
@@ -304,9 +314,16 @@ fn writer_loop(
             .queue_depth
             .fetch_sub(jobs.len() as u64, Ordering::Relaxed);
         let top = jobs.last().map_or(0, |j| j.seq);
-        *durable.seq.lock() = top;
+        let ready = {
+            let mut w = durable.waiters.lock();
+            *durable.seq.lock() = top;
+            let later = w.split_off(&(top + 1));
+            std::mem::replace(&mut *w, later)
+        };
         durable.changed.notify_all();
-        watch.send_replace(top);
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(());
+        }
     }
 }
 
