@@ -291,8 +291,3 @@ pub fn run_policy_tests(p: &CompiledPolicy) -> Vec<TestResult> {
         })
         .collect()
 }
-
-/// Local time helper for callers that build times in a policy's zone.
-pub fn at_local(p: &CompiledPolicy, text: &str) -> Result<DateTime<Utc>, String> {
-    local_time(p, text)
-}

@@ -962,10 +962,6 @@ impl Engine {
         self.card_program(&card)
     }
 
-    pub fn store_seq_wait(&self, seq: u64) {
-        self.wait(seq);
-    }
-
     fn unknown_card_response(
         &self,
         txn: &Authorization,
@@ -1286,9 +1282,7 @@ impl Engine {
             for p in &t.postings {
                 if let Some(card_id) = p.account.as_str().strip_prefix("card:") {
                     if let Some(c) = self.card(card_id) {
-                        let mut g = c.lock();
-                        g.account.posted += p.amount;
-                        g.account.forced |= t.forced;
+                        c.lock().account.replay_transfer(t);
                     }
                 } else {
                     *house.entry(p.account.clone()).or_insert(Decimal::ZERO) += p.amount;
