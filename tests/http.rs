@@ -658,6 +658,32 @@ async fn tenants_cannot_see_or_touch_each_other() {
         )
         .await;
     assert_eq!(r["matched"], false);
+    // A reversal by another tenant for an id not seen yet must not void A's authorization.
+    let (_, _, early) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations/future-1/reversals",
+            Some(&kb),
+            Some("pre"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(early["matched"], false);
+    let (_, _, f) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations",
+            Some(&ka),
+            None,
+            Some(auth("future-1", &card_a, "500.00", "5411")),
+        )
+        .await;
+    assert_eq!(f["response_code"], "00");
+    assert!(!f["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["rule"] == "reversal"));
     let (_, _, b) = s
         .call(
             Method::GET,
@@ -669,8 +695,8 @@ async fn tenants_cannot_see_or_touch_each_other() {
         .await;
     assert_eq!(
         (b["posted"].as_str(), b["pending"].as_str()),
-        (Some("100000.00"), Some("1000.00")),
-        "untouched"
+        (Some("100000.00"), Some("1500.00")),
+        "B touched nothing: A's two holds stand"
     );
     s.stop().await;
 }

@@ -782,3 +782,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reversal_that_arrives_first_voids_its_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let card;
+    {
+        let e = open(dir.path(), Durability::Full);
+        card = issue(&e, 1, "100.00").remove(0);
+        let r: ReversalResponse =
+            serde_json::from_str(&e.reverse("rv", "early-1", None, t0()).unwrap()).unwrap();
+        assert!(!r.matched);
+        e.store().unwrap().close();
+    }
+    // The reversal is remembered across a restart.
+    let e = open(dir.path(), Durability::Full);
+    let a = authorize(&e, "early-1", &card, "30.00", t0());
+    assert!(
+        a.trace
+            .iter()
+            .any(|t| t.rule == "reversal" && t.outcome == "hold voided"),
+        "{:?}",
+        a.trace
+    );
+    assert_eq!(
+        balance(&e, &card),
+        ("100.00".into(), "0.00".into(), "100.00".into())
+    );
+    // Only that authorization: the next one holds as usual.
+    assert!(authorize(&e, "normal-1", &card, "30.00", t0()).approved);
+    assert_eq!(balance(&e, &card).1, "30.00");
+    e.store().unwrap().close();
+    let s = verify_store(dir.path());
+    let h = s
+        .ledger
+        .holds
+        .iter()
+        .find(|h| h.auth_id == "early-1")
+        .unwrap();
+    assert_eq!(h.status, spendgate::ledger::HoldStatus::Voided);
+}

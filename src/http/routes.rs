@@ -741,7 +741,8 @@ async fn reversal(
         }
         _ => Ok(json(
             StatusCode::CREATED,
-            s.engine.reverse(&key, &id, a, Utc::now())?,
+            s.engine
+                .reverse_for(Some(&program), &key, &id, a, Utc::now())?,
         )),
     }
 }

@@ -183,6 +183,9 @@ pub struct Engine {
     auth_index: DashMap<String, String>,
     /// SHA-256 of each API key → its program.
     api_keys: DashMap<String, String>,
+    /// Authorizations reversed before they arrived (out-of-order messages).
+    /// Authorization id → the tenant that reversed it (None in-process).
+    early_reversals: DashMap<String, Option<String>>,
     /// Balances of every non-card account.
     house: Mutex<BTreeMap<AccountId, Decimal>>,
     idem: Idempotency,
@@ -207,6 +210,7 @@ impl Engine {
             cardholders: DashMap::new(),
             auth_index: DashMap::new(),
             api_keys: DashMap::new(),
+            early_reversals: DashMap::new(),
             house: Mutex::new(BTreeMap::new()),
             idem: Idempotency::default(),
             policies: ArcSwap::from_pointee(policies),
@@ -841,8 +845,36 @@ impl Engine {
                 self.config.hold_expiry_days,
             );
             drop((hg, pg));
+            let mut writes = vec![Write::Decision(Box::new(decision_row(
+                txn, &d, c.currency, request_id,
+            )))];
+            let mut voided_early = false;
+            if let Some(h) = hold {
+                self.auth_index.insert(txn.id.clone(), c.card_id.clone());
+                writes.push(Write::Hold(h));
+                // The processor reversed this authorization before we saw it: void the
+                // hold now, so the money is not reserved for a transaction that is gone.
+                let program = self.card_program(&c.card_id);
+                let reversed = self
+                    .early_reversals
+                    .remove_if(&txn.id, |_, t| t.is_none() || *t == program)
+                    .is_some();
+                if reversed {
+                    let at_ms = now.timestamp_millis();
+                    if let Ok(r) = c.account.reverse(&txn.id, None, at_ms) {
+                        writes.push(Write::Hold(r.hold.clone()));
+                        writes.push(Write::HoldResolved {
+                            auth_id: txn.id.clone(),
+                            status: r.hold.status,
+                            at_ms,
+                        });
+                        self.release(&mut c, &txn.id, r.released_ratio, at_ms, &mut writes);
+                        voided_early = true;
+                    }
+                }
+            }
             let controls = c.controls.clone();
-            let response = authorization_response(
+            let mut response = authorization_response(
                 txn,
                 &d,
                 &policy,
@@ -850,12 +882,12 @@ impl Engine {
                 c.available(),
                 started,
             );
-            let mut writes = vec![Write::Decision(Box::new(decision_row(
-                txn, &d, c.currency, request_id,
-            )))];
-            if let Some(h) = hold {
-                self.auth_index.insert(txn.id.clone(), c.card_id.clone());
-                writes.push(Write::Hold(h));
+            if voided_early {
+                response.trace.push(TraceLine {
+                    rule: "reversal".into(),
+                    outcome: "hold voided".into(),
+                    detail: "a reversal for this authorization arrived before it".into(),
+                });
             }
             out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
             Ok((response, writes, Some(c)))
@@ -1098,12 +1130,28 @@ impl Engine {
         amount: Option<Decimal>,
         now: DateTime<Utc>,
     ) -> Result<Arc<str>, EngineError> {
+        self.reverse_for(None, key, auth_id, amount, now)
+    }
+
+    /// `reverse` on behalf of a tenant: a reversal that arrives before its authorization
+    /// is remembered for that tenant's cards only.
+    pub fn reverse_for(
+        &self,
+        tenant: Option<&str>,
+        key: &str,
+        auth_id: &str,
+        amount: Option<Decimal>,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<str>, EngineError> {
         self.idempotent(
             "reversal",
             &format!("{auth_id}:{key}"),
             &(auth_id, amount.map(|a| a.to_string())),
             || {
                 let Some(card) = self.card_of_auth(auth_id) else {
+                    // Remembered, so that the authorization is voided if it arrives later.
+                    self.early_reversals
+                        .insert(auth_id.to_string(), tenant.map(str::to_string));
                     let r = ReversalResponse {
                         authorization_id: auth_id.to_string(),
                         matched: false,
@@ -1341,6 +1389,22 @@ impl Engine {
         }
         for (hash, program) in s.api_keys {
             self.api_keys.insert(hash, program);
+        }
+        for (_, key, _, response) in s
+            .idempotency
+            .iter()
+            .filter(|(scope, ..)| scope == "reversal")
+        {
+            if let Ok(r) = serde_json::from_str::<ReversalResponse>(response) {
+                if !r.matched && !self.auth_index.contains_key(&r.authorization_id) {
+                    // Keys are `{auth}:{idempotency key}`; over HTTP the latter is `{program}/…`.
+                    let tenant = key
+                        .strip_prefix(&format!("{}:", r.authorization_id))
+                        .and_then(|k| k.split_once('/'))
+                        .map(|(p, _)| p.to_string());
+                    self.early_reversals.insert(r.authorization_id, tenant);
+                }
+            }
         }
         for (scope, key, hash, response) in s.idempotency {
             if let Some(sc) = SCOPES.iter().find(|x| **x == scope) {
