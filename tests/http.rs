@@ -133,7 +133,8 @@ impl Server {
             )
             .await;
         assert_eq!(st, StatusCode::CREATED);
-        let holder = format!("{program}-holder");
+        // The same cardholder id in every program: ids are scoped to their program.
+        let holder = "holder";
         let (st, _, _) = self
             .call(
                 Method::POST,

@@ -301,8 +301,8 @@ fn every_mutating_operation_is_idempotent() {
         ),
         (
             "cardholder",
-            Box::new(|k| e.update_cardholder(k, "h0", Some(KycStatus::Verified), None)),
-            Box::new(|k| e.update_cardholder(k, "h0", Some(KycStatus::Rejected), None)),
+            Box::new(|k| e.update_cardholder(k, "p", "h0", Some(KycStatus::Verified), None)),
+            Box::new(|k| e.update_cardholder(k, "p", "h0", Some(KycStatus::Rejected), None)),
         ),
     ];
     for (name, op, different) in &ops {
@@ -579,7 +579,7 @@ fn card_controls_restrict_beyond_the_program_policy() {
         ("61", Some("card_limit_0_calendar_day"))
     );
     // Cardholder KYC change reaches the card.
-    e.update_cardholder("kyc", "h0", Some(KycStatus::Rejected), None)
+    e.update_cardholder("kyc", "p", "h0", Some(KycStatus::Rejected), None)
         .unwrap();
     assert_eq!(
         authorize(&e, "k4", &card, "1.00", t0()).reason,

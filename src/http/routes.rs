@@ -386,10 +386,7 @@ async fn update_cardholder(
 ) -> ApiResult {
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
-    if s.engine
-        .cardholder(&id)
-        .is_none_or(|h| h.program != program)
-    {
+    if s.engine.cardholder(&program, &id).is_none() {
         return Err(Problem::not_found(
             "cardholder_not_found",
             format!("unknown cardholder `{id}`"),
@@ -398,7 +395,8 @@ async fn update_cardholder(
     let b: UpdateCardholder = parse(&body)?;
     Ok(json(
         StatusCode::OK,
-        s.engine.update_cardholder(&key, &id, b.kyc, b.blocked)?,
+        s.engine
+            .update_cardholder(&key, &program, &id, b.kyc, b.blocked)?,
     ))
 }
 
@@ -408,10 +406,7 @@ async fn create_card(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
     let program = tenant(&s, &headers)?;
     let key = idem(&headers, &program)?;
     let b: CreateCard = parse(&body)?;
-    if s.engine
-        .cardholder(&b.cardholder_id)
-        .is_none_or(|h| h.program != program)
-    {
+    if s.engine.cardholder(&program, &b.cardholder_id).is_none() {
         return Err(Problem::not_found(
             "cardholder_not_found",
             format!("unknown cardholder `{}`", b.cardholder_id),

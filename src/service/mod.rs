@@ -412,7 +412,7 @@ impl Engine {
                         .into(),
                 ));
             }
-            match self.cardholders.entry(h.id.clone()) {
+            match self.cardholders.entry(holder_key(&h.program, &h.id)) {
                 dashmap::Entry::Occupied(_) => {
                     return Err(EngineError::Exists("cardholder", h.id.clone()))
                 }
@@ -424,38 +424,48 @@ impl Engine {
         })
     }
 
-    pub fn cardholder(&self, id: &str) -> Option<Cardholder> {
-        self.cardholders.get(id).map(|h| h.clone())
+    /// A cardholder of a program (ids are scoped to their program).
+    pub fn cardholder(&self, program: &str, id: &str) -> Option<Cardholder> {
+        self.cardholders
+            .get(&holder_key(program, id))
+            .map(|h| h.clone())
     }
 
     /// Changes KYC status or the blocked flag, and every card of the holder with it.
     pub fn update_cardholder(
         &self,
         key: &str,
+        program: &str,
         id: &str,
         kyc: Option<KycStatus>,
         blocked: Option<bool>,
     ) -> Result<Arc<str>, EngineError> {
-        self.idempotent("cardholder_update", key, &(id, kyc, blocked), || {
-            let mut h = self
-                .cardholder(id)
-                .ok_or_else(|| EngineError::UnknownCardholder(id.to_string()))?;
-            if let Some(k) = kyc {
-                h.kyc = k;
-            }
-            if let Some(b) = blocked {
-                h.blocked = b;
-            }
-            self.cardholders.insert(h.id.clone(), h.clone());
-            for c in self.cards.iter() {
-                let mut g = c.lock();
-                if g.cardholder_id == h.id {
-                    g.kyc = h.kyc;
-                    g.cardholder_blocked = h.blocked;
+        self.idempotent(
+            "cardholder_update",
+            key,
+            &(program, id, kyc, blocked),
+            || {
+                let mut h = self
+                    .cardholder(program, id)
+                    .ok_or_else(|| EngineError::UnknownCardholder(id.to_string()))?;
+                if let Some(k) = kyc {
+                    h.kyc = k;
                 }
-            }
-            Ok((h.clone(), vec![Write::Cardholder(h)], None))
-        })
+                if let Some(b) = blocked {
+                    h.blocked = b;
+                }
+                let hk = holder_key(&h.program, &h.id);
+                self.cardholders.insert(hk.clone(), h.clone());
+                for c in self.cards.iter() {
+                    let mut g = c.lock();
+                    if g.cardholder_id == hk {
+                        g.kyc = h.kyc;
+                        g.cardholder_blocked = h.blocked;
+                    }
+                }
+                Ok((h.clone(), vec![Write::Cardholder(h)], None))
+            },
+        )
     }
 
     fn compile_controls(
@@ -481,9 +491,15 @@ impl Engine {
             .program(&r.program)
             .ok_or_else(|| EngineError::UnknownProgram(r.program.clone()))?;
         let holder = self
-            .cardholder(&r.cardholder_id)
+            .cardholder(&r.program, &r.cardholder_id)
             .ok_or_else(|| EngineError::UnknownCardholder(r.cardholder_id.clone()))?;
-        let mut s = CardState::new(&r.id, &r.cardholder_id, &program.policy, r.currency);
+        // In memory the holder is `program/id`, which also keys cardholder-scope velocity.
+        let mut s = CardState::new(
+            &r.id,
+            &holder_key(&r.program, &r.cardholder_id),
+            &program.policy,
+            r.currency,
+        );
         s.status = r.status;
         s.expiry = Some(r.expiry);
         s.kyc = holder.kyc;
@@ -515,11 +531,8 @@ impl Engine {
                 .program(program)
                 .ok_or_else(|| EngineError::UnknownProgram(program.to_string()))?;
             let h = self
-                .cardholder(cardholder_id)
+                .cardholder(&p.id, cardholder_id)
                 .ok_or_else(|| EngineError::UnknownCardholder(cardholder_id.to_string()))?;
-            if h.program != p.id {
-                return Err(EngineError::UnknownCardholder(cardholder_id.to_string()));
-            }
             let token = uuid::Uuid::new_v4().simple().to_string();
             let last4 = format!(
                 "{:04}",
@@ -1318,7 +1331,7 @@ impl Engine {
             self.programs.insert(p.id.clone(), p);
         }
         for h in s.cardholders {
-            self.cardholders.insert(h.id.clone(), h);
+            self.cardholders.insert(holder_key(&h.program, &h.id), h);
         }
         for r in s.cards {
             let state = self.state_for(&r)?;
@@ -1451,6 +1464,11 @@ fn step_decline(
         }],
         latency_us,
     }
+}
+
+/// Cardholder ids are chosen by each program; in memory they are kept as `program/id`.
+fn holder_key(program: &str, id: &str) -> String {
+    format!("{program}/{id}")
 }
 
 fn valid_id(s: &str) -> bool {

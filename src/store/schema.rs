@@ -7,8 +7,8 @@ pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS programs (
     id TEXT PRIMARY KEY, policy TEXT NOT NULL, currency TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cardholders (
-    id TEXT PRIMARY KEY, program TEXT NOT NULL, name TEXT NOT NULL,
-    kyc TEXT NOT NULL, blocked INTEGER NOT NULL);
+    id TEXT NOT NULL, program TEXT NOT NULL, name TEXT NOT NULL,
+    kyc TEXT NOT NULL, blocked INTEGER NOT NULL, PRIMARY KEY (program, id));
 CREATE TABLE IF NOT EXISTS cards (
     id TEXT PRIMARY KEY, program TEXT NOT NULL, cardholder_id TEXT NOT NULL, kind TEXT NOT NULL,
     currency TEXT NOT NULL, last4 TEXT NOT NULL, expiry TEXT NOT NULL, status TEXT NOT NULL,
