@@ -873,17 +873,8 @@ impl Engine {
                     .remove_if(&txn.id, |_, t| t.is_none() || *t == program)
                     .is_some();
                 if reversed {
-                    let at_ms = now.timestamp_millis();
-                    if let Ok(r) = c.account.reverse(&txn.id, None, at_ms) {
-                        writes.push(Write::Hold(r.hold.clone()));
-                        writes.push(Write::HoldResolved {
-                            auth_id: txn.id.clone(),
-                            status: r.hold.status,
-                            at_ms,
-                        });
-                        self.release(&mut c, &txn.id, r.released_ratio, at_ms, &mut writes);
-                        voided_early = true;
-                    }
+                    voided_early =
+                        self.void_hold(&mut c, &txn.id, now.timestamp_millis(), &mut writes);
                 }
             }
             let controls = c.controls.clone();
@@ -938,15 +929,7 @@ impl Engine {
         let mut guard = None;
         if let Some(card) = self.card(&txn.card_id) {
             let mut c = card.lock_arc();
-            if let Ok(r) = c.account.reverse(&txn.id, None, at_ms) {
-                writes.push(Write::Hold(r.hold.clone()));
-                writes.push(Write::HoldResolved {
-                    auth_id: txn.id.clone(),
-                    status: r.hold.status,
-                    at_ms,
-                });
-                self.release(&mut c, &txn.id, r.released_ratio, at_ms, &mut writes);
-            }
+            self.void_hold(&mut c, &txn.id, at_ms, &mut writes);
             guard = Some(c);
         }
         let response = step_decline(
@@ -1051,6 +1034,28 @@ impl Engine {
     fn card_of_auth(&self, auth_id: &str) -> Option<Shared<CardState>> {
         let card_id = self.auth_index.get(auth_id).map(|c| c.clone())?;
         self.card(&card_id)
+    }
+
+    /// Releases everything an authorization still holds and records it; false when
+    /// nothing was pending.
+    fn void_hold(
+        &self,
+        c: &mut CardState,
+        auth_id: &str,
+        at_ms: i64,
+        writes: &mut Vec<Write>,
+    ) -> bool {
+        let Ok(r) = c.account.reverse(auth_id, None, at_ms) else {
+            return false;
+        };
+        writes.push(Write::Hold(r.hold.clone()));
+        writes.push(Write::HoldResolved {
+            auth_id: auth_id.to_string(),
+            status: r.hold.status,
+            at_ms,
+        });
+        self.release(c, auth_id, r.released_ratio, at_ms, writes);
+        true
     }
 
     fn release(
