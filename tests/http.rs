@@ -1124,7 +1124,7 @@ async fn operations_endpoints_and_openapi_in_step_with_routes() {
         "spendgate_decisions_total",
         "spendgate_decision_latency_seconds_bucket",
         "spendgate_store_queue_depth",
-        "spendgate_store_commit_seconds_sum",
+        "spendgate_store_commit_seconds_bucket",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }

@@ -860,10 +860,6 @@ async fn metrics_endpoint(State(s): State<Shared>) -> Response {
         metrics::gauge!("spendgate_store_queue_depth").set(st.queue_depth.load(Relaxed) as f64);
         metrics::gauge!("spendgate_store_batches").set(st.batches.load(Relaxed) as f64);
         metrics::gauge!("spendgate_store_writes").set(st.writes.load(Relaxed) as f64);
-        metrics::gauge!("spendgate_store_commit_seconds_sum")
-            .set(st.commit_us_total.load(Relaxed) as f64 / 1e6);
-        metrics::gauge!("spendgate_store_commit_seconds_max")
-            .set(st.commit_us_max.load(Relaxed) as f64 / 1e6);
     }
     metrics::gauge!("spendgate_cards").set(s.engine.card_count() as f64);
     (

@@ -306,6 +306,8 @@ fn writer_loop(
             fail_stop(&e.to_string());
         }
         let us = start.elapsed().as_micros() as u64;
+        metrics::histogram!("spendgate_store_commit_seconds").record(us as f64 / 1e6);
+        metrics::histogram!("spendgate_store_batch_writes").record(writes as f64);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.writes.fetch_add(writes as u64, Ordering::Relaxed);
         stats.commit_us_total.fetch_add(us, Ordering::Relaxed);
