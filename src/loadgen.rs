@@ -313,21 +313,7 @@ async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
             out
         }));
     }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Sample::default();
-    for h in hs {
-        if let Ok(o) = h.await {
-            all.latencies_us.extend(o.latencies_us);
-            for (k, v) in o.by_code {
-                *all.by_code.entry(k).or_default() += v;
-            }
-            all.captures += o.captures;
-            all.reversals += o.reversals;
-            all.errors += o.errors;
-        }
-    }
-    all
+    collect(hs, &stop, seconds).await
 }
 
 /// The baseline: a minimal axum JSON endpoint, driven the same way.
@@ -367,16 +353,31 @@ async fn baseline(conns: usize, seconds: u64) -> Sample {
             out
         }));
     }
+    let all = collect(hs, &stop, seconds).await;
+    server.abort();
+    all
+}
+
+/// Lets the connections run for `seconds`, stops them and merges what they saw.
+async fn collect(
+    hs: Vec<tokio::task::JoinHandle<Sample>>,
+    stop: &AtomicBool,
+    seconds: u64,
+) -> Sample {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Sample::default();
     for h in hs {
         if let Ok(o) = h.await {
             all.latencies_us.extend(o.latencies_us);
+            for (k, v) in o.by_code {
+                *all.by_code.entry(k).or_default() += v;
+            }
+            all.captures += o.captures;
+            all.reversals += o.reversals;
             all.errors += o.errors;
         }
     }
-    server.abort();
     all
 }
 

@@ -137,10 +137,15 @@ impl RateLimiter {
 
     pub fn check(&self, key: &str) -> Result<(), Problem> {
         let now = Instant::now();
-        let entry = self
-            .buckets
-            .entry(key.to_string())
-            .or_insert_with(|| Mutex::new((self.per_second, now)));
+        // The common case finds its bucket without allocating a key.
+        let entry = match self.buckets.get(key) {
+            Some(e) => e,
+            None => self
+                .buckets
+                .entry(key.to_string())
+                .or_insert_with(|| Mutex::new((self.per_second, now)))
+                .downgrade(),
+        };
         let mut b = entry.lock();
         let refill = now.duration_since(b.1).as_secs_f64() * self.per_second;
         b.0 = (b.0 + refill).min(self.per_second);

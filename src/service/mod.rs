@@ -656,10 +656,7 @@ impl Engine {
             let card = self
                 .card(card_id)
                 .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
-            let mut c = card.lock_arc();
-            if c.status == CardStatus::Terminated {
-                return Err(LedgerError::CardTerminated.into());
-            }
+            let mut c = live(&card)?;
             let compiled = self.compile_controls(&c.policy, c.currency, &controls)?;
             let mut r = self
                 .records
@@ -732,10 +729,7 @@ impl Engine {
             let card = self
                 .card(card_id)
                 .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
-            let mut c = card.lock_arc();
-            if c.status == CardStatus::Terminated {
-                return Err(LedgerError::CardTerminated.into());
-            }
+            let mut c = live(&card)?;
             let program = self
                 .card_program(card_id)
                 .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
@@ -867,10 +861,12 @@ impl Engine {
                 writes.push(Write::Hold(h));
                 // The processor reversed this authorization before we saw it: void the
                 // hold now, so the money is not reserved for a transaction that is gone.
-                let program = self.card_program(&c.card_id);
+                // The closure (and its program lookup) runs only when such a reversal exists.
                 let reversed = self
                     .early_reversals
-                    .remove_if(&txn.id, |_, t| t.is_none() || *t == program)
+                    .remove_if(&txn.id, |_, t| {
+                        t.is_none() || *t == self.card_program(&c.card_id)
+                    })
                     .is_some();
                 if reversed {
                     voided_early =
@@ -1058,6 +1054,19 @@ impl Engine {
         true
     }
 
+    /// Gives velocity capacity back in the card's windows and its shared scopes.
+    fn give_back(&self, c: &mut CardState, auth_id: &str, ratio: Decimal) {
+        let holder = self
+            .holder_velocity
+            .get(&c.cardholder_id)
+            .map(|h| h.clone());
+        let program = self.program_velocity.get(&c.policy).map(|p| p.clone());
+        let mut hg = holder.as_ref().map(|h| h.lock());
+        let mut pg = program.as_ref().map(|p| p.lock());
+        c.release_velocity(auth_id, ratio, hg.as_deref_mut(), pg.as_deref_mut());
+    }
+
+    /// `give_back`, recorded for recovery.
     fn release(
         &self,
         c: &mut CardState,
@@ -1069,14 +1078,7 @@ impl Engine {
         if ratio <= Decimal::ZERO {
             return;
         }
-        let holder = self
-            .holder_velocity
-            .get(&c.cardholder_id)
-            .map(|h| h.clone());
-        let program = self.program_velocity.get(&c.policy).map(|p| p.clone());
-        let mut hg = holder.as_ref().map(|h| h.lock());
-        let mut pg = program.as_ref().map(|p| p.lock());
-        c.release_velocity(auth_id, ratio, hg.as_deref_mut(), pg.as_deref_mut());
+        self.give_back(c, auth_id, ratio);
         writes.push(Write::VelocityRelease {
             card_id: c.card_id.clone(),
             auth_id: auth_id.to_string(),
@@ -1103,10 +1105,7 @@ impl Engine {
                 let card = self
                     .card_of_auth(auth_id)
                     .ok_or_else(|| EngineError::UnknownAuthorization(auth_id.to_string()))?;
-                let mut c = card.lock_arc();
-                if c.status == CardStatus::Terminated {
-                    return Err(LedgerError::CardTerminated.into());
-                }
+                let mut c = live(&card)?;
                 let at_ms = now.timestamp_millis();
                 let r = c.account.capture(
                     &format!("{auth_id}:{key}"),
@@ -1179,10 +1178,7 @@ impl Engine {
                     };
                     return Ok((r, vec![], None));
                 };
-                let mut c = card.lock_arc();
-                if c.status == CardStatus::Terminated {
-                    return Err(LedgerError::CardTerminated.into());
-                }
+                let mut c = live(&card)?;
                 let at_ms = now.timestamp_millis();
                 let r = c.account.reverse(auth_id, amount, at_ms)?;
                 let mut writes = vec![Write::Hold(r.hold.clone())];
@@ -1225,10 +1221,7 @@ impl Engine {
                 let card = self
                     .card(card_id)
                     .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
-                let mut c = card.lock_arc();
-                if c.status == CardStatus::Terminated {
-                    return Err(LedgerError::CardTerminated.into());
-                }
+                let mut c = live(&card)?;
                 let (t, _hold) =
                     c.account
                         .refund(key, auth_id, amount, currency, now.timestamp_millis())?;
@@ -1266,10 +1259,7 @@ impl Engine {
                 let card = self
                     .card(card_id)
                     .ok_or_else(|| EngineError::UnknownCard(card_id.to_string()))?;
-                let mut c = card.lock_arc();
-                if c.status == CardStatus::Terminated {
-                    return Err(LedgerError::CardTerminated.into());
-                }
+                let mut c = live(&card)?;
                 check_amount(amount, currency)?;
                 let fx = self.policies.load().fx.clone();
                 let (amount_card, quote) = fx.convert_charge(amount, currency, c.currency)?;
@@ -1394,15 +1384,7 @@ impl Engine {
         }
         for (card_id, auth_id, ratio) in &s.velocity_releases {
             if let Some(card) = self.card(card_id) {
-                let mut c = card.lock_arc();
-                let holder = self
-                    .holder_velocity
-                    .get(&c.cardholder_id)
-                    .map(|h| h.clone());
-                let program = self.program_velocity.get(&c.policy).map(|p| p.clone());
-                let mut hg = holder.as_ref().map(|h| h.lock());
-                let mut pg = program.as_ref().map(|p| p.lock());
-                c.release_velocity(auth_id, *ratio, hg.as_deref_mut(), pg.as_deref_mut());
+                self.give_back(&mut card.lock(), auth_id, *ratio);
             }
         }
         for (hash, program) in s.api_keys {
@@ -1469,6 +1451,15 @@ fn step_decline(
         }],
         latency_us,
     }
+}
+
+/// Locks a card for a money operation; a terminated card takes none.
+fn live(card: &Shared<CardState>) -> Result<CardGuard, EngineError> {
+    let c = card.lock_arc();
+    if c.status == CardStatus::Terminated {
+        return Err(LedgerError::CardTerminated.into());
+    }
+    Ok(c)
 }
 
 /// Cardholder ids are chosen by each program; in memory they are kept as `program/id`.
