@@ -5,8 +5,8 @@
 //! shared borrow; `record` prunes the prefix, so work stays amortized O(1) per event.
 //!
 //! Memory is bounded: a window keeps at most [`EVENTS_PER_WINDOW_MAX`] events and a state
-//! at most [`WINDOWS_PER_STATE_MAX`] windows (one event is 48 bytes, so one card's
-//! velocity state is at most 64 × 128 × 48 B ≈ 384 KiB, and a few hundred bytes for a
+//! at most [`WINDOWS_PER_STATE_MAX`] windows (one event is 40 bytes, so one card's
+//! velocity state is at most 64 × 128 × 40 B = 320 KiB, and a few hundred bytes for a
 //! typical card). Past the event cap the two oldest events merge into one stamped with the
 //! *later* time: totals stay exact, and a merged event expires late rather than early, so
 //! the bound can only make a limit stricter, never let spending through.
@@ -520,5 +520,17 @@ impl ActivityLog {
     }
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The memory bound in the module docs and README rests on these sizes.
+    #[test]
+    fn event_and_activity_sizes_match_the_documented_bound() {
+        assert_eq!(std::mem::size_of::<Event>(), 40);
+        assert_eq!(std::mem::size_of::<Activity>(), 40);
     }
 }
