@@ -2,7 +2,7 @@
 
 use geo::{Contains, Distance, Haversine, LineString, Point, Polygon};
 
-use crate::decision::{Country, LatLon};
+use crate::domain::{Country, LatLon};
 
 /// Great-circle distance in kilometres between two (lat, lon) points.
 pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{CardStatus, Channel, Country, Expiry, KycStatus, Mcc};
+use crate::domain::{CardStatus, Channel, Country, Expiry, KycStatus, Mcc};
 use crate::money::{check_precision, Currency, FxTable};
 use crate::policy::{compile_policy, CompiledPolicy};
 

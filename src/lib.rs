@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod decision;
+pub mod domain;
 pub mod geo;
 pub mod http;
 pub mod issuing;

@@ -494,7 +494,7 @@ pub struct Activity {
     /// In the policy currency at decision time.
     pub amount: Decimal,
     pub approved: bool,
-    pub country: crate::decision::Country,
+    pub country: crate::domain::Country,
     /// `key_hash` of the merchant id.
     pub merchant: u64,
 }

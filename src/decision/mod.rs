@@ -3,12 +3,12 @@
 //! No I/O, no clock of its own, no panics on input. The service runs it under the card's
 //! lock and then applies `Decision::effects`.
 
-mod codes;
 mod engine;
 mod trace;
 mod types;
 
-pub use codes::{ResponseCode, KNOWN_CODES};
+// The vocabulary lives in `domain`; re-exported so `decision::Country` etc. still read well.
+pub use crate::domain::*;
 pub use engine::decide;
 pub use trace::{Detail, RuleRef, TraceEntry, TraceLine, TraceOutcome};
 pub use types::*;
@@ -20,7 +20,6 @@ use serde::Serialize;
 use smallvec::SmallVec;
 
 use crate::money::{Currency, FxQuote};
-use crate::policy::{Counts, VelocityScope};
 use crate::velocity::Activity;
 
 /// One window update the decision asks for; the service applies those whose `counts`

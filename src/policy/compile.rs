@@ -14,7 +14,7 @@ use super::locate::Locator;
 use super::raw::{ListRef, RawMatcher, RawPolicy, RawRule, Scalar};
 use super::script::{self, ScriptLists};
 use super::*;
-use crate::decision::{Channel, Country, LatLon, Mcc, TxnType};
+use crate::domain::{Channel, Country, LatLon, Mcc, TxnType};
 use crate::money::{parse_amount, Currency, FxTable};
 use crate::velocity::{key_hash, WindowSpec};
 
@@ -1010,7 +1010,7 @@ fn compile_rule(
         );
     }
     let outcome = if let Some(code) = &r.decline {
-        match crate::decision::ResponseCode::parse_decline(code.as_str()) {
+        match crate::domain::ResponseCode::parse_decline(code.as_str()) {
             Ok(c) => Outcome::Decline(Some(c)),
             Err(e) => {
                 cx.rule_err(i, &["decline"], e);

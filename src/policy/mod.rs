@@ -17,7 +17,8 @@ use chrono_tz::Tz;
 use rhai::AST;
 use rust_decimal::Decimal;
 
-use crate::decision::ResponseCode;
+use crate::domain::ResponseCode;
+pub use crate::domain::{Counts, VelocityScope};
 use crate::geo::{CountrySet, Shape};
 use crate::money::{Currency, FxTable};
 use crate::velocity::WindowSpec;
@@ -83,32 +84,6 @@ pub enum Outcome {
     Flag,
     /// Add points to the risk score.
     Score(i64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VelocityScope {
-    Card,
-    Cardholder,
-    Program,
-    CardMerchant,
-}
-
-impl VelocityScope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VelocityScope::Card => "card",
-            VelocityScope::Cardholder => "cardholder",
-            VelocityScope::Program => "program",
-            VelocityScope::CardMerchant => "card_merchant",
-        }
-    }
-}
-
-/// Which decisions a velocity window counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Counts {
-    Approved,
-    Declined,
 }
 
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Scope, AST};
 use rust_decimal::Decimal;
 
-use crate::decision::{CardStatus, Channel, Country, KycStatus, Mcc, ResponseCode, TxnType};
+use crate::domain::{CardStatus, Channel, Country, KycStatus, Mcc, ResponseCode, TxnType};
 use crate::money::Currency;
 use crate::velocity::{Activity, WindowSpec};
 

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
 use super::StoreError;
-use crate::decision::{CardStatus, Expiry, KycStatus};
+use crate::domain::{CardStatus, Expiry, KycStatus};
 use crate::issuing::{CardKind, CardRecord, Cardholder, Program};
 use crate::ledger::verify::LedgerSnapshot;
 use crate::ledger::{AccountId, Hold, HoldStatus, Posting, Transfer, TransferKind};
