@@ -7,19 +7,16 @@
 //! - [`service::CardState::apply`] applies the decision's effects (velocity windows,
 //!   location, funds) before the lock is released.
 
-pub mod cli;
 pub mod decision;
 pub mod domain;
 pub mod geo;
 pub mod http;
 pub mod issuing;
 pub mod ledger;
-pub mod loadgen;
 pub mod money;
 pub mod policy;
 pub mod policy_tests;
 pub mod reconcile;
 pub mod service;
 pub mod store;
-pub mod stress;
 pub mod velocity;

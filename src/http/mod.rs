@@ -321,9 +321,11 @@ pub fn run_server(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.workers > 0 {
+        rt.worker_threads(config.workers);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let state = build_state(config.clone())?;
         let listener = TcpListener::bind(&config.addr).await?;

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 #[derive(Debug, clap::Args)]
@@ -31,23 +33,21 @@ pub struct Args {
     pub seconds: u64,
 }
 
-/// A minimal HTTP/1.1 keep-alive client: enough for JSON requests with Content-Length.
+/// One keep-alive HTTP/1.1 connection (hyper's client connection): each `Conn` is exactly
+/// one TCP connection, so `--connections N` means N connections, as a processor opens.
 struct Conn {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-    host: String,
+    tx: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Conn {
     async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        Ok(Conn {
-            r: BufReader::new(r),
-            w,
-            host: addr.to_string(),
-        })
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Conn { tx })
     }
 
     async fn request(
@@ -57,40 +57,31 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<(u16, String)> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", self.host, body.len());
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "spendgate")
+            .header("content-type", "application/json");
         for (k, v) in headers {
-            req.push_str(k);
-            req.push_str(": ");
-            req.push_str(v);
-            req.push_str("\r\n");
+            req = req.header(*k, *v);
         }
-        req.push_str("\r\n");
-        req.push_str(body);
-        self.w.write_all(req.as_bytes()).await?;
-        let mut line = String::new();
-        self.r.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            self.r.read_line(&mut line).await?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut buf = vec![0u8; len];
-        self.r.read_exact(&mut buf).await?;
-        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(std::io::Error::other)?;
+        self.tx.ready().await.map_err(std::io::Error::other)?;
+        let res = self
+            .tx
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = res.status().as_u16();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 

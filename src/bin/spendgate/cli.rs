@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::policy::{load_policy_dir, load_policy_file, CompiledPolicy, PolicyError};
-use crate::policy_tests::run_policy_tests;
+use spendgate::policy::{load_policy_dir, load_policy_file, CompiledPolicy, PolicyError};
+use spendgate::policy_tests::run_policy_tests;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -114,15 +114,15 @@ fn print_errors(errors: &[PolicyError]) {
     );
 }
 
-fn open_snapshot(data: &Path) -> Result<crate::store::Snapshot, String> {
-    let path = data.join(crate::store::DB_FILE);
+fn open_snapshot(data: &Path) -> Result<spendgate::store::Snapshot, String> {
+    let path = data.join(spendgate::store::DB_FILE);
     if !path.exists() {
         return Err(format!("no store at {}", path.display()));
     }
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| e.to_string())?;
-    crate::store::load_snapshot(&conn).map_err(|e| e.to_string())
+    spendgate::store::load_snapshot(&conn).map_err(|e| e.to_string())
 }
 
 fn ledger_verify(data: &Path) -> ExitCode {
@@ -133,7 +133,7 @@ fn ledger_verify(data: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = crate::ledger::verify::verify(&snapshot.ledger);
+    let r = spendgate::ledger::verify::verify(&snapshot.ledger);
     println!("transfers:      {}", r.transfers);
     println!("accounts:       {}", r.accounts);
     println!(
@@ -157,13 +157,13 @@ fn ledger_verify(data: &Path) -> ExitCode {
 }
 
 fn reconcile_cmd(settlement: &Path, date: &str, data: &Path) -> ExitCode {
-    let run = || -> Result<crate::reconcile::ReconReport, String> {
+    let run = || -> Result<spendgate::reconcile::ReconReport, String> {
         let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
             .map_err(|_| format!("--date `{date}` is not YYYY-MM-DD"))?;
         let text = std::fs::read_to_string(settlement)
             .map_err(|e| format!("{}: {e}", settlement.display()))?;
         let snapshot = open_snapshot(data)?;
-        crate::reconcile::reconcile(&snapshot.ledger.transfers, &text, date)
+        spendgate::reconcile::reconcile(&snapshot.ledger.transfers, &text, date)
             .map_err(|e| format!("{}: {e}", settlement.display()))
     };
     match run() {
@@ -213,7 +213,7 @@ pub fn run(cli: Cli) -> ExitCode {
             data,
             rules,
         } => {
-            let mut c = match crate::http::Config::load(config.as_deref()) {
+            let mut c = match spendgate::http::Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("spendgate: {e}");
@@ -229,7 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
             if let Some(r) = rules {
                 c.rules_dir = r;
             }
-            match crate::http::run_server(c) {
+            match spendgate::http::run_server(c) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("spendgate: {e:#}");

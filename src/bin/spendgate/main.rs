@@ -2,10 +2,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+mod loadgen;
+mod stress;
+
 // mimalloc: no allocator lock contention between request threads.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    spendgate::cli::run(spendgate::cli::Cli::parse())
+    cli::run(cli::Cli::parse())
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use chrono::Utc;
 use rust_decimal::Decimal;
 
-use crate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
-use crate::issuing::{CardKind, Cardholder, Program};
-use crate::ledger::TransferKind;
-use crate::money::Currency;
-use crate::policy::load_policy_dir;
-use crate::service::{Engine, EngineConfig};
-use crate::store::{Durability, Store};
+use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
+use spendgate::issuing::{CardKind, Cardholder, Program};
+use spendgate::ledger::TransferKind;
+use spendgate::money::Currency;
+use spendgate::policy::load_policy_dir;
+use spendgate::service::{Engine, EngineConfig};
+use spendgate::store::{Durability, Store};
 
 const PROGRAM: &str = "stress";
 
@@ -46,7 +46,7 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
     let usd = Currency::USD;
     // Every step is idempotent, so a run killed during setup completes it next time.
     {
-        let setup = || -> Result<(), crate::service::EngineError> {
+        let setup = || -> Result<(), spendgate::service::EngineError> {
             if engine.program(PROGRAM).is_none() {
                 engine.create_program(Program {
                     id: PROGRAM.into(),
@@ -83,8 +83,8 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                     true,
                     now,
                 )?;
-                let card: crate::service::responses::CardResponse = serde_json::from_str(&json)
-                    .map_err(|e| crate::service::EngineError::Invalid(e.to_string()))?;
+                let card: spendgate::service::responses::CardResponse = serde_json::from_str(&json)
+                    .map_err(|e| spendgate::service::EngineError::Invalid(e.to_string()))?;
                 engine.move_funds(
                     &format!("fund-{i}"),
                     &card.id,
