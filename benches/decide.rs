@@ -15,13 +15,14 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use rust_decimal::Decimal;
 
+use spendgate::clock::ManualClock;
 use spendgate::decision::{
     decide, Authorization, Channel, Country, LatLon, Mcc, Merchant, TxnType,
 };
 use spendgate::ledger::{AccountId, TransferKind};
 use spendgate::money::Currency;
 use spendgate::policy::{load_policy_dir, CompiledPolicy};
-use spendgate::service::{CardState, Engine};
+use spendgate::service::{AuthContext, CardState, Engine};
 use spendgate::velocity::{VelocityState, WindowSpec};
 
 const POLICY: &str = "consumer-prepaid-africa";
@@ -139,9 +140,11 @@ fn bench_velocity(c: &mut Criterion) {
     g.finish();
 }
 
-fn engine_10k(p: &Arc<CompiledPolicy>) -> Engine {
+/// An in-memory engine with 10 000 funded cards, on a clock the bench moves.
+fn engine_10k(p: &Arc<CompiledPolicy>) -> (Engine, Arc<ManualClock>) {
     let set = load_policy_dir(Path::new("rules")).unwrap();
-    let e = Engine::new(set);
+    let clock = Arc::new(ManualClock::new(t0()));
+    let e = Engine::new(set).with_clock(clock.clone());
     let _ = p;
     for i in 0..10_000 {
         let mut c = CardState::new(
@@ -153,7 +156,7 @@ fn engine_10k(p: &Arc<CompiledPolicy>) -> Engine {
         fund(&mut c, Decimal::new(1_000_000_000, 2));
         e.add_card(c).unwrap();
     }
-    e
+    (e, clock)
 }
 
 /// Mixed traffic: mostly approvals, some gambling and foreign declines, some ATM.
@@ -174,7 +177,8 @@ fn mixed_txn(i: u64) -> Authorization {
 
 fn bench_authorize(c: &mut Criterion) {
     let p = policy();
-    let e = engine_10k(&p);
+    let (e, clock) = engine_10k(&p);
+    let ctx = AuthContext::default();
     let mut g = c.benchmark_group("authorize");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
@@ -186,7 +190,10 @@ fn bench_authorize(c: &mut Criterion) {
                 now += Duration::milliseconds(10);
                 (mixed_txn(i), now)
             },
-            |(t, now)| e.authorize(&t, now).unwrap().approved,
+            |(t, now)| {
+                clock.set(now);
+                e.authorize(&t, &ctx).unwrap().wait().approved
+            },
             BatchSize::SmallInput,
         )
     });
@@ -233,14 +240,16 @@ fn latency_pass(quick: bool) {
         }
         percentiles(name, &mut s);
     }
-    let e = engine_10k(&full);
+    let (e, clock) = engine_10k(&full);
+    let ctx = AuthContext::default();
     let mut s = Vec::with_capacity(n);
     let mut now = t0();
     for i in 0..n as u64 {
         let t = mixed_txn(i);
         now += Duration::milliseconds(10);
+        clock.set(now);
         let start = Instant::now();
-        black_box(e.authorize(&t, now).unwrap());
+        black_box(e.authorize(&t, &ctx).unwrap().wait());
         s.push(start.elapsed().as_nanos() as u64);
     }
     percentiles("authorize/mixed_10k_cards", &mut s);

@@ -16,34 +16,39 @@ use std::time::Instant;
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 
+use spendgate::clock::ManualClock;
 use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
 use spendgate::issuing::{CardKind, Cardholder, Program};
 use spendgate::ledger::TransferKind;
 use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
 use spendgate::service::responses::CardResponse;
-use spendgate::service::{Engine, EngineConfig};
+use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending};
 use spendgate::store::{Durability, Store};
 
-fn setup(dir: &Path, durability: Durability, cards: usize) -> (Arc<Engine>, Vec<String>) {
+/// A durable engine with `cards` funded cards, on a clock the bench moves.
+fn setup(
+    dir: &Path,
+    durability: Durability,
+    cards: usize,
+) -> (Arc<Engine>, Vec<String>, Arc<ManualClock>) {
     let policies = load_policy_dir(Path::new("rules")).unwrap();
     let (store, snapshot) = Store::open(dir, durability).unwrap();
-    let e = Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default()).unwrap();
     let now = Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap();
+    let clock = Arc::new(ManualClock::new(now));
+    let e = Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default())
+        .unwrap()
+        .with_clock(clock.clone());
     e.create_program(Program {
         id: "bench".into(),
         policy: "consumer-prepaid-africa".into(),
         currency: Currency::USD,
     })
+    .map(Pending::wait)
     .unwrap();
-    e.deposit(
-        "d",
-        "bench",
-        Decimal::new(1_000_000_000, 0),
-        Currency::USD,
-        now,
-    )
-    .unwrap();
+    e.deposit("d", "bench", Decimal::new(1_000_000_000, 0), Currency::USD)
+        .map(Pending::wait)
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..cards {
         let h = format!("h{i}");
@@ -57,23 +62,30 @@ fn setup(dir: &Path, durability: Durability, cards: usize) -> (Arc<Engine>, Vec<
                 blocked: false,
             },
         )
+        .map(Pending::wait)
         .unwrap();
         let c: CardResponse = serde_json::from_str(
-            &e.issue_card(&h, "bench", &h, CardKind::Virtual, None, None, true, now)
-                .unwrap(),
+            &e.issue_card(
+                &h,
+                NewCard {
+                    program: "bench".to_string(),
+                    cardholder_id: h.to_string(),
+                    kind: CardKind::Virtual,
+                    currency: None,
+                    controls: None,
+                    active: true,
+                },
+            )
+            .map(Pending::wait)
+            .unwrap(),
         )
         .unwrap();
-        e.move_funds(
-            &h,
-            &c.id,
-            TransferKind::TopUp,
-            Decimal::new(100_000, 0),
-            now,
-        )
-        .unwrap();
+        e.move_funds(&h, &c.id, TransferKind::TopUp, Decimal::new(100_000, 0))
+            .map(Pending::wait)
+            .unwrap();
         ids.push(c.id);
     }
-    (Arc::new(e), ids)
+    (Arc::new(e), ids, clock)
 }
 
 fn txn(id: String, card: &str, i: u64) -> Authorization {
@@ -104,7 +116,7 @@ fn pct(v: &[u64], q: f64) -> u64 {
 /// time and awaiting its commit, as the HTTP service does.
 fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (e, cards) = setup(dir.path(), durability, 1_000);
+    let (e, cards, clock) = setup(dir.path(), durability, 1_000);
     let cards = Arc::new(cards);
     let stats = e.store().unwrap().stats.clone();
     let (b0, w0, c0) = (
@@ -121,7 +133,7 @@ fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
     let mut lat: Vec<u64> = rt.block_on(async {
         let hs: Vec<_> = (0..tasks)
             .map(|t| {
-                let (e, cards) = (e.clone(), cards.clone());
+                let (e, cards, clock) = (e.clone(), cards.clone(), clock.clone());
                 tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(per_task as usize);
                     // Spread over a simulated day so velocity windows stay realistic.
@@ -132,7 +144,12 @@ fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
                         let a = txn(format!("b{t}-{i}"), card, n);
                         let now = base + chrono::Duration::milliseconds(n as i64 * 50);
                         let t0 = Instant::now();
-                        let r = e.authorize_async(&a, now).await.unwrap();
+                        clock.set(now);
+                        let r = e
+                            .authorize(&a, &AuthContext::default())
+                            .unwrap()
+                            .durable()
+                            .await;
                         lat.push(t0.elapsed().as_micros() as u64);
                         std::hint::black_box(r);
                     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{Duration, TimeZone, Utc};
-use common::{amount, rules, t0, txn};
+use common::{amount, at, fresh_clock, rules, t0, txn};
 use rust_decimal::Decimal;
 use spendgate::decision::Authorization;
 use spendgate::decision::{decide, Country, DecisionSummary, KycStatus, LatLon, Mcc, ResponseCode};
@@ -18,19 +18,20 @@ use spendgate::money::Currency;
 use spendgate::policy::{compile_policy, load_policy_file, OnError};
 use spendgate::policy_tests::run_policy_tests;
 use spendgate::service::responses::{AuthorizationResponse, CardResponse, ReversalResponse};
-use spendgate::service::{CardState, Engine};
+use spendgate::service::{AuthContext, CardState, Engine, NewCard, Pending};
 use spendgate::velocity::VelocityState;
 
 const CONSUMER: &str = "consumer-prepaid-africa";
 
 /// An engine with one active card issued through the real API and funded.
 fn setup(currency: Currency, funds: &str) -> (Engine, String) {
-    let e = Engine::new(rules());
+    let e = Engine::new(rules()).with_clock(fresh_clock());
     e.create_program(Program {
         id: "consumer".into(),
         policy: CONSUMER.into(),
         currency,
     })
+    .map(Pending::wait)
     .unwrap();
     e.create_cardholder(
         "h1",
@@ -42,31 +43,42 @@ fn setup(currency: Currency, funds: &str) -> (Engine, String) {
             blocked: false,
         },
     )
+    .map(Pending::wait)
     .unwrap();
     let json = e
         .issue_card(
             "k1",
-            "consumer",
-            "holder-1",
-            CardKind::Virtual,
-            Some(currency),
-            None,
-            true,
-            t0(),
+            NewCard {
+                program: "consumer".to_string(),
+                cardholder_id: ("holder-1").to_string(),
+                kind: CardKind::Virtual,
+                currency: Some(currency),
+                controls: None,
+                active: true,
+            },
         )
+        .map(Pending::wait)
         .unwrap();
     let card: CardResponse = serde_json::from_str(&json).unwrap();
     if funds != "0" {
-        e.deposit("d1", "consumer", amount(funds), currency, t0())
+        e.deposit("d1", "consumer", amount(funds), currency)
+            .map(Pending::wait)
             .unwrap();
-        e.move_funds("f1", &card.id, TransferKind::TopUp, amount(funds), t0())
+        e.move_funds("f1", &card.id, TransferKind::TopUp, amount(funds))
+            .map(Pending::wait)
             .unwrap();
     }
     (e, card.id)
 }
 
 fn auth(e: &Engine, t: &Authorization, now: chrono::DateTime<Utc>) -> AuthorizationResponse {
-    serde_json::from_str(&e.authorize(t, now).unwrap().json).unwrap()
+    at(now, || auth_now(e, t))
+}
+
+/// Decides at whatever time the engine's clock shows (for threads other than the test's).
+fn auth_now(e: &Engine, t: &Authorization) -> AuthorizationResponse {
+    let a = e.authorize(t, &AuthContext::default()).unwrap().wait();
+    serde_json::from_str(&a.json).unwrap()
 }
 
 #[test]
@@ -129,8 +141,7 @@ fn many_threads_never_exceed_a_velocity_limit_together() {
             s.spawn(move || {
                 for i in 0..40 {
                     let t = txn(&format!("t{th}-{i}"), &card, "60.00", "USD");
-                    let now = t0() + Duration::milliseconds(i64::from(th * 40 + i));
-                    let d = auth(&e, &t, now);
+                    let d = auth_now(&e, &t);
                     if d.approved {
                         cents.fetch_add(
                             (amount(&d.amount_approved) * Decimal::from(100))
@@ -170,7 +181,7 @@ fn many_threads_never_spend_more_than_the_balance() {
             s.spawn(move || {
                 for i in 0..25 {
                     let t = txn(&format!("f{th}-{i}"), &card, "7.00", "USD");
-                    let d = auth(&e, &t, t0() + Duration::seconds(i64::from(th * 25 + i)));
+                    let d = auth_now(&e, &t);
                     if d.approved {
                         *approved.lock() += amount(&d.amount_approved);
                     } else {
@@ -211,7 +222,7 @@ fn trace_explains_the_velocity_decline() {
     );
     let t = txn("a3", &card, "80.00", "USD");
     // Simulation shows every rule and changes nothing.
-    let sim = e.simulate(&t, t0() + Duration::hours(2)).unwrap();
+    let sim = at(t0() + Duration::hours(2), || e.simulate(&t, None)).unwrap();
     assert!(
         sim.trace.iter().any(|l| l.rule == "night_owl"),
         "every rule is in the simulated trace"
@@ -245,8 +256,12 @@ fn reversal_gives_velocity_capacity_and_funds_back() {
     assert!(auth(&e, &txn("r2", &card, "450.00", "USD"), t0()).approved);
     let over = auth(&e, &txn("r3", &card, "450.00", "USD"), t0());
     assert_eq!(over.response_code, "61");
-    let r: ReversalResponse =
-        serde_json::from_str(&e.reverse("rev1", "r2", None, t0()).unwrap()).unwrap();
+    let r: ReversalResponse = serde_json::from_str(
+        &e.reverse(None, "rev1", "r2", None)
+            .map(Pending::wait)
+            .unwrap(),
+    )
+    .unwrap();
     assert!(r.matched);
     assert_eq!(r.available_after.as_deref(), Some("4550.00"));
     assert!(auth(&e, &txn("r4", &card, "450.00", "USD"), t0()).approved);

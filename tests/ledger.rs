@@ -7,11 +7,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use common::{amount, rules, t0, txn};
+use common::{amount, at, fresh_clock, rules, t0, txn};
 use proptest::prelude::*;
 use rusqlite::{Connection, OpenFlags};
 use rust_decimal::Decimal;
 use spendgate::decision::KycStatus;
+use spendgate::http::Problem;
 use spendgate::issuing::{
     CardAction, CardKind, Cardholder, LimitInterval, Program, SpendingControls, SpendingLimit,
 };
@@ -21,14 +22,16 @@ use spendgate::money::Currency;
 use spendgate::service::responses::{
     AuthorizationResponse, Balance, CardResponse, HoldResponse, ReversalResponse,
 };
-use spendgate::service::{Engine, EngineConfig, EngineError};
+use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending, Rejection};
 use spendgate::store::{load_snapshot, Durability, Store, DB_FILE};
 
 const CONSUMER: &str = "consumer-prepaid-africa";
 
 fn open(dir: &Path, durability: Durability) -> Engine {
     let (store, snapshot) = Store::open(dir, durability).unwrap();
-    Engine::open(rules(), Arc::new(store), snapshot, EngineConfig::default()).unwrap()
+    Engine::open(rules(), Arc::new(store), snapshot, EngineConfig::default())
+        .unwrap()
+        .with_clock(fresh_clock())
 }
 
 /// Program `p` with a funded funding account and `n` active, funded USD cards.
@@ -38,8 +41,10 @@ fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
         policy: CONSUMER.into(),
         currency: Currency::USD,
     })
+    .map(Pending::wait)
     .unwrap();
-    e.deposit("dep", "p", amount("1000000.00"), Currency::USD, t0())
+    e.deposit("dep", "p", amount("1000000.00"), Currency::USD)
+        .map(Pending::wait)
         .unwrap();
     (0..n)
         .map(|i| {
@@ -54,18 +59,21 @@ fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
                     blocked: false,
                 },
             )
+            .map(Pending::wait)
             .unwrap();
             let json = e
                 .issue_card(
                     &format!("card{i}"),
-                    "p",
-                    &h,
-                    CardKind::Physical,
-                    None,
-                    None,
-                    true,
-                    t0(),
+                    NewCard {
+                        program: "p".to_string(),
+                        cardholder_id: h.to_string(),
+                        kind: CardKind::Physical,
+                        currency: None,
+                        controls: None,
+                        active: true,
+                    },
                 )
+                .map(Pending::wait)
                 .unwrap();
             let c: CardResponse = serde_json::from_str(&json).unwrap();
             if each != "0" {
@@ -74,8 +82,8 @@ fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
                     &c.id,
                     TransferKind::TopUp,
                     amount(each),
-                    t0(),
                 )
+                .map(Pending::wait)
                 .unwrap();
             }
             c.id
@@ -90,7 +98,15 @@ fn authorize(
     value: &str,
     now: DateTime<Utc>,
 ) -> AuthorizationResponse {
-    serde_json::from_str(&e.authorize(&txn(id, card, value, "USD"), now).unwrap().json).unwrap()
+    serde_json::from_str(
+        &at(now, || {
+            e.authorize(&txn(id, card, value, "USD"), &AuthContext::default())
+                .map(Pending::wait)
+        })
+        .unwrap()
+        .json,
+    )
+    .unwrap()
 }
 
 fn verify_store(dir: &Path) -> spendgate::store::Snapshot {
@@ -121,36 +137,44 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
             balance(&e, &card),
             ("100.00".into(), "40.00".into(), "60.00".into())
         );
-        let c: HoldResponse =
-            serde_json::from_str(&e.capture("c1", "a1", amount("15.00"), false, t0()).unwrap())
-                .unwrap();
+        let c: HoldResponse = serde_json::from_str(
+            &e.capture("c1", "a1", amount("15.00"), false)
+                .map(Pending::wait)
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             (c.pending.as_str(), c.captured.as_str()),
             ("25.00", "15.00")
         );
-        let c: HoldResponse =
-            serde_json::from_str(&e.capture("c2", "a1", amount("20.00"), true, t0()).unwrap())
-                .unwrap();
+        let c: HoldResponse = serde_json::from_str(
+            &e.capture("c2", "a1", amount("20.00"), true)
+                .map(Pending::wait)
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(c.hold_status, spendgate::ledger::HoldStatus::Posted);
         assert_eq!(
             balance(&e, &card),
             ("65.00".into(), "0.00".into(), "65.00".into())
         );
-        e.refund(
-            "rf1",
-            &card,
-            Some("a1"),
-            amount("5.00"),
-            Currency::USD,
-            t0(),
-        )
-        .unwrap();
+        e.refund("rf1", &card, Some("a1"), amount("5.00"), Currency::USD)
+            .map(Pending::wait)
+            .unwrap();
         assert_eq!(balance(&e, &card).0, "70.00");
         // An over-precise, zero or too-large capture is refused and changes nothing.
         assert!(authorize(&e, "a2", &card, "30.00", t0()).approved);
-        for bad in ["0", "-1.00", "1.001", "33.01"] {
-            let err = e.capture("bad", "a2", amount(bad), true, t0()).unwrap_err();
-            assert_eq!(err.kind(), "invalid_amount", "{bad}: {err}");
+        for (bad, reason) in [
+            ("0", "invalid_amount"),
+            ("-1.00", "invalid_amount"),
+            ("1.001", "invalid_amount"),
+            ("33.01", "capture_exceeds_hold"),
+        ] {
+            let err = e
+                .capture("bad", "a2", amount(bad), true)
+                .map(Pending::wait)
+                .unwrap_err();
+            assert_eq!(Problem::from(err.clone()).kind, reason, "{bad}: {err}");
         }
         assert_eq!(
             balance(&e, &card),
@@ -165,11 +189,18 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
         balance(&e, &card),
         ("70.00".into(), "30.00".into(), "40.00".into())
     );
-    let c: HoldResponse =
-        serde_json::from_str(&e.capture("c3", "a2", amount("33.00"), true, t0()).unwrap()).unwrap();
+    let c: HoldResponse = serde_json::from_str(
+        &e.capture("c3", "a2", amount("33.00"), true)
+            .map(Pending::wait)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(c.captured, "33.00", "over-capture within 10% is allowed");
     // Idempotency survives the restart: the same capture key replays byte for byte.
-    let first = e.capture("c2", "a1", amount("20.00"), true, t0()).unwrap();
+    let first = e
+        .capture("c2", "a1", amount("20.00"), true)
+        .map(Pending::wait)
+        .unwrap();
     assert!(first.contains("\"hold_status\":\"posted\""));
     e.store().unwrap().close();
     verify_store(dir.path());
@@ -194,8 +225,10 @@ fn velocity_windows_survive_a_restart() {
     );
     // A reversal after the restart gives the capacity back.
     let r: ReversalResponse = serde_json::from_str(
-        &e.reverse("r", "v2", None, t0() + Duration::minutes(3))
-            .unwrap(),
+        &at(t0() + Duration::minutes(3), || {
+            e.reverse(None, "r", "v2", None).map(Pending::wait)
+        })
+        .unwrap(),
     )
     .unwrap();
     assert!(r.matched);
@@ -208,70 +241,163 @@ fn every_mutating_operation_is_idempotent() {
     let e = open(dir.path(), Durability::Off);
     let card = issue(&e, 1, "100.00").remove(0);
     let now = t0();
-    let a1 = e.authorize(&txn("i1", &card, "10.00", "USD"), now).unwrap();
-    let a2 = e
-        .authorize(
-            &txn("i1", &card, "10.00", "USD"),
-            now + Duration::seconds(5),
-        )
-        .unwrap();
+    let a1 = at(now, || {
+        e.authorize(&txn("i1", &card, "10.00", "USD"), &AuthContext::default())
+            .map(Pending::wait)
+    })
+    .unwrap();
+    let a2 = at(now + Duration::seconds(5), || {
+        e.authorize(&txn("i1", &card, "10.00", "USD"), &AuthContext::default())
+            .map(Pending::wait)
+    })
+    .unwrap();
     assert_eq!(
         a1.json, a2.json,
         "same id, same body: the original answer byte for byte"
     );
     assert!(a2.replayed);
-    let conflict = e
-        .authorize(&txn("i1", &card, "11.00", "USD"), now)
-        .unwrap_err();
-    assert!(matches!(conflict, EngineError::IdempotencyConflict));
+    let conflict = at(now, || {
+        e.authorize(&txn("i1", &card, "11.00", "USD"), &AuthContext::default())
+            .map(Pending::wait)
+    })
+    .unwrap_err();
+    assert!(matches!(conflict, Rejection::IdempotencyConflict));
     assert_eq!(balance(&e, &card).1, "10.00", "held once");
 
-    type Op<'a> = Box<dyn Fn(&str) -> Result<Arc<str>, EngineError> + 'a>;
+    type Op<'a> = Box<dyn Fn(&str) -> Result<Arc<str>, Rejection> + 'a>;
     let ops: Vec<(&str, Op, Op)> = vec![
         (
             "capture",
-            Box::new(|k| e.capture(k, "i1", amount("4.00"), false, now)),
-            Box::new(|k| e.capture(k, "i1", amount("5.00"), false, now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.capture(k, "i1", amount("4.00"), false).map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.capture(k, "i1", amount("5.00"), false).map(Pending::wait)
+                })
+            }),
         ),
         (
             "reversal",
-            Box::new(|k| e.reverse(k, "i1", Some(amount("1.00")), now)),
-            Box::new(|k| e.reverse(k, "i1", Some(amount("2.00")), now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.reverse(None, k, "i1", Some(amount("1.00")))
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.reverse(None, k, "i1", Some(amount("2.00")))
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "refund",
-            Box::new(|k| e.refund(k, &card, None, amount("1.00"), Currency::USD, now)),
-            Box::new(|k| e.refund(k, &card, None, amount("2.00"), Currency::USD, now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.refund(k, &card, None, amount("1.00"), Currency::USD)
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.refund(k, &card, None, amount("2.00"), Currency::USD)
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "advice",
-            Box::new(|k| e.advice(k, &card, amount("1.00"), Currency::USD, now)),
-            Box::new(|k| e.advice(k, &card, amount("2.00"), Currency::USD, now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.advice(k, &card, amount("1.00"), Currency::USD)
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.advice(k, &card, amount("2.00"), Currency::USD)
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "top-up",
-            Box::new(|k| e.move_funds(k, &card, TransferKind::TopUp, amount("1.00"), now)),
-            Box::new(|k| e.move_funds(k, &card, TransferKind::TopUp, amount("2.00"), now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.move_funds(k, &card, TransferKind::TopUp, amount("1.00"))
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.move_funds(k, &card, TransferKind::TopUp, amount("2.00"))
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "withdraw",
-            Box::new(|k| e.move_funds(k, &card, TransferKind::Withdrawal, amount("1.00"), now)),
-            Box::new(|k| e.move_funds(k, &card, TransferKind::Withdrawal, amount("2.00"), now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.move_funds(k, &card, TransferKind::Withdrawal, amount("1.00"))
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.move_funds(k, &card, TransferKind::Withdrawal, amount("2.00"))
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "deposit",
-            Box::new(|k| e.deposit(k, "p", amount("1.00"), Currency::USD, now)),
-            Box::new(|k| e.deposit(k, "p", amount("2.00"), Currency::USD, now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.deposit(k, "p", amount("1.00"), Currency::USD)
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.deposit(k, "p", amount("2.00"), Currency::USD)
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "freeze",
-            Box::new(|k| e.card_action(k, &card, CardAction::Freeze, now)),
-            Box::new(|k| e.card_action(k, &card, CardAction::ReportLost, now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.card_action(k, &card, CardAction::Freeze)
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.card_action(k, &card, CardAction::ReportLost)
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "unfreeze",
-            Box::new(|k| e.card_action(k, &card, CardAction::Unfreeze, now)),
-            Box::new(|k| e.card_action(k, &card, CardAction::ReportStolen, now)),
+            Box::new(|k| {
+                at(now, || {
+                    e.card_action(k, &card, CardAction::Unfreeze)
+                        .map(Pending::wait)
+                })
+            }),
+            Box::new(|k| {
+                at(now, || {
+                    e.card_action(k, &card, CardAction::ReportStolen)
+                        .map(Pending::wait)
+                })
+            }),
         ),
         (
             "controls",
@@ -284,6 +410,7 @@ fn every_mutating_operation_is_idempotent() {
                         ..Default::default()
                     },
                 )
+                .map(Pending::wait)
             }),
             Box::new(|k| {
                 e.set_controls(
@@ -297,12 +424,19 @@ fn every_mutating_operation_is_idempotent() {
                         ..Default::default()
                     },
                 )
+                .map(Pending::wait)
             }),
         ),
         (
             "cardholder",
-            Box::new(|k| e.update_cardholder(k, "p", "h0", Some(KycStatus::Verified), None)),
-            Box::new(|k| e.update_cardholder(k, "p", "h0", Some(KycStatus::Rejected), None)),
+            Box::new(|k| {
+                e.update_cardholder(k, "p", "h0", Some(KycStatus::Verified), None)
+                    .map(Pending::wait)
+            }),
+            Box::new(|k| {
+                e.update_cardholder(k, "p", "h0", Some(KycStatus::Rejected), None)
+                    .map(Pending::wait)
+            }),
         ),
     ];
     for (name, op, different) in &ops {
@@ -318,7 +452,7 @@ fn every_mutating_operation_is_idempotent() {
         );
         let err = different(&key).unwrap_err();
         assert!(
-            matches!(err, EngineError::IdempotencyConflict),
+            matches!(err, Rejection::IdempotencyConflict),
             "{name}: {err}"
         );
         assert_eq!(
@@ -341,14 +475,9 @@ fn concurrent_duplicates_execute_once() {
             .map(|_| {
                 let (e, card) = (e.clone(), card.clone());
                 s.spawn(move || {
-                    e.move_funds(
-                        "same-key",
-                        &card,
-                        TransferKind::TopUp,
-                        amount("10.00"),
-                        t0(),
-                    )
-                    .unwrap()
+                    e.move_funds("same-key", &card, TransferKind::TopUp, amount("10.00"))
+                        .map(Pending::wait)
+                        .unwrap()
                 })
             })
             .collect();
@@ -365,31 +494,45 @@ fn bad_inputs_are_typed_errors_that_change_nothing() {
     let card = issue(&e, 1, "100.00").remove(0);
     assert!(authorize(&e, "h1", &card, "50.00", t0()).approved);
     let before = balance(&e, &card);
-    let kind = |r: Result<Arc<str>, EngineError>| r.unwrap_err().kind();
+    let kind = |r: Result<Arc<str>, Rejection>| Problem::from(r.unwrap_err()).kind;
     assert_eq!(
-        kind(e.move_funds("b1", &card, TransferKind::TopUp, amount("0"), t0())),
+        kind(
+            e.move_funds("b1", &card, TransferKind::TopUp, amount("0"))
+                .map(Pending::wait)
+        ),
         "invalid_amount"
     );
     assert_eq!(
-        kind(e.move_funds("b2", &card, TransferKind::TopUp, amount("-5"), t0())),
+        kind(
+            e.move_funds("b2", &card, TransferKind::TopUp, amount("-5"))
+                .map(Pending::wait)
+        ),
         "invalid_amount"
     );
     assert_eq!(
-        kind(e.move_funds("b3", &card, TransferKind::TopUp, amount("1.005"), t0())),
+        kind(
+            e.move_funds("b3", &card, TransferKind::TopUp, amount("1.005"))
+                .map(Pending::wait)
+        ),
         "invalid_amount"
     );
     assert_eq!(
-        kind(e.move_funds("b4", &card, TransferKind::Withdrawal, amount("50.01"), t0())),
+        kind(
+            e.move_funds("b4", &card, TransferKind::Withdrawal, amount("50.01"))
+                .map(Pending::wait)
+        ),
         "insufficient_funds"
     );
     assert_eq!(
-        kind(e.advice(
-            "b5",
-            &card,
-            amount("1.00"),
-            Currency::from_code("XOF").unwrap(),
-            t0()
-        )),
+        kind(
+            e.advice(
+                "b5",
+                &card,
+                amount("1.00"),
+                Currency::from_code("XOF").unwrap()
+            )
+            .map(Pending::wait)
+        ),
         "fx_rate_unavailable"
     );
     assert!(
@@ -397,58 +540,94 @@ fn bad_inputs_are_typed_errors_that_change_nothing() {
         "unknown currencies never reach the engine"
     );
     assert_eq!(
-        kind(e.capture("b6", "h1", amount("55.01"), true, t0())),
-        "invalid_amount"
+        kind(
+            e.capture("b6", "h1", amount("55.01"), true)
+                .map(Pending::wait)
+        ),
+        "capture_exceeds_hold"
     );
     assert_eq!(
-        kind(e.reverse("b7", "h1", Some(amount("50.01")), t0())),
-        "invalid_amount"
+        kind(
+            e.reverse(None, "b7", "h1", Some(amount("50.01")))
+                .map(Pending::wait)
+        ),
+        "reversal_exceeds_hold"
     );
     assert_eq!(
-        kind(e.refund("b8", &card, Some("h1"), amount("1.00"), Currency::USD, t0())),
-        "invalid_amount"
+        kind(
+            e.refund("b8", &card, Some("h1"), amount("1.00"), Currency::USD)
+                .map(Pending::wait)
+        ),
+        "refund_exceeds_captured"
     );
     assert_eq!(
-        kind(e.card_action("b9", &card, CardAction::Unfreeze, t0())),
+        kind(
+            e.card_action("b9", &card, CardAction::Unfreeze)
+                .map(Pending::wait)
+        ),
         "invalid_transition"
     );
     assert_eq!(
-        kind(e.card_action("b10", &card, CardAction::Terminate, t0())),
+        kind(
+            e.card_action("b10", &card, CardAction::Terminate)
+                .map(Pending::wait)
+        ),
         "pending_holds"
     );
     assert_eq!(balance(&e, &card), before);
-    e.capture("ok", "h1", amount("50.00"), true, t0()).unwrap();
+    e.capture("ok", "h1", amount("50.00"), true)
+        .map(Pending::wait)
+        .unwrap();
     assert_eq!(
-        kind(e.capture("b11", "h1", amount("1.00"), true, t0())),
+        kind(
+            e.capture("b11", "h1", amount("1.00"), true)
+                .map(Pending::wait)
+        ),
         "hold_not_pending"
     );
     // Terminating returns the rest to the funding account; then every operation fails.
     let funding_before =
         e.house_balance(&spendgate::ledger::AccountId::funding("p", Currency::USD));
-    e.card_action("term", &card, CardAction::Terminate, t0())
+    e.card_action("term", &card, CardAction::Terminate)
+        .map(Pending::wait)
         .unwrap();
     let funding_after = e.house_balance(&spendgate::ledger::AccountId::funding("p", Currency::USD));
     assert_eq!(funding_after - funding_before, amount("50.00"));
     let dead = balance(&e, &card);
     assert_eq!(dead.0, "0.00");
     assert_eq!(
-        kind(e.move_funds("t1", &card, TransferKind::TopUp, amount("1.00"), t0())),
+        kind(
+            e.move_funds("t1", &card, TransferKind::TopUp, amount("1.00"))
+                .map(Pending::wait)
+        ),
         "card_terminated"
     );
     assert_eq!(
-        kind(e.refund("t2", &card, None, amount("1.00"), Currency::USD, t0())),
+        kind(
+            e.refund("t2", &card, None, amount("1.00"), Currency::USD)
+                .map(Pending::wait)
+        ),
         "card_terminated"
     );
     assert_eq!(
-        kind(e.advice("t3", &card, amount("1.00"), Currency::USD, t0())),
+        kind(
+            e.advice("t3", &card, amount("1.00"), Currency::USD)
+                .map(Pending::wait)
+        ),
         "card_terminated"
     );
     assert_eq!(
-        kind(e.set_controls("t4", &card, SpendingControls::default())),
+        kind(
+            e.set_controls("t4", &card, SpendingControls::default())
+                .map(Pending::wait)
+        ),
         "card_terminated"
     );
     assert_eq!(
-        kind(e.card_action("t5", &card, CardAction::Activate, t0())),
+        kind(
+            e.card_action("t5", &card, CardAction::Activate)
+                .map(Pending::wait)
+        ),
         "invalid_transition"
     );
     assert_eq!(authorize(&e, "t6", &card, "1.00", t0()).response_code, "46");
@@ -464,14 +643,19 @@ fn holds_expire_on_the_injected_clock_and_give_capacity_back() {
     let card = issue(&e, 1, "5000.00").remove(0);
     // calendar_week cardholder budget is 3000; a week-old hold still counts until it expires.
     assert!(authorize(&e, "x1", &card, "480.00", t0()).approved);
-    assert!(e
-        .expire_holds(t0() + Duration::days(7) - Duration::milliseconds(1))
+    assert!(
+        at(t0() + Duration::days(7) - Duration::milliseconds(1), || e
+            .expire_holds()
+            .wait())
         .expired
-        .is_empty());
-    let r = e.expire_holds(t0() + Duration::days(7));
+        .is_empty()
+    );
+    let r = at(t0() + Duration::days(7), || e.expire_holds().wait());
     assert_eq!(r.expired, ["x1"]);
     assert!(
-        e.expire_holds(t0() + Duration::days(8)).expired.is_empty(),
+        at(t0() + Duration::days(8), || e.expire_holds().wait())
+            .expired
+            .is_empty(),
         "exactly once"
     );
     assert_eq!(
@@ -491,8 +675,10 @@ fn partial_approval_cross_currency_and_forced_posts() {
         policy: CONSUMER.into(),
         currency: Currency::NGN,
     })
+    .map(Pending::wait)
     .unwrap();
-    e.deposit("d", "ng", amount("10000000.00"), Currency::NGN, t0())
+    e.deposit("d", "ng", amount("10000000.00"), Currency::NGN)
+        .map(Pending::wait)
         .unwrap();
     e.create_cardholder(
         "h",
@@ -504,14 +690,27 @@ fn partial_approval_cross_currency_and_forced_posts() {
             blocked: false,
         },
     )
+    .map(Pending::wait)
     .unwrap();
     let c: CardResponse = serde_json::from_str(
-        &e.issue_card("c", "ng", "h", CardKind::Virtual, None, None, true, t0())
-            .unwrap(),
+        &e.issue_card(
+            "c",
+            NewCard {
+                program: "ng".to_string(),
+                cardholder_id: "h".to_string(),
+                kind: CardKind::Virtual,
+                currency: None,
+                controls: None,
+                active: true,
+            },
+        )
+        .map(Pending::wait)
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(c.currency, Currency::NGN);
-    e.move_funds("f", &c.id, TransferKind::TopUp, amount("100000.00"), t0())
+    e.move_funds("f", &c.id, TransferKind::TopUp, amount("100000.00"))
+        .map(Pending::wait)
         .unwrap();
     // 50 USD at 1550 NGN/USD plus the 1.5% spread = 78662.50 NGN.
     let a = authorize(&e, "usd1", &c.id, "50.00", t0());
@@ -520,21 +719,30 @@ fn partial_approval_cross_currency_and_forced_posts() {
         (a.amount_approved.as_str(), a.fx_rate.as_deref()),
         ("78662.50", Some("1573.25"))
     );
-    let cap: HoldResponse =
-        serde_json::from_str(&e.capture("k", "usd1", amount("50.00"), true, t0()).unwrap())
-            .unwrap();
+    let cap: HoldResponse = serde_json::from_str(
+        &e.capture("k", "usd1", amount("50.00"), true)
+            .map(Pending::wait)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(cap.captured, "78662.50");
     // Partial approval: ask for more than is left.
     let mut t = txn("part", &c.id, "30000.00", "NGN");
     t.partial_ok = true;
-    let p: AuthorizationResponse =
-        serde_json::from_str(&e.authorize(&t, t0()).unwrap().json).unwrap();
+    let p: AuthorizationResponse = serde_json::from_str(
+        &e.authorize(&t, &AuthContext::default())
+            .map(Pending::wait)
+            .unwrap()
+            .json,
+    )
+    .unwrap();
     assert_eq!(
         (p.response_code.as_str(), p.amount_approved.as_str()),
         ("10", "21337.50")
     );
     // A stand-in advice may take the card below zero; the ledger still verifies.
-    e.advice("adv", &c.id, amount("5000.00"), Currency::NGN, t0())
+    e.advice("adv", &c.id, amount("5000.00"), Currency::NGN)
+        .map(Pending::wait)
         .unwrap();
     assert_eq!(balance(&e, &c.id).2, "-5000.00");
     e.store().unwrap().close();
@@ -544,7 +752,7 @@ fn partial_approval_cross_currency_and_forced_posts() {
 
 #[test]
 fn card_controls_restrict_beyond_the_program_policy() {
-    let e = Engine::new(rules());
+    let e = Engine::new(rules()).with_clock(fresh_clock());
     let card = issue(&e, 1, "1000.00").remove(0);
     let controls = SpendingControls {
         spending_limits: vec![SpendingLimit {
@@ -554,7 +762,9 @@ fn card_controls_restrict_beyond_the_program_policy() {
         blocked_categories: vec![spendgate::decision::Mcc::parse("5411").unwrap()],
         ..Default::default()
     };
-    e.set_controls("ctl", &card, controls).unwrap();
+    e.set_controls("ctl", &card, controls)
+        .map(Pending::wait)
+        .unwrap();
     let d = authorize(&e, "k1", &card, "10.00", t0());
     assert_eq!(
         (d.response_code.as_str(), d.rule.as_deref()),
@@ -571,6 +781,7 @@ fn card_controls_restrict_beyond_the_program_policy() {
             ..Default::default()
         },
     )
+    .map(Pending::wait)
     .unwrap();
     assert!(authorize(&e, "k2", &card, "40.00", t0()).approved);
     let d = authorize(&e, "k3", &card, "20.00", t0());
@@ -580,6 +791,7 @@ fn card_controls_restrict_beyond_the_program_policy() {
     );
     // Cardholder KYC change reaches the card.
     e.update_cardholder("kyc", "p", "h0", Some(KycStatus::Rejected), None)
+        .map(Pending::wait)
         .unwrap();
     assert_eq!(
         authorize(&e, "k4", &card, "1.00", t0()).reason,
@@ -596,7 +808,9 @@ fn verify_and_reconcile_commands_on_a_real_store() {
         for (i, v) in ["10.00", "20.00", "30.00"].iter().enumerate() {
             let id = format!("s{i}");
             assert!(authorize(&e, &id, &card, v, t0()).approved);
-            e.capture("cap", &id, amount(v), true, t0()).unwrap();
+            e.capture("cap", &id, amount(v), true)
+                .map(Pending::wait)
+                .unwrap();
         }
         e.store().unwrap().close();
     }
@@ -736,31 +950,31 @@ proptest! {
                 let _ = match op {
                     Op::Authorize { card, cents: c } => {
                         let id = format!("a{i}");
-                        let r = e.authorize(&txn(&id, &cards[*card], &cents(*c).to_string(), "USD"), now).map(|a| a.json);
+                        let r = at(now, || e.authorize(&txn(&id, &cards[*card], &cents(*c).to_string(), "USD"), &AuthContext::default()).map(Pending::wait)).map(|a| a.json);
                         auths.push(id);
                         r
                     }
                     Op::Capture { auth, percent, last } => match auths.get(*auth) {
                         // Captures of 0.01..1.19: some partial, some over the hold, some fine.
-                        Some(a) => e.capture(&key, a, Decimal::new(*percent, 2), *last, now),
+                        Some(a) => at(now, || e.capture(&key, a, Decimal::new(*percent, 2), *last).map(Pending::wait)),
                         None => Ok("".into()),
                     },
                     Op::Reverse { auth, full } => match auths.get(*auth) {
-                        Some(a) => e.reverse(&key, a, if *full { None } else { Some(Decimal::new(1, 0)) }, now),
-                        None => e.reverse(&key, "never-seen", None, now),
+                        Some(a) => at(now, || e.reverse(None, &key, a, if *full { None } else { Some(Decimal::new(1, 0)) }).map(Pending::wait)),
+                        None => at(now, || e.reverse(None, &key, "never-seen", None).map(Pending::wait)),
                     },
-                    Op::Refund { card, cents: c } => e.refund(&key, &cards[*card], None, cents(*c), Currency::USD, now),
-                    Op::Advice { card, cents: c } => e.advice(&key, &cards[*card], cents(*c), Currency::USD, now),
-                    Op::TopUp { card, cents: c } => e.move_funds(&key, &cards[*card], TransferKind::TopUp, cents(*c), now),
-                    Op::Withdraw { card, cents: c } => e.move_funds(&key, &cards[*card], TransferKind::Withdrawal, cents(*c), now),
+                    Op::Refund { card, cents: c } => at(now, || e.refund(&key, &cards[*card], None, cents(*c), Currency::USD).map(Pending::wait)),
+                    Op::Advice { card, cents: c } => at(now, || e.advice(&key, &cards[*card], cents(*c), Currency::USD).map(Pending::wait)),
+                    Op::TopUp { card, cents: c } => at(now, || e.move_funds(&key, &cards[*card], TransferKind::TopUp, cents(*c)).map(Pending::wait)),
+                    Op::Withdraw { card, cents: c } => at(now, || e.move_funds(&key, &cards[*card], TransferKind::Withdrawal, cents(*c)).map(Pending::wait)),
                     Op::Expire { days } => {
                         now += Duration::days(*days);
-                        e.expire_holds(now);
+                        at(now, || e.expire_holds().wait());
                         Ok("".into())
                     }
-                    Op::Freeze { card } => e.card_action(&key, &cards[*card], CardAction::Freeze, now),
-                    Op::Unfreeze { card } => e.card_action(&key, &cards[*card], CardAction::Unfreeze, now),
-                    Op::Terminate { card } => e.card_action(&key, &cards[*card], CardAction::Terminate, now),
+                    Op::Freeze { card } => at(now, || e.card_action(&key, &cards[*card], CardAction::Freeze).map(Pending::wait)),
+                    Op::Unfreeze { card } => at(now, || e.card_action(&key, &cards[*card], CardAction::Unfreeze).map(Pending::wait)),
+                    Op::Terminate { card } => at(now, || e.card_action(&key, &cards[*card], CardAction::Terminate).map(Pending::wait)),
                 };
                 for c in &cards {
                     let b = e.balance(c).unwrap();
@@ -790,8 +1004,12 @@ fn a_reversal_that_arrives_first_voids_its_authorization() {
     {
         let e = open(dir.path(), Durability::Full);
         card = issue(&e, 1, "100.00").remove(0);
-        let r: ReversalResponse =
-            serde_json::from_str(&e.reverse("rv", "early-1", None, t0()).unwrap()).unwrap();
+        let r: ReversalResponse = serde_json::from_str(
+            &e.reverse(None, "rv", "early-1", None)
+                .map(Pending::wait)
+                .unwrap(),
+        )
+        .unwrap();
         assert!(!r.matched);
         e.store().unwrap().close();
     }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::service::EngineConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -31,12 +33,10 @@ pub struct Config {
     pub requests_in_flight_max: usize,
     /// Requests per second per API key.
     pub rate_per_key_per_s: u32,
-    pub hold_expiry_days: u32,
-    pub over_capture_bps: u32,
-    /// Seconds between hold-expiry sweeps.
-    pub expiry_sweep_s: u64,
     /// Runtime worker threads (`SPENDGATE_WORKERS`); 0 = one per core.
     pub workers: usize,
+    /// The engine's own settings (holds, captures, sweeps).
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -52,10 +52,8 @@ impl Default for Config {
             body_bytes_max: 8 * 1024,
             requests_in_flight_max: 4_096,
             rate_per_key_per_s: 50_000,
-            hold_expiry_days: crate::ledger::HOLD_EXPIRY_DAYS_DEFAULT,
-            over_capture_bps: crate::ledger::OVER_CAPTURE_BPS_DEFAULT,
-            expiry_sweep_s: 60,
             workers: 0,
+            engine: EngineConfig::default(),
         }
     }
 }

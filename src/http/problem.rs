@@ -4,7 +4,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::service::EngineError;
+use crate::service::Rejection;
 
 /// A problem answer. `kind` is stable: clients match on `type` = `/problems/{kind}`.
 #[derive(Debug, Clone)]
@@ -68,21 +68,40 @@ impl IntoResponse for Problem {
     }
 }
 
-impl From<EngineError> for Problem {
-    fn from(e: EngineError) -> Problem {
-        let status = match &e {
-            EngineError::UnknownCard(_)
-            | EngineError::UnknownCardholder(_)
-            | EngineError::UnknownProgram(_)
-            | EngineError::UnknownAuthorization(_) => StatusCode::NOT_FOUND,
-            EngineError::Exists(..) | EngineError::IdempotencyConflict => StatusCode::CONFLICT,
-            EngineError::UnknownPolicy(_)
-            | EngineError::Invalid(_)
-            | EngineError::InvalidControls(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            EngineError::Ledger(_) | EngineError::Transition(_) | EngineError::Money(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
+impl From<Rejection> for Problem {
+    /// Every business reason has its own status and stable type; no catch-all.
+    fn from(e: Rejection) -> Problem {
+        use Rejection as R;
+        use StatusCode as S;
+        let (status, kind) = match &e {
+            R::UnknownCard(_) => (S::NOT_FOUND, "card_not_found"),
+            R::UnknownCardholder(_) => (S::NOT_FOUND, "cardholder_not_found"),
+            R::UnknownProgram(_) => (S::NOT_FOUND, "program_not_found"),
+            R::UnknownAuthorization(_) => (S::NOT_FOUND, "authorization_not_found"),
+            R::UnknownPolicy(_) => (S::UNPROCESSABLE_ENTITY, "policy_not_found"),
+            R::AlreadyExists { .. } => (S::CONFLICT, "already_exists"),
+            R::IdempotencyConflict => (S::CONFLICT, "idempotency_conflict"),
+            R::InvalidRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            R::InvalidControls(_) => (S::UNPROCESSABLE_ENTITY, "invalid_controls"),
+            R::NonPositiveAmount | R::NotADecimal(_) | R::TooPrecise { .. } => {
+                (S::UNPROCESSABLE_ENTITY, "invalid_amount")
             }
+            R::UnknownCurrency(_) => (S::UNPROCESSABLE_ENTITY, "invalid_currency"),
+            R::AmountOverflow => (S::UNPROCESSABLE_ENTITY, "amount_overflow"),
+            R::NoFxRate { .. } => (S::UNPROCESSABLE_ENTITY, "fx_rate_unavailable"),
+            R::CurrencyMismatch { .. } => (S::UNPROCESSABLE_ENTITY, "currency_mismatch"),
+            R::InsufficientFunds { .. } | R::InsufficientProgramFunds { .. } => {
+                (S::UNPROCESSABLE_ENTITY, "insufficient_funds")
+            }
+            R::CaptureExceedsHold { .. } => (S::UNPROCESSABLE_ENTITY, "capture_exceeds_hold"),
+            R::ReversalExceedsHold { .. } => (S::UNPROCESSABLE_ENTITY, "reversal_exceeds_hold"),
+            R::RefundExceedsCaptured { .. } => (S::UNPROCESSABLE_ENTITY, "refund_exceeds_captured"),
+            R::HoldNotPending { .. } => (S::UNPROCESSABLE_ENTITY, "hold_not_pending"),
+            R::CardTerminated => (S::UNPROCESSABLE_ENTITY, "card_terminated"),
+            R::PendingHolds(_) => (S::UNPROCESSABLE_ENTITY, "pending_holds"),
+            R::InvalidTransition { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_transition"),
+            R::HistoryUnavailable => (S::SERVICE_UNAVAILABLE, "history_unavailable"),
         };
-        Problem::new(status, e.kind(), e.to_string())
+        Problem::new(status, kind, e.to_string())
     }
 }

@@ -30,6 +30,8 @@ pub struct CardState {
     pub activity: ActivityLog,
     pub last_seen: Option<LastSeen>,
     pub controls: Option<Arc<CompiledPolicy>>,
+    /// The latest engine time this card has seen (ms); its clock never runs backwards.
+    pub clock_ms: i64,
 }
 
 impl CardState {
@@ -49,6 +51,7 @@ impl CardState {
             activity: ActivityLog::default(),
             last_seen: None,
             controls: None,
+            clock_ms: i64::MIN,
         }
     }
 

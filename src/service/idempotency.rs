@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
+use super::{Pending, Rejection};
+use crate::store::Write;
+
 /// How long a duplicate waits for the first request with its key to finish.
 const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_secs(10);
 
@@ -116,5 +119,66 @@ impl Idempotency {
     }
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+/// Idempotency keys are bounded so that a key can never carry a payload.
+const KEY_LEN_MAX: usize = 128;
+
+impl super::Engine {
+    /// Runs an operation once per idempotency key. `op` returns the response, the writes
+    /// and the card guard to hold until the writes are queued; the response is stored
+    /// with the writes and replayed on retries.
+    pub(super) fn idempotent<R: serde::Serialize>(
+        &self,
+        scope: &'static str,
+        key: &str,
+        request: &impl serde::Serialize,
+        op: impl FnOnce() -> Result<(R, Vec<Write>, Option<super::CardGuard>), Rejection>,
+    ) -> Result<Pending<Arc<str>>, Rejection> {
+        if key.is_empty() || key.len() > KEY_LEN_MAX {
+            return Err(Rejection::InvalidRequest(format!(
+                "idempotency key must be 1 to {KEY_LEN_MAX} characters"
+            )));
+        }
+        let hash = request_hash(&serde_json::to_vec(request).unwrap_or_default());
+        match self.idem.begin(scope, key, &hash) {
+            Begin::Replay { response, seq } => return Ok(self.pending(response, seq)),
+            Begin::Conflict => return Err(Rejection::IdempotencyConflict),
+            Begin::Go => {}
+        }
+        let (response, mut writes, guard) = match op() {
+            Ok(x) => x,
+            Err(e) => {
+                self.idem.abort(scope, key);
+                return Err(e);
+            }
+        };
+        let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        // A decision row keeps its own response and request hash (one row, not two);
+        // every other operation gets an idempotency row.
+        let mut recorded = false;
+        for w in writes.iter_mut() {
+            if let Write::Decision(d) = w {
+                d.response = json.to_string();
+                d.request_hash = hash.clone();
+                recorded = true;
+            }
+        }
+        if !recorded {
+            writes.push(Write::Idempotency {
+                scope,
+                key: key.to_string(),
+                request_hash: hash.clone(),
+                response: json.clone(),
+                at_ms: self.now().timestamp_millis(),
+            });
+        }
+        let seq = self.persist(writes);
+        self.idem.finish(scope, key, &hash, json.clone(), seq);
+        // The card's lock was held until its writes were queued: commit order for one
+        // card equals the order its state changed in memory.
+        drop(guard);
+        Ok(self.pending(json, seq))
     }
 }

@@ -9,9 +9,11 @@
 //! rebuilds memory from the store.
 
 mod load;
+mod query;
 mod schema;
 
 pub use load::{load_snapshot, DecisionRow, Snapshot};
+pub use query::{CardHistory, DecisionHistory, TransferHistory, HISTORY_ROWS_MAX};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +111,8 @@ pub struct Store {
     durable: Arc<Durable>,
     pub stats: Arc<StoreStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// A read-only connection for history listings, separate from the writer.
+    reader: Mutex<Option<Connection>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -120,6 +124,16 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    #[error("store: closed")]
+    Closed,
+}
+
+/// A snapshot of the store's counters.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreCounters {
+    pub queue_depth: u64,
+    pub batches: u64,
+    pub writes: u64,
 }
 
 pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
@@ -173,6 +187,7 @@ impl Store {
         let cp = std::thread::Builder::new()
             .name("spendgate-checkpoint".into())
             .spawn(move || checkpointer(cp_path, stop_rx))?;
+        let reader = query::open_reader(&path)?;
         Ok((
             Store {
                 path,
@@ -181,6 +196,7 @@ impl Store {
                 durable,
                 stats,
                 writer: Mutex::new(Some(writer)),
+                reader: Mutex::new(Some(reader)),
                 checkpointer: Mutex::new(Some((stop_tx, cp))),
             },
             snapshot,
@@ -239,8 +255,26 @@ impl Store {
         self.wait(seq);
     }
 
+    /// A card's latest decisions and transfers (blocking: call off the async runtime).
+    pub fn card_history(&self, card_id: &str) -> Result<CardHistory, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => query::card_history(c, card_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Counters for metrics: (queue depth, batches, writes).
+    pub fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            queue_depth: self.stats.queue_depth.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Flushes everything queued and stops the writer.
     pub fn close(&self) {
+        self.reader.lock().take();
         let last = *self.next_seq.lock();
         self.wait(last);
         self.tx.lock().take();

@@ -1,10 +1,13 @@
 //! Fixtures shared by the integration tests: the real rules directory and transactions.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
+use spendgate::clock::ManualClock;
 use spendgate::decision::{Authorization, Channel, Country, LatLon, Mcc, Merchant, TxnType};
 use spendgate::money::Currency;
 use spendgate::policy::{load_policy_dir, PolicySet};
@@ -43,4 +46,30 @@ pub fn txn(id: &str, card: &str, value: &str, currency: &str) -> Authorization {
         timestamp: None,
         partial_ok: false,
     }
+}
+
+thread_local! {
+    static CLOCK: RefCell<Option<Arc<ManualClock>>> = const { RefCell::new(None) };
+}
+
+/// This test thread's clock, set back to `t0()`: engines built with it read the time the
+/// test sets with [`at`].
+pub fn fresh_clock() -> Arc<ManualClock> {
+    CLOCK.with(|c| {
+        let clock = Arc::new(ManualClock::new(t0()));
+        *c.borrow_mut() = Some(clock.clone());
+        clock
+    })
+}
+
+/// Runs `f` with this thread's clock set to `when`. Only the thread that built the
+/// engine holds its clock: elsewhere this panics rather than set a clock nobody reads.
+pub fn at<R>(when: DateTime<Utc>, f: impl FnOnce() -> R) -> R {
+    CLOCK.with(|c| {
+        c.borrow()
+            .as_ref()
+            .expect("no engine clock on this thread (build the engine here)")
+            .set(when)
+    });
+    f()
 }

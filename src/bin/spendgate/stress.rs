@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chrono::Utc;
 use rust_decimal::Decimal;
 
 use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
@@ -15,7 +14,7 @@ use spendgate::issuing::{CardKind, Cardholder, Program};
 use spendgate::ledger::TransferKind;
 use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
-use spendgate::service::{Engine, EngineConfig};
+use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending};
 use spendgate::store::{Durability, Store};
 
 const PROGRAM: &str = "stress";
@@ -42,56 +41,55 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
             return ExitCode::FAILURE;
         }
     };
-    let now = Utc::now();
     let usd = Currency::USD;
     // Every step is idempotent, so a run killed during setup completes it next time.
     {
-        let setup = || -> Result<(), spendgate::service::EngineError> {
+        let setup = || -> Result<(), spendgate::service::Rejection> {
             if engine.program(PROGRAM).is_none() {
-                engine.create_program(Program {
-                    id: PROGRAM.into(),
-                    policy: policy.into(),
-                    currency: usd,
-                })?;
+                engine
+                    .create_program(Program {
+                        id: PROGRAM.into(),
+                        policy: policy.into(),
+                        currency: usd,
+                    })?
+                    .wait();
             }
-            engine.deposit(
-                "stress-deposit",
-                PROGRAM,
-                Decimal::new(100_000_000, 0),
-                usd,
-                now,
-            )?;
+            engine
+                .deposit("stress-deposit", PROGRAM, Decimal::new(100_000_000, 0), usd)?
+                .wait();
             for i in 0..cards {
                 let h = format!("holder-{i}");
-                engine.create_cardholder(
-                    &h,
-                    Cardholder {
-                        id: h.clone(),
-                        program: PROGRAM.into(),
-                        name: "Stress".into(),
-                        kyc: KycStatus::Verified,
-                        blocked: false,
-                    },
-                )?;
-                let json = engine.issue_card(
-                    &format!("card-{i}"),
-                    PROGRAM,
-                    &h,
-                    CardKind::Virtual,
-                    Some(usd),
-                    None,
-                    true,
-                    now,
-                )?;
+                engine
+                    .create_cardholder(
+                        &h,
+                        Cardholder {
+                            id: h.clone(),
+                            program: PROGRAM.into(),
+                            name: "Stress".into(),
+                            kyc: KycStatus::Verified,
+                            blocked: false,
+                        },
+                    )?
+                    .wait();
+                let new = NewCard {
+                    program: PROGRAM.into(),
+                    cardholder_id: h.clone(),
+                    kind: CardKind::Virtual,
+                    currency: Some(usd),
+                    controls: None,
+                    active: true,
+                };
+                let json = engine.issue_card(&format!("card-{i}"), new)?.wait();
                 let card: spendgate::service::responses::CardResponse = serde_json::from_str(&json)
-                    .map_err(|e| spendgate::service::EngineError::Invalid(e.to_string()))?;
-                engine.move_funds(
-                    &format!("fund-{i}"),
-                    &card.id,
-                    TransferKind::TopUp,
-                    Decimal::new(500, 0),
-                    now,
-                )?;
+                    .map_err(|e| spendgate::service::Rejection::InvalidRequest(e.to_string()))?;
+                engine
+                    .move_funds(
+                        &format!("fund-{i}"),
+                        &card.id,
+                        TransferKind::TopUp,
+                        Decimal::new(500, 0),
+                    )?
+                    .wait();
             }
             Ok(())
         };
@@ -130,17 +128,17 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                         timestamp: None,
                         partial_ok: false,
                     };
-                    let now = Utc::now();
-                    match engine.authorize(&txn, now) {
+                    // Acknowledged (printed) only once durable.
+                    match engine
+                        .authorize(&txn, &AuthContext::default())
+                        .map(Pending::wait)
+                    {
                         Ok(a) if a.response_code == "51" => {
                             let key = format!("{run_id}-topup-{th}-{i}");
-                            if let Err(e) = engine.move_funds(
-                                &key,
-                                card,
-                                TransferKind::TopUp,
-                                Decimal::new(500, 0),
-                                now,
-                            ) {
+                            if let Err(e) = engine
+                                .move_funds(&key, card, TransferKind::TopUp, Decimal::new(500, 0))
+                                .map(Pending::wait)
+                            {
                                 eprintln!("top-up: {e}");
                             }
                         }
@@ -148,10 +146,12 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                             // Exercise captures and reversals too.
                             let extra = match i % 4 {
                                 0 => engine
-                                    .capture(&format!("c{i}"), &id, txn.amount, true, now)
+                                    .capture(&format!("c{i}"), &id, txn.amount, true)
+                                    .map(|p| p.wait())
                                     .map(|_| "captured"),
                                 1 => engine
-                                    .reverse(&format!("r{i}"), &id, None, now)
+                                    .reverse(None, &format!("r{i}"), &id, None)
+                                    .map(|p| p.wait())
                                     .map(|_| "reversed"),
                                 _ => Ok("held"),
                             };

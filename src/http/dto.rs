@@ -1,0 +1,138 @@
+//! Request and response bodies of the HTTP API that are not the engine's own answers.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::decision::KycStatus;
+use crate::issuing::{CardKind, SpendingControls};
+use crate::money::Currency;
+use crate::service::{DecisionHistory, TransferHistory};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProgram {
+    pub id: String,
+    /// Name of a loaded policy.
+    pub policy: String,
+    #[schema(value_type = String, example = "NGN")]
+    pub currency: Currency,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub program: String,
+    /// Shown once; only its SHA-256 is stored.
+    pub api_key: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deposit {
+    #[schema(example = "1000000.00")]
+    pub amount: String,
+    #[schema(value_type = String, example = "NGN")]
+    pub currency: Currency,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCardholder {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub kyc: Option<KycStatus>,
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCardholder {
+    pub kyc: Option<KycStatus>,
+    pub blocked: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCard {
+    pub cardholder_id: String,
+    pub kind: CardKind,
+    /// Defaults to the program's currency.
+    #[schema(value_type = Option<String>)]
+    pub currency: Option<Currency>,
+    pub controls: Option<SpendingControls>,
+    /// Issue active (default) or inactive.
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmountBody {
+    /// In the card currency, a decimal string.
+    #[schema(example = "5000.00")]
+    pub amount: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureBody {
+    /// In the authorization's currency.
+    pub amount: String,
+    /// A final capture releases whatever the hold still reserves (default true).
+    #[serde(default = "yes", rename = "final")]
+    pub is_final: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReversalBody {
+    /// In the authorization's currency; omitted = everything still held.
+    pub amount: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// The processor's refund id; also the idempotency key.
+    pub id: String,
+    pub card_id: String,
+    pub authorization_id: Option<String>,
+    pub amount: String,
+    #[schema(value_type = String)]
+    pub currency: Currency,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdviceBody {
+    /// The processor's advice id; also the idempotency key.
+    pub id: String,
+    pub card_id: String,
+    pub amount: String,
+    #[schema(value_type = String)]
+    pub currency: Currency,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub version: String,
+    pub file: String,
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    pub timezone: String,
+    pub rules: usize,
+    pub tests: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Transactions {
+    pub card_id: String,
+    pub authorizations: Vec<DecisionHistory>,
+    pub transfers: Vec<TransferHistory>,
+}

@@ -1,0 +1,250 @@
+//! Extractors for what every handler needs before the engine: who calls (program key,
+//! admin key), the idempotency key, a card or authorization the caller owns, a signed
+//! processor hook, and a JSON body. Each refuses with problem+json, so a handler reads
+//! as parse → engine → respond.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+
+use super::problem::Problem;
+use super::Shared;
+use crate::money::parse_decimal;
+
+/// Idempotency keys as callers send them (visible ASCII).
+const IDEMPOTENCY_KEY_LEN_MAX: usize = 100;
+
+fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Problem::unauthorized("missing `Authorization: Bearer <API key>`"))
+}
+
+/// The program a request acts for (a program API key; admin keys manage programs, not
+/// cards). Rate-limited per program. Extracted once per request, then remembered.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+impl FromRequestParts<Shared> for Tenant {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Tenant, Problem> {
+        if let Some(t) = parts.extensions.get::<Tenant>() {
+            return Ok(t.clone());
+        }
+        let key = bearer(&parts.headers)?;
+        if s.is_admin(key) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "use a program API key for this call",
+            ));
+        }
+        let program = s
+            .engine
+            .program_for_key(key)
+            .ok_or_else(|| Problem::unauthorized("unknown API key"))?;
+        s.rate.check(&program)?;
+        let t = Tenant(program);
+        parts.extensions.insert(t.clone());
+        Ok(t)
+    }
+}
+
+/// The admin key.
+pub struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Admin, Problem> {
+        let key = bearer(&parts.headers)?;
+        if s.is_admin(key) {
+            Ok(Admin)
+        } else if s.engine.program_for_key(key).is_some() {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this call needs the admin key",
+            ))
+        } else {
+            Err(Problem::unauthorized("unknown API key"))
+        }
+    }
+}
+
+/// Any known key, admin or program (read-only calls such as listing policies).
+pub struct AnyKey;
+
+impl FromRequestParts<Shared> for AnyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<AnyKey, Problem> {
+        let key = bearer(&parts.headers)?;
+        if s.is_admin(key) || s.engine.program_for_key(key).is_some() {
+            Ok(AnyKey)
+        } else {
+            Err(Problem::unauthorized("unknown API key"))
+        }
+    }
+}
+
+/// `Idempotency-Key`, namespaced by the caller's program.
+pub struct IdemKey(pub String);
+
+impl FromRequestParts<Shared> for IdemKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<IdemKey, Problem> {
+        let Tenant(program) = Tenant::from_request_parts(parts, s).await?;
+        let k = parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "missing_idempotency_key",
+                    "mutating calls need an Idempotency-Key header",
+                )
+            })?;
+        if k.is_empty()
+            || k.len() > IDEMPOTENCY_KEY_LEN_MAX
+            || !k.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Problem::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 100 visible ASCII characters",
+            ));
+        }
+        Ok(IdemKey(format!("{program}/{k}")))
+    }
+}
+
+/// The `{id}` path segment.
+async fn path_id(parts: &mut Parts, s: &Shared) -> Result<String, Problem> {
+    Path::<String>::from_request_parts(parts, s)
+        .await
+        .map(|Path(id)| id)
+        .map_err(|e| Problem::bad_request("invalid_path", e.body_text()))
+}
+
+/// A card (`{id}` in the path) of the caller's program; another tenant's card is just as
+/// absent (404).
+pub struct OwnedCard {
+    pub id: String,
+}
+
+impl FromRequestParts<Shared> for OwnedCard {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<OwnedCard, Problem> {
+        let Tenant(program) = Tenant::from_request_parts(parts, s).await?;
+        let id = path_id(parts, s).await?;
+        own_card(s, &program, &id)?;
+        Ok(OwnedCard { id })
+    }
+}
+
+/// A card of `program`, or 404.
+pub fn own_card(s: &Shared, program: &str, card_id: &str) -> Result<(), Problem> {
+    match s.engine.card_program(card_id) {
+        Some(p) if p == program => Ok(()),
+        _ => Err(Problem::not_found(
+            "card_not_found",
+            format!("unknown card `{card_id}`"),
+        )),
+    }
+}
+
+/// An authorization of `program`, or 404.
+pub fn own_auth(s: &Shared, program: &str, auth_id: &str) -> Result<(), Problem> {
+    match s.engine.auth_program(auth_id) {
+        Some(p) if p == program => Ok(()),
+        _ => Err(Problem::not_found(
+            "authorization_not_found",
+            format!("unknown authorization `{auth_id}`"),
+        )),
+    }
+}
+
+/// The `{id}` path segment, unchecked (for resources whose ownership the handler checks).
+pub struct PathId(pub String);
+
+impl FromRequestParts<Shared> for PathId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<PathId, Problem> {
+        path_id(parts, s).await.map(PathId)
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| Problem::bad_request("invalid_body", e.to_string()))
+}
+
+async fn body_bytes(req: Request, s: &Shared) -> Result<Bytes, Problem> {
+    Bytes::from_request(req, s).await.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                status,
+                "body_too_large",
+                "the request body is larger than allowed",
+            )
+        } else {
+            Problem::bad_request("invalid_body", e.body_text())
+        }
+    })
+}
+
+/// A JSON body (unknown fields are refused by the types themselves).
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, s: &Shared) -> Result<Body<T>, Problem> {
+        let bytes = body_bytes(req, s).await?;
+        parse(&bytes).map(Body)
+    }
+}
+
+/// A processor hook: the caller's program, with the Standard Webhooks signature checked
+/// over the raw body when hook secrets are configured, then the JSON body.
+pub struct Hook<T> {
+    pub program: String,
+    pub body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<Shared> for Hook<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, s: &Shared) -> Result<Hook<T>, Problem> {
+        let (mut parts, body) = req.into_parts();
+        let Tenant(program) = Tenant::from_request_parts(&mut parts, s).await?;
+        let headers = parts.headers.clone();
+        let bytes = body_bytes(Request::from_parts(parts, body), s).await?;
+        s.hooks
+            .verify(&headers, &bytes, chrono::Utc::now().timestamp())?;
+        Ok(Hook {
+            program,
+            body: parse(&bytes)?,
+        })
+    }
+}
+
+/// An exact decimal amount from a request string.
+pub fn amount(s: &str) -> Result<Decimal, Problem> {
+    parse_decimal(s).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+            e.to_string(),
+        )
+    })
+}

@@ -1,0 +1,206 @@
+//! Building the service's state, serving, and the `serve` command's process concerns
+//! (logging, signals, runtime).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use super::security::{self, HookVerifier, RateLimiter};
+use super::{app, AppState, Config, Shared};
+use crate::clock::SystemClock;
+use crate::policy::{load_policy_dir, PolicySet};
+use crate::policy_tests::run_policy_tests;
+use crate::service::Engine;
+
+/// The process-wide Prometheus recorder (installed once, shared by every server).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.0,
+                ])
+                .expect("static buckets");
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (embedding): keep a private one.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Validates the rules and runs their embedded tests; any failure keeps the old policy.
+pub fn load_and_test_policies(dir: &Path) -> Result<PolicySet, Vec<String>> {
+    let set =
+        load_policy_dir(dir).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let mut failures = Vec::new();
+    for p in set.policies.values() {
+        for r in run_policy_tests(p) {
+            if !r.passed {
+                failures.push(format!(
+                    "{}:{}: test `{}` failed: {}",
+                    p.file.display(),
+                    r.line,
+                    r.name,
+                    r.message
+                ));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(set)
+    } else {
+        Err(failures)
+    }
+}
+
+fn admin_key(config: &Config) -> anyhow::Result<String> {
+    if let Some(k) = &config.admin_key {
+        return Ok(k.clone());
+    }
+    // No key configured: keep a generated one beside the data, readable by the owner only.
+    let path = config.data_dir.join("admin.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_string());
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let key = format!(
+        "adm_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&path, &key)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(path = %path.display(), "generated an admin key");
+    Ok(key)
+}
+
+/// Opens the store, rebuilds the engine and builds the application state.
+pub fn build_state(config: Config) -> anyhow::Result<Shared> {
+    let policies = load_and_test_policies(&config.rules_dir)
+        .map_err(|e| anyhow::anyhow!("policies:\n{}", e.join("\n")))?;
+    let engine = Engine::open_dir(policies, &config.data_dir, config.engine)?
+        .with_clock(Arc::new(SystemClock));
+    let secrets = config
+        .hook_secrets
+        .iter()
+        .map(|s| security::parse_secret(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let admin = admin_key(&config)?;
+    Ok(Arc::new(AppState {
+        engine: Arc::new(engine),
+        admin_hash: crate::service::request_hash(admin.as_bytes()),
+        hooks: HookVerifier::new(secrets),
+        rate: RateLimiter::new(config.rate_per_key_per_s),
+        metrics: metrics_handle(),
+        ready: std::sync::atomic::AtomicBool::new(true),
+        config,
+    }))
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests and flushes the store.
+pub async fn serve(
+    state: Shared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // The hold-expiry sweeper finishes its current sweep and stops before the store
+    // closes: never aborted halfway through a card.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let period = Duration::from_secs(state.config.engine.expiry_sweep_s.max(1));
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop_rx.changed() => break,
+                }
+                let engine = state.engine.clone();
+                let Ok(pending) = tokio::task::spawn_blocking(move || engine.expire_holds()).await
+                else {
+                    break;
+                };
+                let r = pending.durable().await;
+                if !r.expired.is_empty() {
+                    tracing::info!(expired = r.expired.len(), "holds expired");
+                }
+            }
+        })
+    };
+    let app = app(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    state
+        .ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    state.engine.close();
+    tracing::info!("stopped; store flushed");
+    Ok(())
+}
+
+/// `spendgate serve`: logs as JSON lines, SIGHUP reloads the rules, SIGTERM/Ctrl-C stop.
+pub fn run_server(config: Config) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPENDGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.workers > 0 {
+        rt.worker_threads(config.workers);
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async move {
+        let state = build_state(config.clone())?;
+        let listener = TcpListener::bind(&config.addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, data = %config.data_dir.display(), rules = %config.rules_dir.display(), "spendgate listening");
+        #[cfg(unix)]
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+                while hup.recv().await.is_some() {
+                    match state.reload() {
+                        Ok(v) => tracing::info!(policies = ?v, "policies reloaded"),
+                        Err(e) => tracing::error!(errors = ?e, "reload refused; the old policies stay live"),
+                    }
+                }
+            });
+        }
+        let shutdown = async {
+            #[cfg(unix)]
+            {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            tracing::info!("shutting down: draining requests");
+        };
+        serve(state, listener, shutdown).await
+    })
+}

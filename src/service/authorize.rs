@@ -1,0 +1,239 @@
+//! The authorization path: one entry point (`authorize`) that takes the card's lock,
+//! runs the pure `decide()`, applies its effects and places the hold in the same critical
+//! section, and queues the decision for the store; plus `abandon_authorization` for a
+//! missed deadline and `simulate` (decide with no effects).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::effects::EffectsRecord;
+use super::responses::{authorization_response, step_decline, AuthorizationResponse};
+use super::{request_hash, Engine, Pending, Rejection};
+use crate::decision::{Authorization, Decision, DecisionSummary, TraceLine};
+use crate::domain::VelocityScope;
+use crate::money::Currency;
+use crate::store::{DecisionRow, Write};
+
+/// Who is asking: the tenant whose cards are visible (None in-process: every card) and
+/// the caller's request id, recorded with the decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthContext<'a> {
+    pub tenant: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+/// The answer to an authorization, serialized, plus what the caller may want to log.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub json: Arc<str>,
+    pub approved: bool,
+    pub response_code: String,
+    pub rule: Option<String>,
+    pub replayed: bool,
+}
+
+impl Engine {
+    /// Decides an authorization, places its hold and queues both for the store. The
+    /// processor's authorization id is the idempotency key. A card of another tenant is
+    /// as unknown as a card that does not exist (code 14), and is never touched.
+    pub fn authorize(
+        &self,
+        txn: &Authorization,
+        ctx: &AuthContext,
+    ) -> Result<Pending<Authorized>, Rejection> {
+        let started = Instant::now();
+        let mut out = None;
+        let pending = self.idempotent("authorization", &txn.id.clone(), txn, || {
+            let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) else {
+                let r = step_decline(
+                    txn,
+                    "14",
+                    "card_not_found",
+                    "card",
+                    "no such card",
+                    started.elapsed().as_micros() as u64,
+                );
+                out = Some((false, "14".to_string(), None));
+                return Ok((r, vec![], None));
+            };
+            let policies = self.policies.load();
+            let mut c = card.lock_arc();
+            let now = self.now_for(&mut c);
+            let policy = policies
+                .get(&c.policy)
+                .cloned()
+                .ok_or_else(|| Rejection::UnknownPolicy(c.policy.clone()))?;
+            let uses =
+                |s| policy.has_scope(s) || c.controls.as_ref().is_some_and(|p| p.has_scope(s));
+            let holder = uses(VelocityScope::Cardholder)
+                .then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
+            let program = uses(VelocityScope::Program)
+                .then(|| Self::shared(&self.program_velocity, &policy.name));
+            let mut hg = holder.as_ref().map(|h| h.lock());
+            let mut pg = program.as_ref().map(|p| p.lock());
+            let (d, hold) = c.authorize(
+                &policy,
+                txn,
+                now,
+                hg.as_deref_mut(),
+                pg.as_deref_mut(),
+                self.config.hold_expiry_days,
+            );
+            drop((hg, pg));
+            let mut writes = vec![Write::Decision(Box::new(decision_row(
+                txn,
+                &d,
+                c.currency,
+                ctx.request_id,
+            )))];
+            let mut voided_early = false;
+            if let Some(h) = hold {
+                self.auth_index.insert(txn.id.clone(), c.card_id.clone());
+                writes.push(Write::Hold(h));
+                // The processor reversed this authorization before we saw it: void the
+                // hold now, so the money is not reserved for a transaction that is gone.
+                // The closure (and its program lookup) runs only when such a reversal exists.
+                let reversed = self
+                    .early_reversals
+                    .remove_if(&txn.id, |_, t| {
+                        t.is_none() || *t == self.card_program(&c.card_id)
+                    })
+                    .is_some();
+                if reversed {
+                    voided_early =
+                        self.void_hold(&mut c, &txn.id, now.timestamp_millis(), &mut writes);
+                }
+            }
+            let controls = c.controls.clone();
+            let mut response = authorization_response(
+                txn,
+                &d,
+                &policy,
+                controls.as_deref(),
+                c.available(),
+                started,
+            );
+            if voided_early {
+                response.trace.push(TraceLine {
+                    rule: "reversal".into(),
+                    outcome: "hold voided".into(),
+                    detail: "a reversal for this authorization arrived before it".into(),
+                });
+            }
+            out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
+            Ok((response, writes, Some(c)))
+        })?;
+        let seq = pending.seq;
+        let json = pending.value;
+        let a = match out {
+            Some((approved, response_code, rule)) => Authorized {
+                json,
+                approved,
+                response_code,
+                rule,
+                replayed: false,
+            },
+            None => {
+                let r: AuthorizationResponse = serde_json::from_str(&json)
+                    .map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
+                Authorized {
+                    json,
+                    approved: r.approved,
+                    response_code: r.response_code,
+                    rule: r.rule,
+                    replayed: true,
+                }
+            }
+        };
+        Ok(self.pending(a, seq))
+    }
+
+    /// Answers 91 for an authorization whose decision missed its deadline and voids the
+    /// hold it placed, so a late decision never leaves money reserved. The 91 answer
+    /// replaces the stored one: a retry gets 91 too.
+    pub fn abandon_authorization(&self, txn: &Authorization) -> Pending<Arc<str>> {
+        let hash = request_hash(&serde_json::to_vec(txn).unwrap_or_default());
+        let mut writes = Vec::new();
+        let mut guard = None;
+        let mut at_ms = self.now().timestamp_millis();
+        if let Some(card) = self.card(&txn.card_id) {
+            let mut c = card.lock_arc();
+            at_ms = self.now_for(&mut c).timestamp_millis();
+            self.void_hold(&mut c, &txn.id, at_ms, &mut writes);
+            guard = Some(c);
+        }
+        let response = step_decline(
+            txn,
+            "91",
+            "deadline_exceeded",
+            "deadline",
+            "the decision missed its deadline; any hold was voided",
+            0,
+        );
+        let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        writes.push(Write::Idempotency {
+            scope: "authorization",
+            key: txn.id.clone(),
+            request_hash: hash.clone(),
+            response: json.clone(),
+            at_ms,
+        });
+        let seq = self.persist(writes);
+        self.idem
+            .finish("authorization", &txn.id, &hash, json.clone(), seq);
+        drop(guard);
+        self.pending(json, seq)
+    }
+
+    /// Decides without any effect (no counters, no hold, nothing stored): `/v1/simulate`.
+    pub fn simulate(
+        &self,
+        txn: &Authorization,
+        tenant: Option<&str>,
+    ) -> Result<DecisionSummary, Rejection> {
+        let card = self.card_for(tenant, &txn.card_id)?;
+        let policies = self.policies.load();
+        let mut c = card.lock();
+        let now = self.now_for(&mut c);
+        let policy = policies
+            .get(&c.policy)
+            .cloned()
+            .ok_or_else(|| Rejection::UnknownPolicy(c.policy.clone()))?;
+        let holder = self
+            .holder_velocity
+            .get(&c.cardholder_id)
+            .map(|h| h.clone());
+        let program = self.program_velocity.get(&policy.name).map(|p| p.clone());
+        let hg = holder.as_ref().map(|h| h.lock());
+        let pg = program.as_ref().map(|p| p.lock());
+        let d = crate::decision::decide(&policy, &c.view(hg.as_deref(), pg.as_deref()), txn, now);
+        Ok(DecisionSummary::new(&d, &policy, c.controls.as_deref()))
+    }
+}
+
+fn decision_row(
+    txn: &Authorization,
+    d: &Decision,
+    card_currency: Currency,
+    request_id: &str,
+) -> DecisionRow {
+    DecisionRow {
+        auth_id: txn.id.clone(),
+        card_id: txn.card_id.clone(),
+        at_ms: d.effects.at_ms,
+        approved: d.approved,
+        response_code: d.response_code.to_string(),
+        reason: d.reason.to_string(),
+        rule: d.rule.clone(),
+        amount: txn.amount.to_string(),
+        currency: txn.currency.code().to_string(),
+        amount_approved: d.amount_approved.to_string(),
+        card_currency: card_currency.code().to_string(),
+        policy_version: d.policy_version.clone(),
+        request_id: request_id.to_string(),
+        // Filled in with the exact answer by `idempotent`.
+        request_hash: String::new(),
+        response: String::new(),
+        effects: EffectsRecord::encode(&d.effects),
+    }
+}

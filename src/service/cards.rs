@@ -1,0 +1,344 @@
+//! Programs, cardholders, cards: issue, lifecycle, spending controls, and API keys.
+
+use std::sync::Arc;
+
+use chrono::Datelike;
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+
+use super::responses::{balance, CardResponse};
+use super::{holder_key, live, valid_id, Engine, Pending, Rejection};
+use crate::domain::{CardStatus, Expiry, KycStatus};
+use crate::issuing::{
+    transition, CardAction, CardKind, CardRecord, Cardholder, Program, SpendingControls,
+};
+use crate::ledger::{AccountId, TransferKind};
+use crate::money::Currency;
+use crate::policy::CompiledPolicy;
+use crate::service::CardState;
+use crate::store::Write;
+
+/// What a new card is issued with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewCard {
+    pub program: String,
+    pub cardholder_id: String,
+    pub kind: CardKind,
+    /// Defaults to the program's currency.
+    pub currency: Option<Currency>,
+    pub controls: Option<SpendingControls>,
+    pub active: bool,
+}
+
+impl Engine {
+    pub fn create_program(&self, p: Program) -> Result<Pending<Arc<str>>, Rejection> {
+        let key = p.id.clone();
+        self.idempotent("program", &key, &p, || {
+            if self.policies.load().get(&p.policy).is_none() {
+                return Err(Rejection::UnknownPolicy(p.policy.clone()));
+            }
+            if !valid_id(&p.id) {
+                return Err(Rejection::InvalidRequest(
+                    "program id must be 1 to 64 of a-z, 0-9, _ and -".into(),
+                ));
+            }
+            if self.programs.contains_key(&p.id) {
+                return Err(Rejection::AlreadyExists {
+                    what: "program",
+                    id: p.id.clone(),
+                });
+            }
+            self.programs.insert(p.id.clone(), p.clone());
+            Ok((p.clone(), vec![Write::Program(p.clone())], None))
+        })
+    }
+
+    pub fn program(&self, id: &str) -> Option<Program> {
+        self.programs.get(id).map(|p| p.clone())
+    }
+
+    pub fn create_cardholder(
+        &self,
+        key: &str,
+        h: Cardholder,
+    ) -> Result<Pending<Arc<str>>, Rejection> {
+        self.idempotent("cardholder", key, &h, || {
+            if !self.programs.contains_key(&h.program) {
+                return Err(Rejection::UnknownProgram(h.program.clone()));
+            }
+            if !valid_id(&h.id) || h.name.is_empty() || h.name.len() > 128 {
+                return Err(Rejection::InvalidRequest(
+                    "cardholder id must be 1 to 64 of a-z, 0-9, _ and -; name 1 to 128 characters"
+                        .into(),
+                ));
+            }
+            match self.cardholders.entry(holder_key(&h.program, &h.id)) {
+                dashmap::Entry::Occupied(_) => {
+                    return Err(Rejection::AlreadyExists {
+                        what: "cardholder",
+                        id: h.id.clone(),
+                    })
+                }
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(h.clone());
+                }
+            }
+            Ok((h.clone(), vec![Write::Cardholder(h.clone())], None))
+        })
+    }
+
+    /// A cardholder of a program (ids are scoped to their program).
+    pub fn cardholder(&self, program: &str, id: &str) -> Option<Cardholder> {
+        self.cardholders
+            .get(&holder_key(program, id))
+            .map(|h| h.clone())
+    }
+
+    /// Changes KYC status or the blocked flag, and every card of the holder with it.
+    pub fn update_cardholder(
+        &self,
+        key: &str,
+        program: &str,
+        id: &str,
+        kyc: Option<KycStatus>,
+        blocked: Option<bool>,
+    ) -> Result<Pending<Arc<str>>, Rejection> {
+        self.idempotent(
+            "cardholder_update",
+            key,
+            &(program, id, kyc, blocked),
+            || {
+                let mut h = self
+                    .cardholder(program, id)
+                    .ok_or_else(|| Rejection::UnknownCardholder(id.to_string()))?;
+                if let Some(k) = kyc {
+                    h.kyc = k;
+                }
+                if let Some(b) = blocked {
+                    h.blocked = b;
+                }
+                let hk = holder_key(&h.program, &h.id);
+                self.cardholders.insert(hk.clone(), h.clone());
+                for c in self.cards.iter() {
+                    let mut g = c.lock();
+                    if g.cardholder_id == hk {
+                        g.kyc = h.kyc;
+                        g.cardholder_blocked = h.blocked;
+                    }
+                }
+                Ok((h.clone(), vec![Write::Cardholder(h)], None))
+            },
+        )
+    }
+
+    fn compile_controls(
+        &self,
+        policy: &str,
+        currency: Currency,
+        c: &SpendingControls,
+    ) -> Result<Option<Arc<CompiledPolicy>>, Rejection> {
+        if c.is_empty() {
+            return Ok(None);
+        }
+        let set = self.policies.load();
+        let p = set
+            .get(policy)
+            .ok_or_else(|| Rejection::UnknownPolicy(policy.to_string()))?;
+        c.compile(currency, p.timezone, set.fx.clone())
+            .map(|p| Some(Arc::new(p)))
+            .map_err(Rejection::InvalidControls)
+    }
+
+    /// The in-memory state of a stored card.
+    pub(super) fn state_for(&self, r: &CardRecord) -> Result<CardState, Rejection> {
+        let program = self
+            .program(&r.program)
+            .ok_or_else(|| Rejection::UnknownProgram(r.program.clone()))?;
+        let holder = self
+            .cardholder(&r.program, &r.cardholder_id)
+            .ok_or_else(|| Rejection::UnknownCardholder(r.cardholder_id.clone()))?;
+        // In memory the holder is `program/id`, which also keys cardholder-scope velocity.
+        let mut s = CardState::new(
+            &r.id,
+            &holder_key(&r.program, &r.cardholder_id),
+            &program.policy,
+            r.currency,
+        );
+        s.status = r.status;
+        s.expiry = Some(r.expiry);
+        s.kyc = holder.kyc;
+        s.cardholder_blocked = holder.blocked;
+        s.funds_tracked = true;
+        s.controls = match &r.controls {
+            Some(c) => self.compile_controls(&program.policy, r.currency, c)?,
+            None => None,
+        };
+        Ok(s)
+    }
+
+    /// Issues a card. The id is an opaque token; no card number is stored.
+    pub fn issue_card(&self, key: &str, new: NewCard) -> Result<Pending<Arc<str>>, Rejection> {
+        self.idempotent("card", key, &new, || {
+            let p = self
+                .program(&new.program)
+                .ok_or_else(|| Rejection::UnknownProgram(new.program.clone()))?;
+            let h = self
+                .cardholder(&p.id, &new.cardholder_id)
+                .ok_or_else(|| Rejection::UnknownCardholder(new.cardholder_id.clone()))?;
+            let token = self.ids.hex128();
+            let last4 = format!(
+                "{:04}",
+                u16::from_str_radix(&token[..4], 16).unwrap_or(0) % 10_000
+            );
+            let today = self.now().date_naive();
+            let r = CardRecord {
+                id: format!("card_{}", &token[..24]),
+                program: p.id.clone(),
+                cardholder_id: h.id.clone(),
+                kind: new.kind,
+                currency: new.currency.unwrap_or(p.currency),
+                last4,
+                expiry: Expiry {
+                    year: today.year() + 3,
+                    month: today.month(),
+                },
+                status: if new.active {
+                    CardStatus::Active
+                } else {
+                    CardStatus::Inactive
+                },
+                controls: new.controls.clone().filter(|c| !c.is_empty()),
+            };
+            let state = self.state_for(&r)?;
+            let response = card_response(&r, &state);
+            self.records.insert(r.id.clone(), r.clone());
+            self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
+            Ok((response, vec![Write::Card(r)], None))
+        })
+    }
+
+    pub fn get_card(&self, card_id: &str) -> Result<CardResponse, Rejection> {
+        let r = self.record(card_id)?;
+        self.with_card(card_id, |s| card_response(&r, s))
+    }
+
+    fn record(&self, card_id: &str) -> Result<CardRecord, Rejection> {
+        self.records
+            .get(card_id)
+            .map(|r| r.clone())
+            .ok_or_else(|| Rejection::UnknownCard(card_id.to_string()))
+    }
+
+    pub fn card_program(&self, card_id: &str) -> Option<String> {
+        self.records.get(card_id).map(|r| r.program.clone())
+    }
+
+    pub fn balance(&self, card_id: &str) -> Result<super::responses::Balance, Rejection> {
+        self.with_card(card_id, |s| balance(s))
+    }
+
+    /// Lifecycle change; terminating returns the remaining balance to the funding account.
+    pub fn card_action(
+        &self,
+        key: &str,
+        card_id: &str,
+        action: CardAction,
+    ) -> Result<Pending<Arc<str>>, Rejection> {
+        self.idempotent("status", key, &(card_id, action), || {
+            let card = self
+                .card(card_id)
+                .ok_or_else(|| Rejection::UnknownCard(card_id.to_string()))?;
+            let mut c = card.lock_arc();
+            let now = self.now_for(&mut c);
+            let to = transition(c.status, action)?;
+            let mut writes = Vec::new();
+            let mut r = self.record(card_id)?;
+            if to == CardStatus::Terminated {
+                let pending = c.account.pending_holds();
+                if pending > 0 {
+                    return Err(Rejection::PendingHolds(pending));
+                }
+                let remaining = c.account.posted;
+                if remaining > Decimal::ZERO {
+                    let funding = AccountId::funding(&r.program, c.currency);
+                    let mut house = self.house.lock();
+                    let t = c.account.transfer_with_funding(
+                        card_id,
+                        TransferKind::Termination,
+                        funding,
+                        remaining,
+                        now.timestamp_millis(),
+                    )?;
+                    super::apply_house(&mut house, &t);
+                    writes.push(Write::Transfer(t));
+                }
+            }
+            c.status = to;
+            r.status = to;
+            self.records.insert(card_id.to_string(), r.clone());
+            let response = card_response(&r, &c);
+            writes.push(Write::Card(r));
+            Ok((response, writes, Some(c)))
+        })
+    }
+
+    pub fn set_controls(
+        &self,
+        key: &str,
+        card_id: &str,
+        controls: SpendingControls,
+    ) -> Result<Pending<Arc<str>>, Rejection> {
+        self.idempotent("controls", key, &(card_id, &controls), || {
+            let card = self
+                .card(card_id)
+                .ok_or_else(|| Rejection::UnknownCard(card_id.to_string()))?;
+            let mut c = live(&card)?;
+            let compiled = self.compile_controls(&c.policy, c.currency, &controls)?;
+            let mut r = self.record(card_id)?;
+            r.controls = (!controls.is_empty()).then_some(controls.clone());
+            c.controls = compiled;
+            self.records.insert(card_id.to_string(), r.clone());
+            let response = card_response(&r, &c);
+            Ok((response, vec![Write::Card(r)], Some(c)))
+        })
+    }
+
+    /// Creates an API key for a program. The key is returned once; only its SHA-256 is kept.
+    pub fn create_api_key(&self, program: &str) -> Result<Pending<String>, Rejection> {
+        if !self.programs.contains_key(program) {
+            return Err(Rejection::UnknownProgram(program.to_string()));
+        }
+        let key = format!("sk_{}{}", self.ids.hex128(), self.ids.hex128());
+        let hash = super::request_hash(key.as_bytes());
+        self.api_keys.insert(hash.clone(), program.to_string());
+        let seq = self.persist(vec![Write::ApiKey {
+            hash,
+            program: program.to_string(),
+            prefix: key[..11].to_string(),
+            at_ms: self.now().timestamp_millis(),
+        }]);
+        Ok(self.pending(key, seq))
+    }
+
+    /// The program an API key belongs to.
+    pub fn program_for_key(&self, key: &str) -> Option<String> {
+        self.api_keys
+            .get(&super::request_hash(key.as_bytes()))
+            .map(|p| p.clone())
+    }
+}
+
+fn card_response(r: &CardRecord, s: &CardState) -> CardResponse {
+    CardResponse {
+        id: r.id.clone(),
+        program: r.program.clone(),
+        cardholder_id: r.cardholder_id.clone(),
+        kind: r.kind,
+        currency: r.currency,
+        last4: r.last4.clone(),
+        expiry: format!("{:04}-{:02}", r.expiry.year, r.expiry.month),
+        status: s.status.as_str().to_string(),
+        controls: r.controls.clone(),
+        balance: balance(s),
+    }
+}

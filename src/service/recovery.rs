@@ -1,0 +1,145 @@
+//! Start-up: memory rebuilt from the store's snapshot (programs, holders, cards, house
+//! balances, holds, velocity windows, API keys, idempotent answers, early reversals).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+
+use super::effects::{CodecError, EffectsRecord};
+use super::responses::ReversalResponse;
+use super::{holder_key, Engine, Rejection};
+use crate::store::Snapshot;
+
+/// Idempotency scopes restored from the store.
+const SCOPES: [&str; 14] = [
+    "authorization",
+    "capture",
+    "reversal",
+    "refund",
+    "advice",
+    "fund",
+    "withdraw",
+    "deposit",
+    "card",
+    "cardholder",
+    "program",
+    "status",
+    "controls",
+    "cardholder_update",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("stored state is inconsistent: {0}")]
+    State(#[from] Rejection),
+    #[error("decision `{auth_id}`: {error}")]
+    Effects { auth_id: String, error: CodecError },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Engine {
+    /// Opens (creating if needed) the durable store in `dir` and rebuilds the engine
+    /// from it. Every answer is fsynced before it is released.
+    pub fn open_dir(
+        policies: crate::policy::PolicySet,
+        dir: &std::path::Path,
+        config: super::EngineConfig,
+    ) -> Result<Engine, RecoveryError> {
+        let (store, snapshot) = crate::store::Store::open(dir, crate::store::Durability::Full)?;
+        Engine::open(policies, Arc::new(store), snapshot, config)
+    }
+}
+
+impl Engine {
+    pub(super) fn recover(&mut self, s: Snapshot) -> Result<(), RecoveryError> {
+        for p in s.programs {
+            self.programs.insert(p.id.clone(), p);
+        }
+        for h in s.cardholders {
+            self.cardholders.insert(holder_key(&h.program, &h.id), h);
+        }
+        for r in s.cards {
+            let state = self.state_for(&r)?;
+            self.records.insert(r.id.clone(), r.clone());
+            self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
+        }
+        let mut house = BTreeMap::new();
+        for t in &s.ledger.transfers {
+            for p in &t.postings {
+                if let Some(card_id) = p.account.as_str().strip_prefix("card:") {
+                    if let Some(c) = self.card(card_id) {
+                        c.lock().account.replay_transfer(t);
+                    }
+                } else {
+                    *house.entry(p.account.clone()).or_insert(Decimal::ZERO) += p.amount;
+                }
+            }
+        }
+        *self.house.lock() = house;
+        for h in s.ledger.holds {
+            if let Some(c) = self.card(&h.card_id) {
+                self.auth_index.insert(h.auth_id.clone(), h.card_id.clone());
+                c.lock().account.replay_hold(h);
+            }
+        }
+        for d in &s.decisions {
+            // A retried authorization replays its stored answer after a restart too.
+            self.idem.restore(
+                "authorization",
+                d.auth_id.clone(),
+                d.request_hash.clone(),
+                d.response.clone(),
+            );
+            let Some(card) = self.card(&d.card_id) else {
+                continue;
+            };
+            let codec = |error| RecoveryError::Effects {
+                auth_id: d.auth_id.clone(),
+                error,
+            };
+            let rec = EffectsRecord::decode(&d.effects).map_err(codec)?;
+            let e = rec.to_effects().map_err(codec)?;
+            let mut c = card.lock_arc();
+            c.clock_ms = c.clock_ms.max(d.at_ms);
+            let (uses_holder, uses_program) = rec.shared_scopes();
+            let holder = uses_holder.then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
+            let program = uses_program.then(|| Self::shared(&self.program_velocity, &c.policy));
+            let mut hg = holder.as_ref().map(|h| h.lock());
+            let mut pg = program.as_ref().map(|p| p.lock());
+            c.apply(d.approved, &e, hg.as_deref_mut(), pg.as_deref_mut());
+        }
+        for (card_id, auth_id, ratio) in &s.velocity_releases {
+            if let Some(card) = self.card(card_id) {
+                self.give_back(&mut card.lock(), auth_id, *ratio);
+            }
+        }
+        for (hash, program) in s.api_keys {
+            self.api_keys.insert(hash, program);
+        }
+        for (_, key, _, response) in s
+            .idempotency
+            .iter()
+            .filter(|(scope, ..)| scope == "reversal")
+        {
+            if let Ok(r) = serde_json::from_str::<ReversalResponse>(response) {
+                if !r.matched && !self.auth_index.contains_key(&r.authorization_id) {
+                    // Keys are `{auth}:{idempotency key}`; over HTTP the latter is `{program}/…`.
+                    let tenant = key
+                        .strip_prefix(&format!("{}:", r.authorization_id))
+                        .and_then(|k| k.split_once('/'))
+                        .map(|(p, _)| p.to_string());
+                    self.early_reversals.insert(r.authorization_id, tenant);
+                }
+            }
+        }
+        for (scope, key, hash, response) in s.idempotency {
+            if let Some(sc) = SCOPES.iter().find(|x| **x == scope) {
+                self.idem.restore(sc, key, hash, response);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+use super::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_deadline_answers_91_and_leaves_no_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir.path().join("data"), Path::new("rules"));
+    c.deadline_ms = 0;
+    let mut s = Server::start_with(c, Some(dir)).await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let (_, first, v) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations",
+            Some(&key),
+            None,
+            Some(auth("late", &card, "5000.00", "5411")),
+        )
+        .await;
+    assert_eq!(
+        (v["response_code"].as_str(), v["reason"].as_str()),
+        (Some("91"), Some("deadline_exceeded"))
+    );
+    let (_, again, _) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations",
+            Some(&key),
+            None,
+            Some(auth("late", &card, "5000.00", "5411")),
+        )
+        .await;
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        again["response_code"], "91",
+        "a retry is not approved behind the processor's back: {first}"
+    );
+    let (_, _, b) = s
+        .call(
+            Method::GET,
+            &format!("/v1/cards/{card}/balance"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (b["posted"].as_str(), b["pending"].as_str()),
+        (Some("100000.00"), Some("0.00"))
+    );
+    s.stop().await;
+}

@@ -1,0 +1,13 @@
+//! The HTTP API against the real server, the real store and the real rule files: one
+//! test binary, one module per subject, shared helpers in `support`.
+
+mod support;
+
+mod deadline;
+mod errors;
+mod idempotency;
+mod lifecycle;
+mod ops;
+mod reload;
+mod signatures;
+mod tenancy;

@@ -1,0 +1,91 @@
+use super::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_signatures_are_required_when_configured() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (new, old) = (
+        b"new-secret-0123456789abcdef".to_vec(),
+        b"old-secret-0123456789abcdef".to_vec(),
+    );
+    let mut c = config(&dir.path().join("data"), Path::new("rules"));
+    let b64 = |k: &[u8]| {
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(k)
+        )
+    };
+    c.hook_secrets = vec![b64(&new), b64(&old)];
+    let mut s = Server::start_with(c, Some(dir)).await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let body = auth("s1", &card, "100.00", "5411").to_string();
+    let now = chrono::Utc::now().timestamp();
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let mut r = s
+            .client
+            .post(format!("http://{}/v1/authorizations", s.addr))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body);
+        for (h, v) in headers {
+            r = r.header(h, v);
+        }
+        r.send()
+    };
+    let kind = |t: &str| {
+        serde_json::from_str::<Value>(t).unwrap()["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let r = post(vec![], body.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        kind(&r.text().await.unwrap()),
+        "/problems/invalid_signature"
+    );
+    let r = post(signed(&new, "msg-1", &body, now), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = post(signed(&new, "msg-1", &body, now), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(&r.text().await.unwrap()),
+        "/problems/replayed_signature"
+    );
+    let r = post(signed(&new, "msg-2", &body, now - 301), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(&r.text().await.unwrap()),
+        "/problems/invalid_signature",
+        "outside the 5-minute tolerance"
+    );
+    let r = post(
+        signed(b"some-other-secret-0123456789", "msg-3", &body, now),
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let tampered = body.replace("100.00", "900.00");
+    let r = post(signed(&new, "msg-4", &body, now), tampered)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "signature over a different body"
+    );
+    let r = post(signed(&old, "msg-5", &body, now), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the previous secret is accepted during rotation"
+    );
+    s.stop().await;
+}
