@@ -4,6 +4,7 @@
 //! lock and then applies `Decision::effects`.
 
 mod engine;
+mod rules;
 mod trace;
 mod types;
 

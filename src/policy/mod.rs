@@ -3,8 +3,13 @@
 //! Raw text ([`raw`]) → validated and compiled ([`CompiledPolicy`]) → evaluated by
 //! [`crate::decision::decide`]. Every load error names the file, line, column and rule.
 
+mod alias;
+mod checks;
 mod compile;
+mod load;
 mod locate;
+mod matchers;
+mod outcomes;
 pub mod raw;
 pub mod script;
 
@@ -23,7 +28,8 @@ use crate::geo::{CountrySet, Shape};
 use crate::money::{Currency, FxTable};
 use crate::velocity::WindowSpec;
 
-pub use compile::{compile_policy, load_policy_dir, load_policy_file, PolicySet};
+pub use compile::compile_policy;
+pub use load::{load_policy_dir, load_policy_file, PolicySet};
 
 /// Largest policy file accepted.
 pub const POLICY_BYTES_MAX: usize = 256 * 1024;
