@@ -34,6 +34,11 @@ pub enum Begin {
     Conflict,
 }
 
+/// Answers by (scope, key). A DashMap, not a bounded cache (moka): evicting a finished
+/// key would turn a processor's retry into a second execution while the store cannot yet
+/// answer replays itself. An entry is in flight only while its operation runs (µs, under
+/// the card's lock), so a duplicate's wait in `begin` is short; a failed or panicking
+/// operation removes its entry (see `InFlightGuard`).
 #[derive(Default)]
 pub struct Idempotency {
     map: DashMap<(&'static str, String), Entry>,
@@ -147,13 +152,14 @@ impl super::Engine {
             Begin::Conflict => return Err(Rejection::IdempotencyConflict),
             Begin::Go => {}
         }
-        let (response, mut writes, guard) = match op() {
-            Ok(x) => x,
-            Err(e) => {
-                self.idem.abort(scope, key);
-                return Err(e);
-            }
+        // Removes the in-flight entry if `op` fails or panics, so retries are not
+        // turned away for a key that never finished.
+        let in_flight = InFlightGuard {
+            idem: &self.idem,
+            scope,
+            key,
         };
+        let (response, mut writes, guard) = op()?;
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
         // A decision row keeps its own response and request hash (one row, not two);
         // every other operation gets an idempotency row.
@@ -176,9 +182,49 @@ impl super::Engine {
         }
         let seq = self.persist(writes);
         self.idem.finish(scope, key, &hash, json.clone(), seq);
+        std::mem::forget(in_flight);
         // The card's lock was held until its writes were queued: commit order for one
         // card equals the order its state changed in memory.
         drop(guard);
         Ok(self.pending(json, seq))
+    }
+}
+
+/// Aborts an in-flight key when dropped: on an error return and on unwinding.
+struct InFlightGuard<'a> {
+    idem: &'a Idempotency,
+    scope: &'static str,
+    key: &'a str,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.idem.abort(self.scope, self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_operation_never_leaves_its_key_in_flight() {
+        let idem = Idempotency::default();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert!(matches!(idem.begin("fund", "k", "h"), Begin::Go));
+            let _g = InFlightGuard {
+                idem: &idem,
+                scope: "fund",
+                key: "k",
+            };
+            panic!("operation failed halfway");
+        }));
+        assert!(r.is_err());
+        let started = Instant::now();
+        assert!(matches!(idem.begin("fund", "k", "h"), Begin::Go));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no wait for a dead key"
+        );
     }
 }
