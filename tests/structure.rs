@@ -180,3 +180,30 @@ fn library_exports_no_load_generation_code() {
     }
     assert!(!src().join("loadgen.rs").exists() && !src().join("stress.rs").exists());
 }
+
+#[test]
+fn readme_code_map_names_every_module() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let map_start = readme.find("## Code map").expect("README has a code map");
+    let map = &readme[map_start..];
+    let mut missing = Vec::new();
+    for dir in [src(), src().join("service"), src().join("http"), src().join("policy")] {
+        for e in fs::read_dir(&dir).expect("readable") {
+            let p = e.expect("entry").path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name == "lib.rs" || name == "mod.rs" || name.ends_with("_tests.rs") {
+                continue;
+            }
+            let shown = if p.is_dir() {
+                format!("{name}/")
+            } else {
+                name.to_string()
+            };
+            if !map.contains(&shown) {
+                missing.push(p.display().to_string());
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README code map misses {missing:?}");
+}
