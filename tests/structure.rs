@@ -188,7 +188,12 @@ fn readme_code_map_names_every_module() {
     let map_start = readme.find("## Code map").expect("README has a code map");
     let map = &readme[map_start..];
     let mut missing = Vec::new();
-    for dir in [src(), src().join("service"), src().join("http"), src().join("policy")] {
+    for dir in [
+        src(),
+        src().join("service"),
+        src().join("http"),
+        src().join("policy"),
+    ] {
         for e in fs::read_dir(&dir).expect("readable") {
             let p = e.expect("entry").path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
