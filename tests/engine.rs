@@ -257,7 +257,7 @@ fn reversal_gives_velocity_capacity_and_funds_back() {
     let over = auth(&e, &txn("r3", &card, "450.00", "USD"), t0());
     assert_eq!(over.response_code, "61");
     let r: ReversalResponse = serde_json::from_str(
-        &e.reverse(None, "rev1", "r2", None)
+        &e.reverse("consumer", "rev1", "r2", None)
             .map(Pending::wait)
             .unwrap(),
     )

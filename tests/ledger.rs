@@ -138,7 +138,7 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
             ("100.00".into(), "40.00".into(), "60.00".into())
         );
         let c: HoldResponse = serde_json::from_str(
-            &e.capture("c1", "a1", amount("15.00"), false)
+            &e.capture("p", "c1", "a1", amount("15.00"), false)
                 .map(Pending::wait)
                 .unwrap(),
         )
@@ -148,7 +148,7 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
             ("25.00", "15.00")
         );
         let c: HoldResponse = serde_json::from_str(
-            &e.capture("c2", "a1", amount("20.00"), true)
+            &e.capture("p", "c2", "a1", amount("20.00"), true)
                 .map(Pending::wait)
                 .unwrap(),
         )
@@ -171,7 +171,7 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
             ("33.01", "capture_exceeds_hold"),
         ] {
             let err = e
-                .capture("bad", "a2", amount(bad), true)
+                .capture("p", "bad", "a2", amount(bad), true)
                 .map(Pending::wait)
                 .unwrap_err();
             assert_eq!(Problem::from(err.clone()).kind, reason, "{bad}: {err}");
@@ -190,7 +190,7 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
         ("70.00".into(), "30.00".into(), "40.00".into())
     );
     let c: HoldResponse = serde_json::from_str(
-        &e.capture("c3", "a2", amount("33.00"), true)
+        &e.capture("p", "c3", "a2", amount("33.00"), true)
             .map(Pending::wait)
             .unwrap(),
     )
@@ -198,7 +198,7 @@ fn authorization_lifecycle_capture_refund_and_recovery() {
     assert_eq!(c.captured, "33.00", "over-capture within 10% is allowed");
     // Idempotency survives the restart: the same capture key replays byte for byte.
     let first = e
-        .capture("c2", "a1", amount("20.00"), true)
+        .capture("p", "c2", "a1", amount("20.00"), true)
         .map(Pending::wait)
         .unwrap();
     assert!(first.contains("\"hold_status\":\"posted\""));
@@ -226,7 +226,7 @@ fn velocity_windows_survive_a_restart() {
     // A reversal after the restart gives the capacity back.
     let r: ReversalResponse = serde_json::from_str(
         &at(t0() + Duration::minutes(3), || {
-            e.reverse(None, "r", "v2", None).map(Pending::wait)
+            e.reverse("p", "r", "v2", None).map(Pending::wait)
         })
         .unwrap(),
     )
@@ -270,12 +270,14 @@ fn every_mutating_operation_is_idempotent() {
             "capture",
             Box::new(|k| {
                 at(now, || {
-                    e.capture(k, "i1", amount("4.00"), false).map(Pending::wait)
+                    e.capture("p", k, "i1", amount("4.00"), false)
+                        .map(Pending::wait)
                 })
             }),
             Box::new(|k| {
                 at(now, || {
-                    e.capture(k, "i1", amount("5.00"), false).map(Pending::wait)
+                    e.capture("p", k, "i1", amount("5.00"), false)
+                        .map(Pending::wait)
                 })
             }),
         ),
@@ -283,13 +285,13 @@ fn every_mutating_operation_is_idempotent() {
             "reversal",
             Box::new(|k| {
                 at(now, || {
-                    e.reverse(None, k, "i1", Some(amount("1.00")))
+                    e.reverse("p", k, "i1", Some(amount("1.00")))
                         .map(Pending::wait)
                 })
             }),
             Box::new(|k| {
                 at(now, || {
-                    e.reverse(None, k, "i1", Some(amount("2.00")))
+                    e.reverse("p", k, "i1", Some(amount("2.00")))
                         .map(Pending::wait)
                 })
             }),
@@ -541,14 +543,14 @@ fn bad_inputs_are_typed_errors_that_change_nothing() {
     );
     assert_eq!(
         kind(
-            e.capture("b6", "h1", amount("55.01"), true)
+            e.capture("p", "b6", "h1", amount("55.01"), true)
                 .map(Pending::wait)
         ),
         "capture_exceeds_hold"
     );
     assert_eq!(
         kind(
-            e.reverse(None, "b7", "h1", Some(amount("50.01")))
+            e.reverse("p", "b7", "h1", Some(amount("50.01")))
                 .map(Pending::wait)
         ),
         "reversal_exceeds_hold"
@@ -575,12 +577,12 @@ fn bad_inputs_are_typed_errors_that_change_nothing() {
         "pending_holds"
     );
     assert_eq!(balance(&e, &card), before);
-    e.capture("ok", "h1", amount("50.00"), true)
+    e.capture("p", "ok", "h1", amount("50.00"), true)
         .map(Pending::wait)
         .unwrap();
     assert_eq!(
         kind(
-            e.capture("b11", "h1", amount("1.00"), true)
+            e.capture("p", "b11", "h1", amount("1.00"), true)
                 .map(Pending::wait)
         ),
         "hold_not_pending"
@@ -720,7 +722,7 @@ fn partial_approval_cross_currency_and_forced_posts() {
         ("78662.50", Some("1573.25"))
     );
     let cap: HoldResponse = serde_json::from_str(
-        &e.capture("k", "usd1", amount("50.00"), true)
+        &e.capture("ng", "k", "usd1", amount("50.00"), true)
             .map(Pending::wait)
             .unwrap(),
     )
@@ -808,7 +810,7 @@ fn verify_and_reconcile_commands_on_a_real_store() {
         for (i, v) in ["10.00", "20.00", "30.00"].iter().enumerate() {
             let id = format!("s{i}");
             assert!(authorize(&e, &id, &card, v, t0()).approved);
-            e.capture("cap", &id, amount(v), true)
+            e.capture("p", "cap", &id, amount(v), true)
                 .map(Pending::wait)
                 .unwrap();
         }
@@ -956,12 +958,12 @@ proptest! {
                     }
                     Op::Capture { auth, percent, last } => match auths.get(*auth) {
                         // Captures of 0.01..1.19: some partial, some over the hold, some fine.
-                        Some(a) => at(now, || e.capture(&key, a, Decimal::new(*percent, 2), *last).map(Pending::wait)),
+                        Some(a) => at(now, || e.capture("p", &key, a, Decimal::new(*percent, 2), *last).map(Pending::wait)),
                         None => Ok("".into()),
                     },
                     Op::Reverse { auth, full } => match auths.get(*auth) {
-                        Some(a) => at(now, || e.reverse(None, &key, a, if *full { None } else { Some(Decimal::new(1, 0)) }).map(Pending::wait)),
-                        None => at(now, || e.reverse(None, &key, "never-seen", None).map(Pending::wait)),
+                        Some(a) => at(now, || e.reverse("p", &key, a, if *full { None } else { Some(Decimal::new(1, 0)) }).map(Pending::wait)),
+                        None => at(now, || e.reverse("p", &key, "never-seen", None).map(Pending::wait)),
                     },
                     Op::Refund { card, cents: c } => at(now, || e.refund(&key, &cards[*card], None, cents(*c), Currency::USD).map(Pending::wait)),
                     Op::Advice { card, cents: c } => at(now, || e.advice(&key, &cards[*card], cents(*c), Currency::USD).map(Pending::wait)),
@@ -1005,7 +1007,7 @@ fn a_reversal_that_arrives_first_voids_its_authorization() {
         let e = open(dir.path(), Durability::Full);
         card = issue(&e, 1, "100.00").remove(0);
         let r: ReversalResponse = serde_json::from_str(
-            &e.reverse(None, "rv", "early-1", None)
+            &e.reverse("p", "rv", "early-1", None)
                 .map(Pending::wait)
                 .unwrap(),
         )

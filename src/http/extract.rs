@@ -163,12 +163,13 @@ pub fn own_card(s: &Shared, program: &str, card_id: &str) -> Result<(), Problem>
 
 /// An authorization of `program`, or 404.
 pub fn own_auth(s: &Shared, program: &str, auth_id: &str) -> Result<(), Problem> {
-    match s.engine.auth_program(auth_id) {
-        Some(p) if p == program => Ok(()),
-        _ => Err(Problem::not_found(
+    if s.engine.has_authorization(program, auth_id) {
+        Ok(())
+    } else {
+        Err(Problem::not_found(
             "authorization_not_found",
             format!("unknown authorization `{auth_id}`"),
-        )),
+        ))
     }
 }
 

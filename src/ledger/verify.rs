@@ -13,9 +13,9 @@ use crate::money::Currency;
 pub struct LedgerSnapshot {
     pub transfers: Vec<Transfer>,
     pub holds: Vec<Hold>,
-    /// (authorization id, event) for every hold resolution recorded: `posted`,
-    /// `voided`, `expired`.
-    pub hold_resolutions: Vec<(String, HoldStatus)>,
+    /// (card id, authorization id, event) for every hold resolution recorded: `posted`,
+    /// `voided`, `expired`. Authorization ids are unique per card, not globally.
+    pub hold_resolutions: Vec<(String, String, HoldStatus)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,12 +98,17 @@ pub fn verify(s: &LedgerSnapshot) -> VerifyReport {
             }
         }
     }
-    let mut resolutions: BTreeMap<&str, Vec<HoldStatus>> = BTreeMap::new();
-    for (auth, ev) in &s.hold_resolutions {
-        resolutions.entry(auth.as_str()).or_default().push(*ev);
+    let mut resolutions: BTreeMap<(&str, &str), Vec<HoldStatus>> = BTreeMap::new();
+    for (card, auth, ev) in &s.hold_resolutions {
+        resolutions
+            .entry((card.as_str(), auth.as_str()))
+            .or_default()
+            .push(*ev);
     }
     for h in &s.holds {
-        let events = resolutions.get(h.auth_id.as_str()).map_or(0, |v| v.len());
+        let events = resolutions
+            .get(&(h.card_id.as_str(), h.auth_id.as_str()))
+            .map_or(0, |v| v.len());
         match (h.status, events) {
             (HoldStatus::Pending, 0) => {}
             (HoldStatus::Pending, n) => r.violations.push(format!(
@@ -180,7 +185,8 @@ mod tests {
             "60".parse::<Decimal>().unwrap()
         );
 
-        s.hold_resolutions.push(("a1".into(), HoldStatus::Voided));
+        s.hold_resolutions
+            .push(("c1".into(), "a1".into(), HoldStatus::Voided));
         assert!(!verify(&s).ok(), "pending hold with a resolution");
         s.hold_resolutions.clear();
         s.transfers[1].postings[0].amount = "-59".parse().unwrap();

@@ -14,8 +14,9 @@ use crate::domain::VelocityScope;
 use crate::money::Currency;
 use crate::store::{DecisionRow, Write};
 
-/// Who is asking: the tenant whose cards are visible (None in-process: every card) and
-/// the caller's request id, recorded with the decision.
+/// Who is asking: the tenant whose cards are visible (None in-process: every card, and
+/// the authorization id is scoped to the card's program) and the caller's request id,
+/// recorded with the decision.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuthContext<'a> {
     pub tenant: Option<&'a str>,
@@ -43,7 +44,8 @@ impl Engine {
     ) -> Result<Pending<Authorized>, Rejection> {
         let started = Instant::now();
         let mut out = None;
-        let pending = self.idempotent("authorization", &txn.id.clone(), txn, || {
+        let key = self.authorization_key(txn, ctx);
+        let pending = self.idempotent("authorization", &key, txn, || {
             let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) else {
                 let r = step_decline(
                     txn,
@@ -68,7 +70,7 @@ impl Engine {
             let holder = uses(VelocityScope::Cardholder)
                 .then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
             let program = uses(VelocityScope::Program)
-                .then(|| Self::shared(&self.program_velocity, &policy.name));
+                .then(|| Self::shared(&self.program_velocity, &c.program));
             let mut hg = holder.as_ref().map(|h| h.lock());
             let mut pg = program.as_ref().map(|p| p.lock());
             let (d, hold) = c.authorize(
@@ -88,17 +90,11 @@ impl Engine {
             )))];
             let mut voided_early = false;
             if let Some(h) = hold {
-                self.auth_index.insert(txn.id.clone(), c.card_id.clone());
+                self.auth_index.insert(key.clone(), c.card_id.clone());
                 writes.push(Write::Hold(h));
                 // The processor reversed this authorization before we saw it: void the
                 // hold now, so the money is not reserved for a transaction that is gone.
-                // The closure (and its program lookup) runs only when such a reversal exists.
-                let reversed = self
-                    .early_reversals
-                    .remove_if(&txn.id, |_, t| {
-                        t.is_none() || *t == self.card_program(&c.card_id)
-                    })
-                    .is_some();
+                let reversed = self.early_reversals.remove(&key).is_some();
                 if reversed {
                     voided_early =
                         self.void_hold(&mut c, &txn.id, now.timestamp_millis(), &mut writes);
@@ -151,12 +147,17 @@ impl Engine {
     /// Answers 91 for an authorization whose decision missed its deadline and voids the
     /// hold it placed, so a late decision never leaves money reserved. The 91 answer
     /// replaces the stored one: a retry gets 91 too.
-    pub fn abandon_authorization(&self, txn: &Authorization) -> Pending<Arc<str>> {
+    pub fn abandon_authorization(
+        &self,
+        txn: &Authorization,
+        ctx: &AuthContext,
+    ) -> Pending<Arc<str>> {
+        let key = self.authorization_key(txn, ctx);
         let hash = request_hash(&serde_json::to_vec(txn).unwrap_or_default());
         let mut writes = Vec::new();
         let mut guard = None;
         let mut at_ms = self.now().timestamp_millis();
-        if let Some(card) = self.card(&txn.card_id) {
+        if let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) {
             let mut c = card.lock_arc();
             at_ms = self.now_for(&mut c).timestamp_millis();
             self.void_hold(&mut c, &txn.id, at_ms, &mut writes);
@@ -173,14 +174,14 @@ impl Engine {
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
         writes.push(Write::Idempotency {
             scope: "authorization",
-            key: txn.id.clone(),
+            key: key.clone(),
             request_hash: hash.clone(),
             response: json.clone(),
             at_ms,
         });
         let seq = self.persist(writes);
         self.idem
-            .finish("authorization", &txn.id, &hash, json.clone(), seq);
+            .finish("authorization", &key, &hash, json.clone(), seq);
         drop(guard);
         self.pending(json, seq)
     }
@@ -203,11 +204,25 @@ impl Engine {
             .holder_velocity
             .get(&c.cardholder_id)
             .map(|h| h.clone());
-        let program = self.program_velocity.get(&policy.name).map(|p| p.clone());
+        let program = self.program_velocity.get(&c.program).map(|p| p.clone());
         let hg = holder.as_ref().map(|h| h.lock());
         let pg = program.as_ref().map(|p| p.lock());
         let d = crate::decision::decide(&policy, &c.view(hg.as_deref(), pg.as_deref()), txn, now);
         Ok(DecisionSummary::new(&d, &policy, c.controls.as_deref()))
+    }
+}
+
+impl Engine {
+    /// The authorization's id scoped to its program: the caller's, or in-process the
+    /// card's (an unknown card's id is scoped to no program).
+    fn authorization_key(&self, txn: &Authorization, ctx: &AuthContext) -> String {
+        match ctx.tenant {
+            Some(t) => super::auth_key(t, &txn.id),
+            None => super::auth_key(
+                &self.card_program(&txn.card_id).unwrap_or_default(),
+                &txn.id,
+            ),
+        }
     }
 }
 

@@ -17,6 +17,9 @@ pub struct CardState {
     pub cardholder_id: String,
     /// Name of the program policy that governs this card.
     pub policy: String,
+    /// The program the card belongs to: keys program-scope velocity and authorization
+    /// ids (empty for cards built directly in tests and benches).
+    pub program: String,
     pub status: CardStatus,
     pub expiry: Option<Expiry>,
     pub kyc: KycStatus,
@@ -40,6 +43,7 @@ impl CardState {
             card_id: card_id.to_string(),
             cardholder_id: cardholder_id.to_string(),
             policy: policy.to_string(),
+            program: String::new(),
             status: CardStatus::Active,
             expiry: None,
             kyc: KycStatus::Verified,

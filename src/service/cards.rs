@@ -164,6 +164,7 @@ impl Engine {
             &program.policy,
             r.currency,
         );
+        s.program = r.program.clone();
         s.status = r.status;
         s.expiry = Some(r.expiry);
         s.kyc = holder.kyc;

@@ -12,15 +12,19 @@ use crate::money::Currency;
 use crate::store::Write;
 
 impl Engine {
-    fn card_of_auth(&self, auth_id: &str) -> Option<Shared<CardState>> {
-        let card_id = self.auth_index.get(auth_id).map(|c| c.clone())?;
+    fn card_of_auth(&self, program: &str, auth_id: &str) -> Option<Shared<CardState>> {
+        let card_id = self
+            .auth_index
+            .get(&super::auth_key(program, auth_id))
+            .map(|c| c.clone())?;
         self.card(&card_id)
     }
 
-    /// The program of the card an authorization was placed on.
-    pub fn auth_program(&self, auth_id: &str) -> Option<String> {
-        let card = self.auth_index.get(auth_id).map(|c| c.clone())?;
-        self.card_program(&card)
+    /// Whether `program` placed an authorization with this id (another program's is as
+    /// unknown as one never made).
+    pub fn has_authorization(&self, program: &str, auth_id: &str) -> bool {
+        self.auth_index
+            .contains_key(&super::auth_key(program, auth_id))
     }
 
     /// Releases everything an authorization still holds and records it; false when
@@ -37,6 +41,7 @@ impl Engine {
         };
         writes.push(Write::Hold(r.hold.clone()));
         writes.push(Write::HoldResolved {
+            card_id: c.card_id.clone(),
             auth_id: auth_id.to_string(),
             status: r.hold.status,
             at_ms,
@@ -51,7 +56,7 @@ impl Engine {
             .holder_velocity
             .get(&c.cardholder_id)
             .map(|h| h.clone());
-        let program = self.program_velocity.get(&c.policy).map(|p| p.clone());
+        let program = self.program_velocity.get(&c.program).map(|p| p.clone());
         let mut hg = holder.as_ref().map(|h| h.lock());
         let mut pg = program.as_ref().map(|p| p.lock());
         c.release_velocity(auth_id, ratio, hg.as_deref_mut(), pg.as_deref_mut());
@@ -83,6 +88,7 @@ impl Engine {
         writes.push(Write::Hold(hold.clone()));
         if hold.status != HoldStatus::Pending {
             writes.push(Write::HoldResolved {
+                card_id: hold.card_id.clone(),
                 auth_id: hold.auth_id.clone(),
                 status: hold.status,
                 at_ms,
@@ -90,10 +96,11 @@ impl Engine {
         }
     }
 
-    /// Captures (part of) an authorization's hold. `amount` is in the authorization's
-    /// currency.
+    /// Captures (part of) one of `program`'s authorizations. `amount` is in the
+    /// authorization's currency.
     pub fn capture(
         &self,
+        program: &str,
         key: &str,
         auth_id: &str,
         amount: Decimal,
@@ -101,11 +108,11 @@ impl Engine {
     ) -> Result<Pending<Arc<str>>, Rejection> {
         self.idempotent(
             "capture",
-            &format!("{auth_id}:{key}"),
+            &format!("{}:{key}", super::auth_key(program, auth_id)),
             &(auth_id, amount.to_string(), is_final),
             || {
                 let card = self
-                    .card_of_auth(auth_id)
+                    .card_of_auth(program, auth_id)
                     .ok_or_else(|| Rejection::UnknownAuthorization(auth_id.to_string()))?;
                 let mut c = live(&card)?;
                 let at_ms = self.now_for(&mut c).timestamp_millis();
@@ -131,25 +138,25 @@ impl Engine {
         )
     }
 
-    /// Reverses (part of) an authorization. An unknown authorization is recorded and
-    /// answered (`matched: false`), so the processor's retries settle; if it arrives
-    /// later it is voided at once — for `tenant`'s cards only (None in-process: any).
+    /// Reverses (part of) one of `program`'s authorizations. An unknown authorization is
+    /// recorded and answered (`matched: false`), so the processor's retries settle; if it
+    /// arrives later (for this program) it is voided at once.
     pub fn reverse(
         &self,
-        tenant: Option<&str>,
+        program: &str,
         key: &str,
         auth_id: &str,
         amount: Option<Decimal>,
     ) -> Result<Pending<Arc<str>>, Rejection> {
+        let scoped = super::auth_key(program, auth_id);
         self.idempotent(
             "reversal",
-            &format!("{auth_id}:{key}"),
+            &format!("{scoped}:{key}"),
             &(auth_id, amount.map(|a| a.to_string())),
             || {
-                let Some(card) = self.card_of_auth(auth_id) else {
+                let Some(card) = self.card_of_auth(program, auth_id) else {
                     // Remembered, so that the authorization is voided if it arrives later.
-                    self.early_reversals
-                        .insert(auth_id.to_string(), tenant.map(str::to_string));
+                    self.early_reversals.insert(scoped.clone(), ());
                     return Ok((ReversalResponse::unmatched(auth_id), vec![], None));
                 };
                 let mut c = live(&card)?;

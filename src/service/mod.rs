@@ -131,13 +131,13 @@ pub struct Engine {
     program_velocity: DashMap<String, Shared<VelocityState>>,
     programs: DashMap<String, Program>,
     cardholders: DashMap<String, Cardholder>,
-    /// Authorization id → card id, for captures and reversals.
+    /// `program/authorization id` → card id, for captures and reversals.
     auth_index: DashMap<String, String>,
     /// SHA-256 of each API key → its program.
     api_keys: DashMap<String, String>,
-    /// Authorizations reversed before they arrived (out-of-order messages).
-    /// Authorization id → the tenant that reversed it (None in-process).
-    early_reversals: DashMap<String, Option<String>>,
+    /// Authorizations reversed before they arrived (out-of-order messages), as
+    /// `program/authorization id`.
+    early_reversals: DashMap<String, ()>,
     /// Balances of every non-card account.
     house: Mutex<BTreeMap<AccountId, Decimal>>,
     idem: Idempotency,
@@ -349,6 +349,13 @@ fn live(card: &Shared<CardState>) -> Result<CardGuard, Rejection> {
 /// Cardholder ids are chosen by each program; in memory they are kept as `program/id`.
 fn holder_key(program: &str, id: &str) -> String {
     format!("{program}/{id}")
+}
+
+/// Authorization ids are chosen by each program's processor: every index and idempotency
+/// scope keeps them as `program/id`, so one tenant can neither see nor claim another's.
+/// (Program ids never contain `/`.)
+fn auth_key(program: &str, auth_id: &str) -> String {
+    format!("{program}/{auth_id}")
 }
 
 fn valid_id(s: &str) -> bool {

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::effects::{CodecError, EffectsRecord};
 use super::responses::ReversalResponse;
-use super::{holder_key, Engine, Rejection};
+use super::{auth_key, holder_key, Engine, Rejection};
 use crate::store::Snapshot;
 
 /// Idempotency scopes restored from the store.
@@ -81,15 +81,18 @@ impl Engine {
         *self.house.lock() = house;
         for h in s.ledger.holds {
             if let Some(c) = self.card(&h.card_id) {
-                self.auth_index.insert(h.auth_id.clone(), h.card_id.clone());
+                let program = self.card_program(&h.card_id).unwrap_or_default();
+                self.auth_index
+                    .insert(auth_key(&program, &h.auth_id), h.card_id.clone());
                 c.lock().account.replay_hold(h);
             }
         }
         for d in &s.decisions {
             // A retried authorization replays its stored answer after a restart too.
+            let program = self.card_program(&d.card_id).unwrap_or_default();
             self.idem.restore(
                 "authorization",
-                d.auth_id.clone(),
+                auth_key(&program, &d.auth_id),
                 d.request_hash.clone(),
                 d.response.clone(),
             );
@@ -106,7 +109,7 @@ impl Engine {
             c.clock_ms = c.clock_ms.max(d.at_ms);
             let (uses_holder, uses_program) = rec.shared_scopes();
             let holder = uses_holder.then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
-            let program = uses_program.then(|| Self::shared(&self.program_velocity, &c.policy));
+            let program = uses_program.then(|| Self::shared(&self.program_velocity, &c.program));
             let mut hg = holder.as_ref().map(|h| h.lock());
             let mut pg = program.as_ref().map(|p| p.lock());
             c.apply(d.approved, &e, hg.as_deref_mut(), pg.as_deref_mut());
@@ -124,14 +127,14 @@ impl Engine {
             .iter()
             .filter(|(scope, ..)| scope == "reversal")
         {
+            // Keys are `{program}/{authorization id}:{idempotency key}`.
+            let Some((program, _)) = key.split_once('/') else {
+                continue;
+            };
             if let Ok(r) = serde_json::from_str::<ReversalResponse>(response) {
-                if !r.matched && !self.auth_index.contains_key(&r.authorization_id) {
-                    // Keys are `{auth}:{idempotency key}`; over HTTP the latter is `{program}/…`.
-                    let tenant = key
-                        .strip_prefix(&format!("{}:", r.authorization_id))
-                        .and_then(|k| k.split_once('/'))
-                        .map(|(p, _)| p.to_string());
-                    self.early_reversals.insert(r.authorization_id, tenant);
+                let scoped = auth_key(program, &r.authorization_id);
+                if !r.matched && !self.auth_index.contains_key(&scoped) {
+                    self.early_reversals.insert(scoped, ());
                 }
             }
         }

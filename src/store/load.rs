@@ -244,12 +244,19 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
         });
     }
 
-    let mut st = conn.prepare("SELECT auth_id, status FROM hold_resolutions ORDER BY rowid")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut st =
+        conn.prepare("SELECT card_id, auth_id, status FROM hold_resolutions ORDER BY rowid")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
     for row in rows {
-        let (a, st) = row?;
+        let (card, a, st) = row?;
         let status = HoldStatus::parse(&st).ok_or_else(|| corrupt(format!("resolution `{st}`")))?;
-        s.ledger.hold_resolutions.push((a, status));
+        s.ledger.hold_resolutions.push((card, a, status));
     }
 
     let mut st = conn.prepare(

@@ -44,6 +44,7 @@ pub enum Write {
     Hold(Hold),
     /// A hold reached a final state; unique per hold, so a second one fails the commit.
     HoldResolved {
+        card_id: String,
         auth_id: String,
         status: HoldStatus,
         at_ms: i64,
@@ -443,14 +444,15 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
             ])?;
         }
         Write::HoldResolved {
+            card_id,
             auth_id,
             status,
             at_ms,
         } => {
             c.prepare_cached(
-                "INSERT INTO hold_resolutions (auth_id, status, at_ms) VALUES (?1, ?2, ?3)",
+                "INSERT INTO hold_resolutions (card_id, auth_id, status, at_ms) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![auth_id, status.as_str(), at_ms])?;
+            .execute(params![card_id, auth_id, status.as_str(), at_ms])?;
         }
         Write::Decision(d) => {
             c.prepare_cached(

@@ -21,18 +21,20 @@ CREATE TABLE IF NOT EXISTS postings (
     currency TEXT NOT NULL, amount TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS postings_account ON postings(account);
 CREATE TABLE IF NOT EXISTS holds (
-    auth_id TEXT PRIMARY KEY, card_id TEXT NOT NULL, card_currency TEXT NOT NULL,
+    auth_id TEXT NOT NULL, card_id TEXT NOT NULL, card_currency TEXT NOT NULL,
     pending TEXT NOT NULL, authorized TEXT NOT NULL, captured TEXT NOT NULL, refunded TEXT NOT NULL,
     txn_amount TEXT NOT NULL, txn_currency TEXT NOT NULL, fx_rate TEXT NOT NULL, status TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, resolved_ms INTEGER);
+    created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, resolved_ms INTEGER,
+    PRIMARY KEY (card_id, auth_id));
 CREATE TABLE IF NOT EXISTS hold_resolutions (
-    auth_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL, at_ms INTEGER NOT NULL);
+    card_id TEXT NOT NULL, auth_id TEXT NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    UNIQUE (card_id, auth_id));
 CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_id TEXT NOT NULL UNIQUE, card_id TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_id TEXT NOT NULL, card_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL, approved INTEGER NOT NULL, response_code TEXT NOT NULL, reason TEXT NOT NULL,
     rule TEXT, amount TEXT NOT NULL, currency TEXT NOT NULL, amount_approved TEXT NOT NULL,
     card_currency TEXT NOT NULL, policy_version TEXT NOT NULL, request_id TEXT NOT NULL, request_hash TEXT NOT NULL,
-    response TEXT NOT NULL, effects TEXT NOT NULL);
+    response TEXT NOT NULL, effects TEXT NOT NULL, UNIQUE (card_id, auth_id));
 CREATE INDEX IF NOT EXISTS decisions_card ON decisions(card_id, at_ms);
 CREATE TABLE IF NOT EXISTS velocity_releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, card_id TEXT NOT NULL, auth_id TEXT NOT NULL,
@@ -44,6 +46,114 @@ CREATE TABLE IF NOT EXISTS idempotency (
     at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));
 ";
 
+/// The schema version this code writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 → 2: authorization ids belong to their program, so holds, their
+/// resolutions and decisions are unique per card instead of globally.
+const V1_TO_V2: &str = "
+ALTER TABLE holds RENAME TO holds_v1;
+ALTER TABLE hold_resolutions RENAME TO hold_resolutions_v1;
+ALTER TABLE decisions RENAME TO decisions_v1;
+DROP INDEX IF EXISTS decisions_card;
+";
+
+const V1_TO_V2_COPY: &str = "
+INSERT INTO holds SELECT * FROM holds_v1;
+INSERT INTO hold_resolutions (card_id, auth_id, status, at_ms)
+    SELECT h.card_id, r.auth_id, r.status, r.at_ms FROM hold_resolutions_v1 r
+    JOIN holds_v1 h ON h.auth_id = r.auth_id ORDER BY r.rowid;
+INSERT INTO decisions SELECT * FROM decisions_v1;
+DROP TABLE holds_v1;
+DROP TABLE hold_resolutions_v1;
+DROP TABLE decisions_v1;
+";
+
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let has_tables: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        if has_tables && version < 2 {
+            conn.execute_batch(V1_TO_V2)?;
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(V1_TO_V2_COPY)?;
+        } else {
+            conn.execute_batch(SCHEMA)?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    })();
+    match r {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version-1 tables, as stores written before per-program ids have them.
+    const V1: &str = "
+    CREATE TABLE holds (auth_id TEXT PRIMARY KEY, card_id TEXT NOT NULL, card_currency TEXT NOT NULL,
+        pending TEXT NOT NULL, authorized TEXT NOT NULL, captured TEXT NOT NULL, refunded TEXT NOT NULL,
+        txn_amount TEXT NOT NULL, txn_currency TEXT NOT NULL, fx_rate TEXT NOT NULL, status TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, resolved_ms INTEGER);
+    CREATE TABLE hold_resolutions (auth_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL, at_ms INTEGER NOT NULL);
+    CREATE TABLE decisions (seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_id TEXT NOT NULL UNIQUE,
+        card_id TEXT NOT NULL, at_ms INTEGER NOT NULL, approved INTEGER NOT NULL, response_code TEXT NOT NULL,
+        reason TEXT NOT NULL, rule TEXT, amount TEXT NOT NULL, currency TEXT NOT NULL,
+        amount_approved TEXT NOT NULL, card_currency TEXT NOT NULL, policy_version TEXT NOT NULL,
+        request_id TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL, effects TEXT NOT NULL);
+    INSERT INTO holds VALUES ('a1', 'c1', 'USD', '0', '10', '10', '0', '10', 'USD', '1', 'posted', 1, 2, 3);
+    INSERT INTO hold_resolutions VALUES ('a1', 'posted', 3);
+    INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule, amount,
+        currency, amount_approved, card_currency, policy_version, request_id, request_hash, response,
+        effects) VALUES ('a1', 'c1', 1, 1, '00', 'approved', NULL, '10', 'USD', '10', 'USD', 'v', '', 'h',
+        '{}', '{}');
+    ";
+
+    #[test]
+    fn a_version_1_store_migrates_to_per_card_authorization_ids() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(V1).unwrap();
+        migrate(&c).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let card: String = c
+            .query_row(
+                "SELECT card_id FROM hold_resolutions WHERE auth_id = 'a1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(card, "c1");
+        // The same authorization id on another card (another program) is now allowed.
+        c.execute_batch(
+            "INSERT INTO holds SELECT 'a1', 'c2', card_currency, pending, authorized, captured,
+                 refunded, txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms,
+                 resolved_ms FROM holds WHERE card_id = 'c1';
+             INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule,
+                 amount, currency, amount_approved, card_currency, policy_version, request_id,
+                 request_hash, response, effects) SELECT auth_id, 'c2', at_ms, approved,
+                 response_code, reason, rule, amount, currency, amount_approved, card_currency,
+                 policy_version, request_id, request_hash, response, effects FROM decisions;",
+        )
+        .unwrap();
+        // Migrating again is a no-op.
+        migrate(&c).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
 }

@@ -112,7 +112,21 @@ impl Server {
 
     /// A program with an API key, funding, one verified cardholder and one funded card.
     pub async fn tenant(&self, program: &str, currency: &str) -> (String, String) {
-        let (st, _, _) = self.call(Method::POST, "/v1/programs", Some(ADMIN), None, Some(json!({"id": program, "policy": "consumer-prepaid-africa", "currency": currency}))).await;
+        self.tenant_on(program, currency, "consumer-prepaid-africa")
+            .await
+    }
+
+    /// `tenant` on a given policy.
+    pub async fn tenant_on(&self, program: &str, currency: &str, policy: &str) -> (String, String) {
+        let (st, _, _) = self
+            .call(
+                Method::POST,
+                "/v1/programs",
+                Some(ADMIN),
+                None,
+                Some(json!({"id": program, "policy": policy, "currency": currency})),
+            )
+            .await;
         assert_eq!(st, StatusCode::CREATED);
         let (st, _, v) = self
             .call(
@@ -187,4 +201,27 @@ pub fn signed(secret: &[u8], id: &str, body: &str, ts: i64) -> Vec<(&'static str
             spendgate::http::security::sign(secret, id, ts, body.as_bytes()),
         ),
     ]
+}
+
+/// A rules directory with the shipped rules plus `extra` policy files (name, YAML).
+pub fn rules_with(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(rules.join("scripts")).unwrap();
+    std::fs::create_dir_all(rules.join("fx")).unwrap();
+    for entry in std::fs::read_dir("rules").unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, rules.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    for sub in ["scripts", "fx"] {
+        for entry in std::fs::read_dir(Path::new("rules").join(sub)).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, rules.join(sub).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    for (name, text) in extra {
+        std::fs::write(rules.join(name), text).unwrap();
+    }
+    rules
 }

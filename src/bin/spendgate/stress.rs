@@ -146,11 +146,11 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                             // Exercise captures and reversals too.
                             let extra = match i % 4 {
                                 0 => engine
-                                    .capture(&format!("c{i}"), &id, txn.amount, true)
+                                    .capture(PROGRAM, &format!("c{i}"), &id, txn.amount, true)
                                     .map(|p| p.wait())
                                     .map(|_| "captured"),
                                 1 => engine
-                                    .reverse(None, &format!("r{i}"), &id, None)
+                                    .reverse(PROGRAM, &format!("r{i}"), &id, None)
                                     .map(|p| p.wait())
                                     .map(|_| "reversed"),
                                 _ => Ok("held"),

@@ -50,7 +50,7 @@ pub async fn authorize(
         None => {
             // Too late: answer 91 and void whatever hold the decision placed, durably.
             metrics::counter!("spendgate_deadline_missed_total").increment(1);
-            let json = s.engine.abandon_authorization(&txn).durable().await;
+            let json = s.engine.abandon_authorization(&txn, &ctx).durable().await;
             (json, "91".to_string(), None)
         }
     };
@@ -83,7 +83,9 @@ pub async fn capture(
 ) -> ApiResult {
     own_auth(&s, &hook.program, &id)?;
     let b = hook.body;
-    let r = s.engine.capture(&key, &id, amount(&b.amount)?, b.is_final);
+    let r = s
+        .engine
+        .capture(&hook.program, &key, &id, amount(&b.amount)?, b.is_final);
     respond(StatusCode::CREATED, r).await
 }
 
@@ -97,17 +99,9 @@ pub async fn reversal(
     hook: Hook<ReversalBody>,
 ) -> ApiResult {
     let a = hook.body.amount.as_deref().map(amount).transpose()?;
-    match s.engine.auth_program(&id) {
-        // Another tenant's authorization is unknown here, and never touched.
-        Some(p) if p != hook.program => Ok(to_json(
-            StatusCode::CREATED,
-            &ReversalResponse::unmatched(&id),
-        )),
-        _ => {
-            let r = s.engine.reverse(Some(&hook.program), &key, &id, a);
-            respond(StatusCode::CREATED, r).await
-        }
-    }
+    // Another tenant's authorization with this id is as unknown as one never made.
+    let r = s.engine.reverse(&hook.program, &key, &id, a);
+    respond(StatusCode::CREATED, r).await
 }
 
 #[utoipa::path(post, path = "/v1/advices", tag = "authorizations", request_body = AdviceBody,
