@@ -103,7 +103,7 @@ pub enum LimitInterval {
 #[serde(deny_unknown_fields)]
 pub struct SpendingLimit {
     /// In the card currency, as a decimal string.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::amount_str")]
     #[schema(value_type = String, example = "200.00")]
     pub amount: Decimal,
     pub interval: LimitInterval,

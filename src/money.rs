@@ -86,18 +86,44 @@ pub enum MoneyError {
     NoRate { from: Currency, to: Currency },
 }
 
-/// Parses a decimal string exactly (no float round-trip, no silent rounding).
+/// Integer digits an amount may have: a quadrillion in major units, far above any real
+/// transaction, far below where sums of amounts could overflow a `Decimal`.
+pub const AMOUNT_INTEGER_DIGITS_MAX: usize = 15;
+/// Fraction digits a decimal string may carry before the currency's exponent is checked.
+const FRACTION_DIGITS_MAX: usize = 18;
+
+/// Parses a decimal string exactly: ASCII digits with at most one point and digits on both
+/// sides of it (`12`, `12.50`). No sign, exponent, separator, space or leading point; the
+/// one parser for every amount a request or a policy carries.
 pub fn parse_decimal(s: &str) -> Result<Decimal, MoneyError> {
-    let t = s.trim();
-    // Reject exponents and other forms the exact parser would accept loosely.
-    if t.is_empty()
-        || !t
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+')
-    {
-        return Err(MoneyError::NotADecimal(s.to_string()));
+    let shown = || s.chars().take(40).collect::<String>();
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || !frac.is_none_or(|f| digits(f) && f.len() <= FRACTION_DIGITS_MAX) {
+        return Err(MoneyError::NotADecimal(shown()));
     }
-    Decimal::from_str_exact(t).map_err(|_| MoneyError::NotADecimal(s.to_string()))
+    if int.trim_start_matches('0').len() > AMOUNT_INTEGER_DIGITS_MAX {
+        return Err(MoneyError::Overflow);
+    }
+    Decimal::from_str_exact(s).map_err(|_| MoneyError::NotADecimal(shown()))
+}
+
+/// Serde for request amounts: a JSON string parsed by [`parse_decimal`].
+pub mod amount_str {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_decimal(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Checks that `amount` fits the currency's minor units without rounding.
@@ -335,9 +361,18 @@ mod tests {
         );
         // Trailing zeros are not extra precision.
         assert!(parse_amount("1.1000", cur("USD")).is_ok());
-        for bad in ["", "1e3", "abc", "1,00", "0x10", "NaN", "1.2.3"] {
+        for bad in [
+            "", "1e3", "1E2", "1_000", "+10.00", "-1", " 10", "10 ", "10.", ".5", "abc", "1,00",
+            "0x10", "NaN", "1.2.3", "١٢",
+        ] {
             assert!(parse_decimal(bad).is_err(), "{bad} should not parse");
         }
+        assert_eq!(parse_decimal("0012.50").unwrap(), Decimal::new(1250, 2));
+        assert_eq!(
+            parse_decimal("999999999999999.99").unwrap(),
+            Decimal::new(99_999_999_999_999_999, 2)
+        );
+        assert_eq!(parse_decimal("1000000000000000"), Err(MoneyError::Overflow));
     }
 
     #[test]

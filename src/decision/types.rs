@@ -16,7 +16,7 @@ pub struct Authorization {
     pub id: String,
     pub card_id: String,
     /// Major units as a decimal string ("25.00"), parsed exactly.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::money::amount_str")]
     #[schema(value_type = String, example = "25.00")]
     pub amount: Decimal,
     #[schema(value_type = String, example = "NGN")]

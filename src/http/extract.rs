@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use super::problem::Problem;
 use super::Shared;
 use crate::money::parse_decimal;
+use crate::service::Rejection;
 
 /// Idempotency keys as callers send them (visible ASCII).
 const IDEMPOTENCY_KEY_LEN_MAX: usize = 100;
@@ -239,13 +240,8 @@ impl<T: DeserializeOwned> FromRequest<Shared> for Hook<T> {
     }
 }
 
-/// An exact decimal amount from a request string.
+/// An exact decimal amount from a request string (422 `invalid_amount` or
+/// `amount_overflow`, as the engine would say).
 pub fn amount(s: &str) -> Result<Decimal, Problem> {
-    parse_decimal(s).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_amount",
-            e.to_string(),
-        )
-    })
+    parse_decimal(s).map_err(|e| Problem::from(Rejection::from(e)))
 }

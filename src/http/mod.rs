@@ -11,7 +11,7 @@ mod handlers;
 mod openapi;
 mod problem;
 pub mod security;
-mod server;
+pub(crate) mod server;
 
 pub use config::Config;
 pub use openapi::{openapi, routes, ApiDoc};

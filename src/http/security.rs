@@ -84,7 +84,9 @@ impl HookVerifier {
             .ok_or_else(|| bad("missing or invalid webhook-timestamp header"))?;
         let sigs =
             get("webhook-signature").ok_or_else(|| bad("missing webhook-signature header"))?;
-        if (now_s - ts).abs() > SIGNATURE_TOLERANCE_S {
+        // Checked: a crafted timestamp (i64::MIN) must not overflow the subtraction.
+        let skew_s = now_s.checked_sub(ts).map(i64::unsigned_abs);
+        if skew_s.is_none_or(|s| s > SIGNATURE_TOLERANCE_S.unsigned_abs()) {
             return Err(bad("webhook-timestamp is outside the 5-minute tolerance"));
         }
         if id.is_empty() || id.len() > 128 {

@@ -38,18 +38,28 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// Validates the rules and runs their embedded tests; any failure keeps the old policy.
 pub fn load_and_test_policies(dir: &Path) -> Result<PolicySet, Vec<String>> {
-    let set =
-        load_policy_dir(dir).map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let set = load_policy_dir(dir).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|mut e| {
+                e.file = relative(dir, &e.file);
+                hide_dir(dir, &e.to_string())
+            })
+            .collect::<Vec<_>>()
+    })?;
     let mut failures = Vec::new();
     for p in set.policies.values() {
         for r in run_policy_tests(p) {
             if !r.passed {
-                failures.push(format!(
-                    "{}:{}: test `{}` failed: {}",
-                    p.file.display(),
-                    r.line,
-                    r.name,
-                    r.message
+                failures.push(hide_dir(
+                    dir,
+                    &format!(
+                        "{}:{}: test `{}` failed: {}",
+                        relative(dir, &p.file).display(),
+                        r.line,
+                        r.name,
+                        r.message
+                    ),
                 ));
             }
         }
@@ -59,6 +69,20 @@ pub fn load_and_test_policies(dir: &Path) -> Result<PolicySet, Vec<String>> {
     } else {
         Err(failures)
     }
+}
+
+/// `path` as callers may see it: relative to the rules directory, never the server's own
+/// absolute layout.
+pub fn relative(dir: &Path, path: &Path) -> std::path::PathBuf {
+    path.strip_prefix(dir)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| path.file_name().map(Into::into).unwrap_or_default())
+}
+
+/// Removes the rules directory's own path from a message meant for callers.
+fn hide_dir(dir: &Path, message: &str) -> String {
+    let shown = format!("{}/", dir.display());
+    message.replace(&shown, "")
 }
 
 fn admin_key(config: &Config) -> anyhow::Result<String> {

@@ -230,7 +230,9 @@ impl CardAccount {
         check_amount(txn_amount, h.txn_currency)?;
         let amount_card = h.to_card(txn_amount);
         let tolerance = Decimal::ONE + Decimal::new(i64::from(over_capture_bps), 4);
-        let allowed = round(h.authorized * tolerance, self.currency) - h.captured;
+        // The tolerance applies to what is still authorized: a reversed part is gone.
+        let still_authorized = h.captured + h.pending;
+        let allowed = round(still_authorized * tolerance, self.currency) - h.captured;
         if amount_card > allowed || amount_card.is_zero() {
             return Err(LedgerError::CaptureExceedsHold {
                 requested: amount_card,

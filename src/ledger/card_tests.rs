@@ -216,3 +216,34 @@ fn forced_post_may_go_negative() {
     assert_eq!(c.available(), d("-15.00"));
     assert!(c.forced);
 }
+
+#[test]
+fn capture_after_partial_reversal_is_bounded_by_what_is_still_authorized() {
+    let mut c = funded("5000");
+    c.place_hold(
+        "a1",
+        Decimal::new(1000, 0),
+        Decimal::new(1000, 0),
+        Currency::USD,
+        Decimal::ONE,
+        0,
+        7,
+    );
+    c.reverse("a1", Some(Decimal::new(900, 0)), 1).unwrap();
+    // 100 still authorized, 10 % tolerance: 110 at most.
+    let err = c
+        .capture("k1", "a1", Decimal::new(1100, 0), true, 1_000, 2)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LedgerError::CaptureExceedsHold {
+            requested: Decimal::new(1100, 0),
+            allowed: Decimal::new(110, 0)
+        }
+    );
+    assert_eq!(c.posted, Decimal::new(5000, 0), "nothing moved");
+    let r = c
+        .capture("k2", "a1", Decimal::new(110, 0), true, 1_000, 3)
+        .unwrap();
+    assert_eq!(r.hold.captured, Decimal::new(110, 0));
+}

@@ -7,6 +7,7 @@ mod deadline;
 mod errors;
 mod idempotency;
 mod lifecycle;
+mod money;
 mod ops;
 mod reload;
 mod signatures;

@@ -121,3 +121,40 @@ async fn reload_under_traffic_swaps_atomically_or_keeps_the_old_policy() {
     let mut s = Arc::try_unwrap(s).ok().unwrap();
     s.stop().await;
 }
+
+/// Issue #8.3: callers see policy files by their names in the rules directory, never the
+/// server's absolute paths — in the listing and in a refused reload's details.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_listings_and_errors_show_no_server_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules_with(dir.path(), &[]);
+    let root = dir.path().display().to_string();
+    let mut s = Server::start_with(config(&dir.path().join("data"), &rules), None).await;
+    let (key, _) = s.tenant("ng", "NGN").await;
+    let (_, text, list) = s
+        .call(Method::GET, "/v1/policies", Some(&key), None, None)
+        .await;
+    assert!(!text.contains(&root), "{text}");
+    let files: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["file"].as_str().unwrap())
+        .collect();
+    assert!(files.contains(&"consumer_prepaid.yaml"), "{files:?}");
+    std::fs::write(
+        rules.join("broken.yaml"),
+        "policy: broken\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: x\n    limit: { amount_max: abc }\n",
+    )
+    .unwrap();
+    let (st, text, v) = s
+        .call(Method::POST, "/v1/policies/reload", Some(ADMIN), None, None)
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(!text.contains(&root), "{text}");
+    assert!(
+        v["detail"].as_str().unwrap().starts_with("broken.yaml:"),
+        "{text}"
+    );
+    s.stop().await;
+}

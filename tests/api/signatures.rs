@@ -87,5 +87,16 @@ async fn hook_signatures_are_required_when_configured() {
         StatusCode::OK,
         "the previous secret is accepted during rotation"
     );
+    // Issue #8.7: a crafted timestamp is refused, never a panic (the server keeps serving).
+    for ts in [i64::MIN, i64::MAX, -1] {
+        let r = post(signed(&new, "msg-x", &body, ts), body.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "timestamp {ts}");
+    }
+    let r = post(signed(&new, "msg-6", &body, now), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "still serving");
     s.stop().await;
 }

@@ -18,7 +18,9 @@ pub async fn list_policies(State(s): State<Shared>, _: AnyKey) -> ApiResult {
         .map(|p| PolicyInfo {
             name: p.name.clone(),
             version: p.version.clone(),
-            file: p.file.display().to_string(),
+            file: crate::http::server::relative(&s.config.rules_dir, &p.file)
+                .display()
+                .to_string(),
             currency: p.currency,
             timezone: p.timezone.to_string(),
             rules: p.rules.len(),
