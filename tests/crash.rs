@@ -130,3 +130,163 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         "the load produced acknowledged approvals ({total_acks})"
     );
 }
+
+/// A `spendgate serve` process on a free port of its own; killed with SIGKILL on drop.
+struct Serve {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(data: &std::path::Path, deadline_ms: u64) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spendgate"))
+            .arg("serve")
+            .env("SPENDGATE_DATA", data)
+            .env("SPENDGATE_RULES", "rules")
+            .env("SPENDGATE_ADDR", "127.0.0.1:0")
+            .env("SPENDGATE_ADMIN_KEY", ADMIN)
+            .env("SPENDGATE_DEADLINE_MS", deadline_ms.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve logs its address").unwrap();
+            if let Some(i) = line.find("\"addr\":\"") {
+                let rest = &line[i + 8..];
+                break rest[..rest.find('"').unwrap()].to_string();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Serve {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const ADMIN: &str = "crash-admin-key-0123456789";
+
+fn call(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    path: &str,
+    key: &str,
+    idem: Option<&str>,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    rt.block_on(async {
+        let mut r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(i) = idem {
+            r = r.header("idempotency-key", i);
+        }
+        r.send().await.unwrap().json().await.unwrap()
+    })
+}
+
+/// Issue #8.8: a 91 for a missed deadline (and the void of its hold) is durable before it
+/// is answered: killed right after the 91, the restarted server replays the 91 to a retry
+/// and holds nothing.
+#[test]
+fn a_deadline_91_is_durable_before_it_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut card = String::new();
+    let mut key = String::new();
+    for round in 0..5 {
+        let s = Serve::start(dir.path(), 0);
+        if round == 0 {
+            use serde_json::json;
+            call(
+                &rt,
+                &s.base,
+                "/v1/programs",
+                ADMIN,
+                None,
+                json!({"id": "ng", "policy": "consumer-prepaid-africa", "currency": "NGN"}),
+            );
+            key = call(
+                &rt,
+                &s.base,
+                "/v1/programs/ng/api_keys",
+                ADMIN,
+                None,
+                json!(null),
+            )["api_key"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            call(
+                &rt,
+                &s.base,
+                "/v1/programs/ng/deposits",
+                &key,
+                Some("d"),
+                json!({"amount": "1000000.00", "currency": "NGN"}),
+            );
+            call(
+                &rt,
+                &s.base,
+                "/v1/cardholders",
+                &key,
+                Some("h"),
+                json!({"id": "h", "name": "Ada Obi", "kyc": "verified"}),
+            );
+            card = call(
+                &rt,
+                &s.base,
+                "/v1/cards",
+                &key,
+                Some("c"),
+                json!({"cardholder_id": "h", "kind": "virtual"}),
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            call(
+                &rt,
+                &s.base,
+                &format!("/v1/cards/{card}/fund"),
+                &key,
+                Some("f"),
+                json!({"amount": "100000.00"}),
+            );
+        }
+        let txn = serde_json::json!({"id": format!("late-{round}"), "card_id": card, "amount": "5000.00", "currency": "NGN",
+            "merchant": {"id": "m1", "mcc": "5411", "country": "NG"}, "channel": "pos", "type": "purchase"});
+        let a = call(&rt, &s.base, "/v1/authorizations", &key, None, txn.clone());
+        assert_eq!(a["response_code"], "91", "{a}");
+        drop(s); // SIGKILL right after the answer
+        let s = Serve::start(dir.path(), 1_500);
+        let again = call(&rt, &s.base, "/v1/authorizations", &key, None, txn);
+        assert_eq!(again["response_code"], "91", "round {round}: {again}");
+        drop(s);
+    }
+    let conn =
+        Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let snap = load_snapshot(&conn).unwrap();
+    assert!(
+        snap.ledger
+            .holds
+            .iter()
+            .all(|h| h.status != HoldStatus::Pending),
+        "no hold left behind"
+    );
+    let r = verify(&snap.ledger);
+    assert!(r.ok(), "{:?}", r.violations);
+}

@@ -14,6 +14,9 @@ use crate::domain::VelocityScope;
 use crate::money::Currency;
 use crate::store::{DecisionRow, Write};
 
+/// The reason given (and recorded) for an approval whose reversal had already arrived.
+pub const REVERSED_FIRST: &str = "reversed_before_authorization";
+
 /// Who is asking: the tenant whose cards are visible (None in-process: every card, and
 /// the authorization id is scoped to the card's program) and the caller's request id,
 /// recorded with the decision.
@@ -82,12 +85,8 @@ impl Engine {
                 self.config.hold_expiry_days,
             );
             drop((hg, pg));
-            let mut writes = vec![Write::Decision(Box::new(decision_row(
-                txn,
-                &d,
-                c.currency,
-                ctx.request_id,
-            )))];
+            let mut row = decision_row(txn, &d, c.currency, ctx.request_id);
+            let mut writes = Vec::new();
             let mut voided_early = false;
             if let Some(h) = hold {
                 self.auth_index.insert(key.clone(), c.card_id.clone());
@@ -110,12 +109,16 @@ impl Engine {
                 started,
             );
             if voided_early {
+                // Approved, and already reversed: the answer and the record both say so.
+                response.reason = REVERSED_FIRST.into();
+                row.reason = REVERSED_FIRST.into();
                 response.trace.push(TraceLine {
                     rule: "reversal".into(),
                     outcome: "hold voided".into(),
                     detail: "a reversal for this authorization arrived before it".into(),
                 });
             }
+            writes.insert(0, Write::Decision(Box::new(row)));
             out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
             Ok((response, writes, Some(c)))
         })?;
@@ -157,12 +160,6 @@ impl Engine {
         let mut writes = Vec::new();
         let mut guard = None;
         let mut at_ms = self.now().timestamp_millis();
-        if let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) {
-            let mut c = card.lock_arc();
-            at_ms = self.now_for(&mut c).timestamp_millis();
-            self.void_hold(&mut c, &txn.id, at_ms, &mut writes);
-            guard = Some(c);
-        }
         let response = step_decline(
             txn,
             "91",
@@ -172,6 +169,21 @@ impl Engine {
             0,
         );
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        if let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) {
+            let mut c = card.lock_arc();
+            at_ms = self.now_for(&mut c).timestamp_millis();
+            self.void_hold(&mut c, &txn.id, at_ms, &mut writes);
+            // The stored decision says what the caller was told: 91.
+            writes.push(Write::DecisionAnswered {
+                card_id: c.card_id.clone(),
+                auth_id: txn.id.clone(),
+                response_code: response.response_code.clone(),
+                reason: response.reason.clone(),
+                amount_approved: "0".into(),
+                response: json.clone(),
+            });
+            guard = Some(c);
+        }
         writes.push(Write::Idempotency {
             scope: "authorization",
             key: key.clone(),

@@ -50,6 +50,16 @@ pub enum Write {
         at_ms: i64,
     },
     Decision(Box<DecisionRow>),
+    /// The answer a decision was replaced by (a missed deadline's 91): the stored record
+    /// shows what the caller was told.
+    DecisionAnswered {
+        card_id: String,
+        auth_id: String,
+        response_code: String,
+        reason: String,
+        amount_approved: String,
+        response: Arc<str>,
+    },
     /// Velocity capacity given back (reversal, expiry, final capture below the hold).
     VelocityRelease {
         card_id: String,
@@ -477,6 +487,27 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 d.request_hash,
                 d.response,
                 d.effects
+            ])?;
+        }
+        Write::DecisionAnswered {
+            card_id,
+            auth_id,
+            response_code,
+            reason,
+            amount_approved,
+            response,
+        } => {
+            c.prepare_cached(
+                "UPDATE decisions SET approved = 0, response_code = ?3, reason = ?4, rule = NULL,
+                    amount_approved = ?5, response = ?6 WHERE card_id = ?1 AND auth_id = ?2",
+            )?
+            .execute(params![
+                card_id,
+                auth_id,
+                response_code,
+                reason,
+                amount_approved,
+                response.as_ref()
             ])?;
         }
         Write::VelocityRelease {
