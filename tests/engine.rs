@@ -561,3 +561,36 @@ lists:
         d.trace
     );
 }
+
+/// Issue #8.16: travel speed compares the transactions' own times (clamped to the server's
+/// clock: never in the future, at most a day old); windows keep the server's clock.
+#[test]
+fn travel_compares_the_transactions_own_times_clamped_to_the_server_clock() {
+    let (e, card) = setup(Currency::USD, "5000.00");
+    let lagos_at = LatLon {
+        lat: 6.5244,
+        lon: 3.3792,
+    };
+    let mut lagos = txn("tt1", &card, "10.00", "USD");
+    lagos.merchant.location = Some(lagos_at);
+    lagos.timestamp = Some(t0() - Duration::hours(6));
+    assert!(auth(&e, &lagos, t0()).approved);
+    let mut nairobi = txn("tt2", &card, "10.00", "USD");
+    nairobi.merchant.country = Country::parse("KE").unwrap();
+    nairobi.merchant.location = Some(LatLon {
+        lat: -1.2921,
+        lon: 36.8219,
+    });
+    nairobi.timestamp = Some(t0() + Duration::seconds(1));
+    let d = auth(&e, &nairobi, t0() + Duration::seconds(1));
+    assert!(d.approved, "about 3 800 km in six hours: {:?}", d.trace);
+    // A timestamp in the future counts as the server's now: Lagos a minute later is not.
+    let mut back = lagos.clone();
+    back.id = "tt3".into();
+    back.timestamp = Some(t0() + Duration::hours(10));
+    let d = auth(&e, &back, t0() + Duration::minutes(1));
+    assert_eq!(
+        (d.response_code.as_str(), d.rule.as_deref()),
+        ("59", Some("impossible_travel"))
+    );
+}

@@ -203,6 +203,7 @@ pub fn decide(
         a.approved = true;
     }
     d.effects.location = txn.merchant.location;
+    d.effects.location_at_ms = super::transaction_time_ms(txn, now.timestamp_millis());
     d
 }
 

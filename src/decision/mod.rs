@@ -43,7 +43,25 @@ pub struct Effects {
     pub at_ms: i64,
     /// The location to remember for impossible-travel checks (approved, located only).
     pub location: Option<LatLon>,
+    /// When the transaction happened at `location`: its own timestamp, clamped (see
+    /// [`transaction_time_ms`]).
+    pub location_at_ms: i64,
     pub activity: Option<Activity>,
+}
+
+/// How far in the past a transaction's own timestamp may lie; older ones count as this old.
+pub const TXN_TIME_AGE_MAX_MS: i64 = 24 * 3_600_000;
+
+/// The transaction's own time for travel checks: its `timestamp` when given, never after
+/// the server's clock and at most [`TXN_TIME_AGE_MAX_MS`] before it. Windows keep the
+/// server's clock.
+pub fn transaction_time_ms(txn: &Authorization, now_ms: i64) -> i64 {
+    match txn.timestamp {
+        Some(t) => t
+            .timestamp_millis()
+            .clamp(now_ms.saturating_sub(TXN_TIME_AGE_MAX_MS), now_ms),
+        None => now_ms,
+    }
 }
 
 /// The answer to an authorization.

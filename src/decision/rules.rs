@@ -328,7 +328,7 @@ impl<'a> Evaluator<'a> {
                                 last.location,
                                 last.at_ms,
                                 loc,
-                                self.now_ms,
+                                super::transaction_time_ms(self.txn, self.now_ms),
                             );
                             let fired = speed_kmh > *speed_kmh_max;
                             (

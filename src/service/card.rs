@@ -117,11 +117,9 @@ impl CardState {
         if approved {
             if let Some(location) = e.location {
                 // Never move the anchor backwards in time.
-                if self.last_seen.is_none_or(|l| l.at_ms <= e.at_ms) {
-                    self.last_seen = Some(LastSeen {
-                        at_ms: e.at_ms,
-                        location,
-                    });
+                let at_ms = e.location_at_ms;
+                if self.last_seen.is_none_or(|l| l.at_ms <= at_ms) {
+                    self.last_seen = Some(LastSeen { at_ms, location });
                 }
             }
         }

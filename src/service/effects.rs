@@ -42,6 +42,10 @@ pub struct VelocityRecord {
 pub struct LocationRecord {
     pub lat: f64,
     pub lon: f64,
+    /// The transaction's own time when it differs from the decision's (older records
+    /// have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +109,7 @@ impl EffectsRecord {
             location: e.location.map(|l| LocationRecord {
                 lat: l.lat,
                 lon: l.lon,
+                at: (e.location_at_ms != e.at_ms).then_some(e.location_at_ms),
             }),
             activity: e.activity.map(|a| ActivityRecord {
                 amount: a.amount.to_string(),
@@ -168,6 +173,7 @@ impl EffectsRecord {
                 lat: l.lat,
                 lon: l.lon,
             }),
+            location_at_ms: self.location.and_then(|l| l.at).unwrap_or(self.at_ms),
             activity,
         })
     }
