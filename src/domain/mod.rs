@@ -4,8 +4,10 @@
 //! build on it without an import cycle.
 
 mod codes;
+mod ids;
 
 pub use codes::{ResponseCode, KNOWN_CODES};
+pub use ids::{check_id, contains_card_number, shorten, IdError, ID_LEN_MAX};
 
 use std::fmt;
 

@@ -136,3 +136,65 @@ pub struct Transactions {
     pub authorizations: Vec<DecisionHistory>,
     pub transfers: Vec<TransferHistory>,
 }
+
+/// The ids a request body carries, checked at the edge (bounded, printable, never a card
+/// number) before anything is looked up, logged or stored.
+pub trait CallerIds {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        Vec::new()
+    }
+    /// An authorization answers a malformed id with a decision (30), not a problem.
+    const FORMAT_ERRORS_ARE_DECISIONS: bool = false;
+}
+
+impl CallerIds for crate::decision::Authorization {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("id", self.id.as_str()),
+            ("card_id", self.card_id.as_str()),
+            ("merchant.id", self.merchant.id.as_str()),
+        ]
+    }
+    const FORMAT_ERRORS_ARE_DECISIONS: bool = true;
+}
+
+impl CallerIds for CreateProgram {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        vec![("id", self.id.as_str())]
+    }
+}
+
+impl CallerIds for CreateCardholder {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        vec![("id", self.id.as_str())]
+    }
+}
+
+impl CallerIds for CreateCard {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        vec![("cardholder_id", self.cardholder_id.as_str())]
+    }
+}
+
+impl CallerIds for RefundBody {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        let mut v = vec![("id", self.id.as_str()), ("card_id", self.card_id.as_str())];
+        if let Some(a) = &self.authorization_id {
+            v.push(("authorization_id", a.as_str()));
+        }
+        v
+    }
+}
+
+impl CallerIds for AdviceBody {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        vec![("id", self.id.as_str()), ("card_id", self.card_id.as_str())]
+    }
+}
+
+impl CallerIds for Deposit {}
+impl CallerIds for UpdateCardholder {}
+impl CallerIds for AmountBody {}
+impl CallerIds for CaptureBody {}
+impl CallerIds for ReversalBody {}
+impl CallerIds for SpendingControls {}

@@ -10,8 +10,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 
+use super::dto::CallerIds;
 use super::problem::Problem;
 use super::Shared;
+use crate::domain::{check_id, IdError};
 use crate::money::parse_decimal;
 use crate::service::Rejection;
 
@@ -113,6 +115,9 @@ impl FromRequestParts<Shared> for IdemKey {
                     "mutating calls need an Idempotency-Key header",
                 )
             })?;
+        if crate::domain::contains_card_number(k) {
+            return Err(card_number("Idempotency-Key"));
+        }
         if k.is_empty()
             || k.len() > IDEMPOTENCY_KEY_LEN_MAX
             || !k.bytes().all(|b| b.is_ascii_graphic())
@@ -126,12 +131,33 @@ impl FromRequestParts<Shared> for IdemKey {
     }
 }
 
-/// The `{id}` path segment.
+/// The refusal of an id that looks like a card number (the number is never echoed).
+pub fn card_number(field: &str) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "card_number_in_id",
+        format!("{field} looks like a card number; send the card's token, never its number"),
+    )
+}
+
+/// A caller's id checked at the edge: a card number is 422, anything else malformed 400;
+/// neither echoes the input.
+pub fn checked_id(field: &str, id: &str) -> Result<(), Problem> {
+    match check_id(id) {
+        Ok(()) => Ok(()),
+        Err(IdError::CardNumber) => Err(card_number(field)),
+        Err(e) => Err(Problem::bad_request("invalid_id", format!("{field} {e}"))),
+    }
+}
+
+/// The `{id}` path segment, checked.
 async fn path_id(parts: &mut Parts, s: &Shared) -> Result<String, Problem> {
-    Path::<String>::from_request_parts(parts, s)
+    let id = Path::<String>::from_request_parts(parts, s)
         .await
         .map(|Path(id)| id)
-        .map_err(|e| Problem::bad_request("invalid_path", e.body_text()))
+        .map_err(|e| Problem::bad_request("invalid_path", e.body_text()))?;
+    checked_id("the path id", &id)?;
+    Ok(id)
 }
 
 /// A card (`{id}` in the path) of the caller's program; another tenant's card is just as
@@ -185,11 +211,47 @@ impl FromRequestParts<Shared> for PathId {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
-    serde_json::from_slice(body).map_err(|e| Problem::bad_request("invalid_body", e.to_string()))
+/// Parses a JSON body and checks the ids it carries.
+fn parse<T: DeserializeOwned + CallerIds>(body: &Bytes) -> Result<T, Problem> {
+    let v: T = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request("invalid_body", e.to_string()))?;
+    for (field, id) in v.ids() {
+        if T::FORMAT_ERRORS_ARE_DECISIONS {
+            // Only a card number is refused here; the decision answers the rest (30).
+            if crate::domain::contains_card_number(id) {
+                return Err(card_number(field));
+            }
+        } else {
+            checked_id(field, id)?;
+        }
+    }
+    Ok(v)
+}
+
+/// JSON bodies only: anything else is 415 and changes nothing.
+fn require_json(req: &Request) -> Result<(), Problem> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json") || v.to_ascii_lowercase().ends_with("+json")
+        });
+    if json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as `Content-Type: application/json`",
+        ))
+    }
 }
 
 async fn body_bytes(req: Request, s: &Shared) -> Result<Bytes, Problem> {
+    require_json(&req)?;
     Bytes::from_request(req, s).await.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -207,7 +269,7 @@ async fn body_bytes(req: Request, s: &Shared) -> Result<Bytes, Problem> {
 /// A JSON body (unknown fields are refused by the types themselves).
 pub struct Body<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<Shared> for Body<T> {
+impl<T: DeserializeOwned + CallerIds> FromRequest<Shared> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, s: &Shared) -> Result<Body<T>, Problem> {
@@ -223,7 +285,7 @@ pub struct Hook<T> {
     pub body: T,
 }
 
-impl<T: DeserializeOwned> FromRequest<Shared> for Hook<T> {
+impl<T: DeserializeOwned + CallerIds> FromRequest<Shared> for Hook<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, s: &Shared) -> Result<Hook<T>, Problem> {

@@ -6,6 +6,9 @@ use serde::Serialize;
 
 use crate::service::Rejection;
 
+/// Longest problem detail, in bytes.
+const DETAIL_LEN_MAX: usize = 240;
+
 /// A problem answer. `kind` is stable: clients match on `type` = `/problems/{kind}`.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -25,6 +28,28 @@ pub struct ProblemBody {
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Problem {
+        let mut detail: String = detail.into();
+        // Details never echo long input back (a parser's message may quote it).
+        if detail.len() > DETAIL_LEN_MAX {
+            let cut = (0..=DETAIL_LEN_MAX)
+                .rev()
+                .find(|i| detail.is_char_boundary(*i))
+                .unwrap_or(0);
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        Problem {
+            status,
+            kind,
+            detail,
+        }
+    }
+    /// A problem whose detail is the server's own text (policy errors), kept whole.
+    pub fn with_full_detail(
+        status: StatusCode,
+        kind: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
         Problem {
             status,
             kind,

@@ -200,6 +200,15 @@ pub(super) fn authorization_response(
     }
 }
 
+/// The answer to an authorization whose ids are malformed (30, format error): nothing is
+/// looked up, logged or stored, and the ids are echoed shortened.
+pub fn format_error(txn: &Authorization, detail: &str) -> AuthorizationResponse {
+    let mut r = step_decline(txn, "30", "format_error", "request", detail, 0);
+    r.authorization_id = crate::domain::shorten(&txn.id);
+    r.card_id = crate::domain::shorten(&txn.card_id);
+    r
+}
+
 /// A decline decided by a built-in step before or around the rules (no such card,
 /// missed deadline).
 pub(super) fn step_decline(

@@ -215,3 +215,127 @@ async fn every_error_is_problem_json_and_changes_nothing() {
     );
     s.stop().await;
 }
+
+/// Issue #8.16/#8.17: ids are bounded and checked before any lookup or log; a card number
+/// in an id, a request id or an idempotency key is refused; other media types are 415;
+/// problem details never echo long input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_checked_at_the_edge_and_card_numbers_never_get_in() {
+    let mut s = Server::start().await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let long = "c".repeat(5000);
+    // An authorization with a 5 000-character card id: a format-error decision, shortened.
+    let (st, text, v) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations",
+            Some(&key),
+            None,
+            Some(auth("long1", &long, "10.00", "5411")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["response_code"], "30", "{text}");
+    assert!(
+        text.len() < 1_000,
+        "the long id is not echoed: {} bytes",
+        text.len()
+    );
+    // A card number as an authorization id, a card id, a path id, an idempotency key.
+    let pan = "4111111111111111";
+    let (st, _, v) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations",
+            Some(&key),
+            None,
+            Some(auth(pan, &card, "10.00", "5411")),
+        )
+        .await;
+    assert_eq!(
+        (st, v["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("/problems/card_number_in_id")
+        )
+    );
+    let (st, text, v) = s
+        .call(
+            Method::POST,
+            "/v1/authorizations",
+            Some(&key),
+            None,
+            Some(auth("p2", pan, "10.00", "5411")),
+        )
+        .await;
+    assert_eq!(v["type"], "/problems/card_number_in_id", "{st} {text}");
+    assert!(!text.contains(pan));
+    let (_, _, v) = s
+        .call(
+            Method::GET,
+            &format!("/v1/cards/{pan}"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(v["type"], "/problems/card_number_in_id");
+    let (_, _, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/cards/{card}/fund"),
+            Some(&key),
+            Some(&format!("fund-{pan}")),
+            Some(json!({"amount": "1.00"})),
+        )
+        .await;
+    assert_eq!(v["type"], "/problems/card_number_in_id");
+    let r = s
+        .client
+        .get(format!("http://{}/healthz", s.addr))
+        .header("x-request-id", pan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, _, v) = s
+        .call(
+            Method::GET,
+            &format!("/v1/cards/{long}"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(v["type"], "/problems/invalid_id");
+    // Not JSON: 415, nothing changed.
+    let r = s
+        .client
+        .post(format!("http://{}/v1/cards/{card}/fund", s.addr))
+        .bearer_auth(&key)
+        .header("idempotency-key", "form-1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=5.00")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (_, _, b) = s
+        .call(
+            Method::GET,
+            &format!("/v1/cards/{card}/balance"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(b["posted"], "100000.00");
+    // Nothing of the card number reached the store.
+    s.stop().await;
+    let db = std::fs::read(s.data.join(spendgate::store::DB_FILE)).unwrap();
+    let wal = std::fs::read(s.data.join(format!("{}-wal", spendgate::store::DB_FILE)))
+        .unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(!bytes.windows(pan.len()).any(|w| w == pan.as_bytes()));
+    }
+}

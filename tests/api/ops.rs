@@ -9,6 +9,7 @@ async fn operations_endpoints_and_openapi_in_step_with_routes() {
         .post(format!("http://{}/v1/authorizations", s.addr))
         .bearer_auth(&key)
         .header("x-request-id", "req-decision-1")
+        .header("content-type", "application/json")
         .body(auth("m1", &card, "10.00", "5411").to_string())
         .send()
         .await

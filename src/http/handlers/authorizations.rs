@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 
 use super::{json, respond, to_json, ApiResult};
 use crate::decision::{Authorization, DecisionSummary};
-use crate::http::dto::{AdviceBody, CaptureBody, RefundBody, ReversalBody};
+use crate::http::dto::{AdviceBody, CallerIds, CaptureBody, RefundBody, ReversalBody};
 use crate::http::extract::{amount, own_auth, own_card, Body, Hook, IdemKey, PathId, Tenant};
 use crate::http::problem::ProblemBody;
 use crate::http::{RequestId, Shared};
 use crate::service::responses::{
-    AuthorizationResponse, HoldResponse, ReversalResponse, TransferResponse,
+    format_error, AuthorizationResponse, HoldResponse, ReversalResponse, TransferResponse,
 };
 use crate::service::AuthContext;
 
@@ -28,6 +28,15 @@ pub async fn authorize(
     let arrival = Instant::now();
     let request_id = rid.map(|r| r.0 .0).unwrap_or_default();
     let txn = hook.body;
+    // Malformed ids get a format-error decision (30) before any lookup, log or write.
+    for (field, id) in txn.ids() {
+        if let Err(e) = crate::domain::check_id(id) {
+            let r = format_error(&txn, &format!("{field} {e}"));
+            metrics::counter!("spendgate_decisions_total", "code" => "30", "rule" => "")
+                .increment(1);
+            return Ok(to_json(StatusCode::OK, &r));
+        }
+    }
     let budget = Duration::from_millis(s.config.deadline_ms);
     let ctx = AuthContext {
         tenant: Some(&hook.program),

@@ -45,7 +45,7 @@ pub async fn reload(State(s): State<Shared>, _: Admin) -> ApiResult {
                 &serde_json::json!({ "reloaded": v }),
             ))
         }
-        Ok(Err(errors)) => Err(Problem::new(
+        Ok(Err(errors)) => Err(Problem::with_full_detail(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_policy",
             errors.join("\n"),
