@@ -74,6 +74,7 @@ fn setup(
                     currency: None,
                     controls: None,
                     active: true,
+                    expiry: None,
                 },
             )
             .map(Pending::wait)

@@ -55,6 +55,7 @@ fn setup(currency: Currency, funds: &str) -> (Engine, String) {
                 currency: Some(currency),
                 controls: None,
                 active: true,
+                expiry: None,
             },
         )
         .map(Pending::wait)

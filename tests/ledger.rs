@@ -71,6 +71,7 @@ fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
                         currency: None,
                         controls: None,
                         active: true,
+                        expiry: None,
                     },
                 )
                 .map(Pending::wait)
@@ -704,6 +705,7 @@ fn partial_approval_cross_currency_and_forced_posts() {
                 currency: None,
                 controls: None,
                 active: true,
+                expiry: None,
             },
         )
         .map(Pending::wait)
@@ -1041,4 +1043,61 @@ fn a_reversal_that_arrives_first_voids_its_authorization() {
         .find(|h| h.auth_id == "early-1")
         .unwrap();
     assert_eq!(h.status, spendgate::ledger::HoldStatus::Voided);
+}
+
+/// Issue #8.18: an expiry may be set at issue (validated); a card in debt (after a forced
+/// post) cannot be terminated until the debt is settled, as one with pending holds.
+#[test]
+fn card_expiry_at_issue_is_validated_and_a_debt_blocks_termination() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Durability::Off);
+    let card = issue(&e, 1, "10.00").remove(0);
+    let new = |expiry: &str| NewCard {
+        program: "p".into(),
+        cardholder_id: "h0".into(),
+        kind: CardKind::Virtual,
+        currency: None,
+        controls: None,
+        active: true,
+        expiry: Some(expiry.into()),
+    };
+    let ok: CardResponse = serde_json::from_str(
+        &e.issue_card("exp-ok", new("2027-01"))
+            .map(Pending::wait)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ok.expiry, "2027-01");
+    for (i, bad) in ["2026-05", "2036-07", "2026-13", "27-01", "2027/01"]
+        .iter()
+        .enumerate()
+    {
+        let r = e
+            .issue_card(&format!("exp-bad{i}"), new(bad))
+            .map(Pending::wait);
+        assert!(
+            matches!(r, Err(Rejection::InvalidRequest(_))),
+            "{bad}: {r:?}"
+        );
+    }
+    // A stand-in advice beyond the balance leaves a debt.
+    e.advice("adv", &card, amount("25.00"), Currency::USD)
+        .map(Pending::wait)
+        .unwrap();
+    let r = e
+        .card_action("t1", &card, CardAction::Terminate)
+        .map(Pending::wait);
+    assert_eq!(
+        Problem::from(r.unwrap_err()).kind,
+        "negative_balance",
+        "a debt is never written off by terminating"
+    );
+    e.move_funds("settle", &card, TransferKind::TopUp, amount("15.00"))
+        .map(Pending::wait)
+        .unwrap();
+    e.card_action("t2", &card, CardAction::Terminate)
+        .map(Pending::wait)
+        .unwrap();
+    e.store().unwrap().close();
+    verify_store(dir.path());
 }

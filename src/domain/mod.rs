@@ -173,6 +173,28 @@ pub struct Expiry {
 }
 
 impl Expiry {
+    /// Parses `YYYY-MM`.
+    pub fn parse(s: &str) -> Result<Expiry, String> {
+        let bad = || format!("expiry `{}` must be YYYY-MM", shorten(s));
+        let (y, m) = s.split_once('-').ok_or_else(bad)?;
+        if y.len() != 4 || m.len() != 2 {
+            return Err(bad());
+        }
+        let year: i32 = y.parse().map_err(|_| bad())?;
+        let month: u32 = m.parse().map_err(|_| bad())?;
+        if !(1..=12).contains(&month) {
+            return Err(bad());
+        }
+        Ok(Expiry { year, month })
+    }
+
+    /// Months from `now`'s month to the expiry month (negative when already past).
+    pub fn months_after(&self, now: DateTime<Utc>) -> i64 {
+        let d = now.date_naive();
+        (i64::from(self.year) - i64::from(d.year())) * 12 + i64::from(self.month)
+            - i64::from(d.month())
+    }
+
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         let d = now.date_naive();
         (d.year(), d.month()) > (self.year, self.month)

@@ -64,6 +64,10 @@ pub struct CreateCard {
     /// Issue active (default) or inactive.
     #[serde(default = "yes")]
     pub active: bool,
+    /// `YYYY-MM`, valid through the end of that month; not past, at most 10 years ahead.
+    /// Defaults to three years from the month of issue.
+    #[schema(example = "2029-06")]
+    pub expiry: Option<String>,
 }
 
 fn yes() -> bool {

@@ -124,6 +124,7 @@ impl From<Rejection> for Problem {
             R::HoldNotPending { .. } => (S::UNPROCESSABLE_ENTITY, "hold_not_pending"),
             R::CardTerminated => (S::UNPROCESSABLE_ENTITY, "card_terminated"),
             R::PendingHolds(_) => (S::UNPROCESSABLE_ENTITY, "pending_holds"),
+            R::NegativeBalance(_) => (S::UNPROCESSABLE_ENTITY, "negative_balance"),
             R::InvalidTransition { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_transition"),
             R::HistoryUnavailable => (S::SERVICE_UNAVAILABLE, "history_unavailable"),
         };

@@ -28,7 +28,14 @@ pub struct NewCard {
     pub currency: Option<Currency>,
     pub controls: Option<SpendingControls>,
     pub active: bool,
+    /// `YYYY-MM`; defaults to three years from the month of issue.
+    pub expiry: Option<String>,
 }
+
+/// A card is issued for at most this many months.
+pub const CARD_VALIDITY_MONTHS_MAX: i64 = 120;
+/// A card issued without an expiry is valid for this many years.
+const CARD_VALIDITY_YEARS_DEFAULT: i32 = 3;
 
 impl Engine {
     pub fn create_program(&self, p: Program) -> Result<Pending<Arc<str>>, Rejection> {
@@ -186,12 +193,28 @@ impl Engine {
             let h = self
                 .cardholder(&p.id, &new.cardholder_id)
                 .ok_or_else(|| Rejection::UnknownCardholder(new.cardholder_id.clone()))?;
+            let today = self.now();
+            let expiry = match &new.expiry {
+                None => Expiry {
+                    year: today.year() + CARD_VALIDITY_YEARS_DEFAULT,
+                    month: today.month(),
+                },
+                Some(s) => {
+                    let e = Expiry::parse(s).map_err(Rejection::InvalidRequest)?;
+                    let months = e.months_after(today);
+                    if !(0..=CARD_VALIDITY_MONTHS_MAX).contains(&months) {
+                        return Err(Rejection::InvalidRequest(format!(
+                            "expiry {s} must be this month or later and at most {CARD_VALIDITY_MONTHS_MAX} months ahead"
+                        )));
+                    }
+                    e
+                }
+            };
             let token = self.ids.hex128();
             let last4 = format!(
                 "{:04}",
                 u16::from_str_radix(&token[..4], 16).unwrap_or(0) % 10_000
             );
-            let today = self.now().date_naive();
             let r = CardRecord {
                 id: format!("card_{}", &token[..24]),
                 program: p.id.clone(),
@@ -199,10 +222,7 @@ impl Engine {
                 kind: new.kind,
                 currency: new.currency.unwrap_or(p.currency),
                 last4,
-                expiry: Expiry {
-                    year: today.year() + 3,
-                    month: today.month(),
-                },
+                expiry,
                 status: if new.active {
                     CardStatus::Active
                 } else {
@@ -260,6 +280,10 @@ impl Engine {
                     return Err(Rejection::PendingHolds(pending));
                 }
                 let remaining = c.account.posted;
+                // A debt (from a forced post) would vanish with the card: settle it first.
+                if remaining < Decimal::ZERO {
+                    return Err(Rejection::NegativeBalance(remaining));
+                }
                 if remaining > Decimal::ZERO {
                     let funding = AccountId::funding(&r.program, c.currency);
                     let mut house = self.house.lock();

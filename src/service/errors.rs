@@ -81,6 +81,10 @@ pub enum Rejection {
     CardTerminated,
     #[error("card still has {0} pending hold(s); reverse or capture them first")]
     PendingHolds(usize),
+    #[error(
+        "card balance is {0}; fund it to zero before terminating, or its debt would be written off"
+    )]
+    NegativeBalance(Decimal),
     #[error("cannot {action:?} a card that is {from}")]
     InvalidTransition {
         from: CardStatus,

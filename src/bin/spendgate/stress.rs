@@ -78,6 +78,7 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                     currency: Some(usd),
                     controls: None,
                     active: true,
+                    expiry: None,
                 };
                 let json = engine.issue_card(&format!("card-{i}"), new)?.wait();
                 let card: spendgate::service::responses::CardResponse = serde_json::from_str(&json)

@@ -71,6 +71,7 @@ pub async fn create_card(
         currency: b.currency,
         controls: b.controls,
         active: b.active,
+        expiry: b.expiry,
     };
     respond(StatusCode::CREATED, s.engine.issue_card(&key, new)).await
 }
