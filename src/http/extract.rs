@@ -97,7 +97,9 @@ impl FromRequestParts<Shared> for AnyKey {
     }
 }
 
-/// `Idempotency-Key`, namespaced by the caller's program.
+/// The idempotency key, namespaced by the caller's program: `Idempotency-Key`, or on a
+/// signed hook the signed `webhook-id` (Standard Webhooks keeps it across retries), so a
+/// replayed signed request can only ever replay its own answer.
 pub struct IdemKey(pub String);
 
 impl FromRequestParts<Shared> for IdemKey {
@@ -105,6 +107,16 @@ impl FromRequestParts<Shared> for IdemKey {
 
     async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<IdemKey, Problem> {
         let Tenant(program) = Tenant::from_request_parts(parts, s).await?;
+        if s.hooks.enabled() {
+            if let Some(id) = parts
+                .headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                checked_id("webhook-id", id)?;
+                return Ok(IdemKey(format!("{program}/webhook:{id}")));
+            }
+        }
         let k = parts
             .headers
             .get("idempotency-key")
