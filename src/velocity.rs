@@ -4,10 +4,12 @@
 //! (usually empty) expired prefix without mutating, so the pure core can read under a
 //! shared borrow; `record` prunes the prefix, so work stays amortized O(1) per event.
 //!
-//! Memory is bounded: a window keeps at most [`EVENTS_PER_WINDOW_MAX`] events and a state
-//! at most [`WINDOWS_PER_STATE_MAX`] windows (one event is 40 bytes, so one card's
-//! velocity state is at most 64 × 128 × 40 B = 320 KiB, and a few hundred bytes for a
-//! typical card). Past the event cap the two oldest events merge into one stamped with the
+//! Memory is bounded: a window keeps at most [`EVENTS_PER_WINDOW_MAX`] events; a state
+//! keeps one window per velocity rule (bounded by the policy's rule count) and at most
+//! [`WINDOWS_PER_STATE_MAX`] per-merchant windows (`card_merchant` scope), which alone are
+//! evicted: a rule's own window is never dropped to make room for a merchant's. One event
+//! is 40 bytes, so a card's merchant windows take at most 64 × 128 × 40 B = 320 KiB, and a
+//! typical card a few hundred bytes. Past the event cap the two oldest events merge into one stamped with the
 //! *later* time: totals stay exact, and a merged event expires late rather than early, so
 //! the bound can only make a limit stricter, never let spending through.
 
@@ -259,12 +261,16 @@ impl Window {
 /// rule's window key (and the merchant for `card_merchant` scope).
 #[derive(Debug, Clone, Default)]
 pub struct VelocityState {
-    windows: Vec<(u64, Window)>,
+    /// (key, window, evictable): per-merchant windows are evictable, rule windows not.
+    windows: Vec<(u64, Window, bool)>,
 }
 
 impl VelocityState {
     pub fn window(&self, key: u64) -> Option<&Window> {
-        self.windows.iter().find(|(k, _)| *k == key).map(|(_, w)| w)
+        self.windows
+            .iter()
+            .find(|(k, ..)| *k == key)
+            .map(|(_, w, _)| w)
     }
 
     pub fn totals(&self, key: u64, start_ms: i64) -> Totals {
@@ -272,29 +278,60 @@ impl VelocityState {
             .map_or(Totals::default(), |w| w.totals_since(start_ms))
     }
 
+    /// Records an event in a rule's window (never evicted).
     pub fn record(&mut self, key: u64, start_ms: i64, at_ms: i64, amount: Decimal, auth: u64) {
-        if let Some((_, w)) = self.windows.iter_mut().find(|(k, _)| *k == key) {
+        self.record_in(key, start_ms, at_ms, amount, auth, false);
+    }
+
+    /// Records an event in a per-merchant window: at most [`WINDOWS_PER_STATE_MAX`] of
+    /// these are kept, the one whose newest event is oldest giving way.
+    pub fn record_merchant(
+        &mut self,
+        key: u64,
+        start_ms: i64,
+        at_ms: i64,
+        amount: Decimal,
+        auth: u64,
+    ) {
+        self.record_in(key, start_ms, at_ms, amount, auth, true);
+    }
+
+    fn record_in(
+        &mut self,
+        key: u64,
+        start_ms: i64,
+        at_ms: i64,
+        amount: Decimal,
+        auth: u64,
+        evictable: bool,
+    ) {
+        if let Some((_, w, _)) = self.windows.iter_mut().find(|(k, ..)| *k == key) {
             w.record(start_ms, at_ms, amount, auth);
             return;
         }
-        if self.windows.len() >= WINDOWS_PER_STATE_MAX {
-            // Drop the window whose newest event is oldest: usually one already empty.
-            if let Some(i) = (0..self.windows.len()).min_by_key(|&i| self.windows[i].1.newest_ms())
-            {
-                self.windows.swap_remove(i);
+        if evictable {
+            let merchants = self.windows.iter().filter(|(.., e)| *e).count();
+            if merchants >= WINDOWS_PER_STATE_MAX {
+                // Usually one already empty.
+                if let Some(i) = (0..self.windows.len())
+                    .filter(|&i| self.windows[i].2)
+                    .min_by_key(|&i| self.windows[i].1.newest_ms())
+                {
+                    self.windows.swap_remove(i);
+                }
             }
         }
         let mut w = Window::default();
         w.record(start_ms, at_ms, amount, auth);
-        self.windows.push((key, w));
+        self.windows.push((key, w, evictable));
     }
 
     /// Gives capacity back in every window holding `auth`. Returns windows touched.
     pub fn reverse(&mut self, auth: u64, ratio: Decimal) -> usize {
         self.windows
             .iter_mut()
-            .filter(|(_, w)| !w.is_empty())
-            .map(|(_, w)| w.reverse(auth, ratio) as usize)
+            .filter(|(_, w, _)| !w.is_empty())
+            .map(|(_, w, _)| w.reverse(auth, ratio) as usize)
             .sum()
     }
 
@@ -468,13 +505,32 @@ mod tests {
     }
 
     #[test]
-    fn state_bounds_window_count() {
+    fn state_bounds_merchant_window_count() {
         let mut s = VelocityState::default();
         for k in 1..=(WINDOWS_PER_STATE_MAX as u64 + 5) {
-            s.record(k, 0, k as i64, d(1), k);
+            s.record_merchant(k, 0, k as i64, d(1), k);
         }
         assert_eq!(s.window_count(), WINDOWS_PER_STATE_MAX);
-        assert!(s.window(1).is_none(), "oldest window evicted");
+        assert!(s.window(1).is_none(), "oldest merchant window evicted");
+    }
+
+    /// Issue #8.15: many merchants under a `card_merchant` rule never evict a live window
+    /// of another rule (an ATM monthly budget must not reset).
+    #[test]
+    fn merchant_windows_never_evict_a_rule_window() {
+        let mut s = VelocityState::default();
+        s.record(7, 0, 1, d(250), 1);
+        for k in 100..(100 + 3 * WINDOWS_PER_STATE_MAX as u64) {
+            s.record_merchant(k, 0, k as i64, d(1), k);
+        }
+        assert_eq!(
+            s.totals(7, 0),
+            Totals {
+                amount: d(250),
+                count: 1
+            }
+        );
+        assert_eq!(s.window_count(), WINDOWS_PER_STATE_MAX + 1);
     }
 
     #[test]

@@ -1101,3 +1101,102 @@ fn card_expiry_at_issue_is_validated_and_a_debt_blocks_termination() {
     e.store().unwrap().close();
     verify_store(dir.path());
 }
+
+/// Issue #8.15: recovery replays decisions and velocity releases in the order they
+/// happened, so a window past its event cap (where the oldest events merge) recovers the
+/// same totals it had live.
+#[test]
+fn recovery_replays_releases_in_time_order_with_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    std::fs::write(
+        rules_dir.join("many.yaml"),
+        "policy: many\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: daily\n    velocity: { window: 24h, amount_max: 100000.00 }\n",
+    )
+    .unwrap();
+    let policies = || spendgate::policy::load_policy_dir(&rules_dir).unwrap();
+    let key = {
+        let set = policies();
+        let p = set.get("many").unwrap();
+        let spendgate::policy::Check::Velocity(v) = &p.rules[0].check else {
+            panic!("a velocity rule")
+        };
+        v.key
+    };
+    let data = dir.path().join("data");
+    let open_many = || {
+        let (store, snapshot) = Store::open(&data, Durability::Off).unwrap();
+        Engine::open(
+            policies(),
+            Arc::new(store),
+            snapshot,
+            EngineConfig::default(),
+        )
+        .unwrap()
+        .with_clock(fresh_clock())
+    };
+    let e = open_many();
+    e.create_program(Program {
+        id: "p".into(),
+        policy: "many".into(),
+        currency: Currency::USD,
+    })
+    .map(Pending::wait)
+    .unwrap();
+    e.deposit("d", "p", amount("1000.00"), Currency::USD)
+        .map(Pending::wait)
+        .unwrap();
+    e.create_cardholder(
+        "h",
+        Cardholder {
+            id: "h".into(),
+            program: "p".into(),
+            name: "Ama Mensah".into(),
+            kyc: KycStatus::Verified,
+            blocked: false,
+        },
+    )
+    .map(Pending::wait)
+    .unwrap();
+    let new = NewCard {
+        program: "p".into(),
+        cardholder_id: "h".into(),
+        kind: CardKind::Virtual,
+        currency: None,
+        controls: None,
+        active: true,
+        expiry: None,
+    };
+    let c: CardResponse =
+        serde_json::from_str(&e.issue_card("c", new).map(Pending::wait).unwrap()).unwrap();
+    e.move_funds("f", &c.id, TransferKind::TopUp, amount("500.00"))
+        .map(Pending::wait)
+        .unwrap();
+    let step = |e: &Engine, id: &str, i: i64| {
+        let when = t0() + Duration::seconds(i);
+        at(when, || authorize(e, id, &c.id, "1.00", when))
+    };
+    for i in 0..100 {
+        assert!(step(&e, &format!("a{i}"), i).approved);
+    }
+    at(t0() + Duration::seconds(100), || {
+        e.reverse("p", "r", "a0", None).map(Pending::wait)
+    })
+    .unwrap();
+    for i in 100..140 {
+        assert!(step(&e, &format!("a{i}"), i + 1).approved);
+    }
+    let since = (t0() - Duration::hours(1)).timestamp_millis();
+    let live = e
+        .with_card(&c.id, |s| s.velocity.totals(key, since))
+        .unwrap();
+    assert_eq!((live.amount, live.count), (amount("139.00"), 139));
+    e.store().unwrap().close();
+    drop(e);
+    let again = open_many();
+    let recovered = again
+        .with_card(&c.id, |s| s.velocity.totals(key, since))
+        .unwrap();
+    assert_eq!(recovered, live);
+}

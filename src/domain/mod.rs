@@ -230,3 +230,12 @@ pub enum Counts {
     Approved,
     Declined,
 }
+
+impl Counts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counts::Approved => "approved",
+            Counts::Declined => "declined",
+        }
+    }
+}

@@ -201,13 +201,17 @@ fn velocity(
         );
     }
     // The key changes whenever what the window counts changes, so a redefined rule
-    // starts from fresh counters instead of inheriting ones counted differently.
+    // starts from fresh counters instead of inheriting ones counted differently. Its
+    // parts are our own stable encodings (conditions as canonical JSON), never a
+    // dependency's `Debug` output, so an upgrade cannot silently reset every window.
     let key = key_hash(&[
         raw.policy.as_bytes(),
         r.id.as_bytes(),
         window.to_string().as_bytes(),
         scope.as_str().as_bytes(),
-        format!("{counts:?}{:?}{:?}", r.when, r.unless).as_bytes(),
+        counts.as_str().as_bytes(),
+        condition_text(&r.when).as_bytes(),
+        condition_text(&r.unless).as_bytes(),
         currency.code().as_bytes(),
     ]);
     Some(Check::Velocity(VelocityCheck {
@@ -218,6 +222,11 @@ fn velocity(
         scope,
         counts,
     }))
+}
+
+/// A condition as canonical JSON (`null` when absent), for window identity.
+fn condition_text(v: &Option<serde_norway::Value>) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn countries(cx: &mut Ctx<'_>, i: usize, c: &RawCountries, raw: &RawPolicy) -> Option<Check> {

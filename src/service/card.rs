@@ -106,8 +106,12 @@ impl CardState {
                 VelocityScope::Cardholder => cardholder.as_deref_mut(),
                 VelocityScope::Program => program.as_deref_mut(),
             };
-            if let Some(s) = state {
-                s.record(v.key, v.start_ms, e.at_ms, v.amount, e.auth_key);
+            match (state, v.scope) {
+                (Some(s), VelocityScope::CardMerchant) => {
+                    s.record_merchant(v.key, v.start_ms, e.at_ms, v.amount, e.auth_key)
+                }
+                (Some(s), _) => s.record(v.key, v.start_ms, e.at_ms, v.amount, e.auth_key),
+                (None, _) => {}
             }
         }
         if let Some(mut a) = e.activity {

@@ -87,7 +87,31 @@ impl Engine {
                 c.lock().account.replay_hold(h);
             }
         }
-        for d in &s.decisions {
+        // Decisions and velocity releases replay in time order, as they happened live (a
+        // window's event cap merges its oldest events, so the order matters).
+        let mut order: Vec<(i64, usize, bool)> = s
+            .decisions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.at_ms, i, false))
+            .chain(
+                s.velocity_releases
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.3, i, true)),
+            )
+            .collect();
+        // Stable: within one millisecond a decision precedes the releases of its hold.
+        order.sort_by_key(|&(at, _, is_release)| (at, is_release));
+        for (_, i, is_release) in order {
+            if is_release {
+                let (card_id, auth_id, ratio, _) = &s.velocity_releases[i];
+                if let Some(card) = self.card(card_id) {
+                    self.give_back(&mut card.lock(), auth_id, *ratio);
+                }
+                continue;
+            }
+            let d = &s.decisions[i];
             // A retried authorization replays its stored answer after a restart too.
             let program = self.card_program(&d.card_id).unwrap_or_default();
             self.idem.restore(
@@ -113,11 +137,6 @@ impl Engine {
             let mut hg = holder.as_ref().map(|h| h.lock());
             let mut pg = program.as_ref().map(|p| p.lock());
             c.apply(d.approved, &e, hg.as_deref_mut(), pg.as_deref_mut());
-        }
-        for (card_id, auth_id, ratio) in &s.velocity_releases {
-            if let Some(card) = self.card(card_id) {
-                self.give_back(&mut card.lock(), auth_id, *ratio);
-            }
         }
         for (hash, program) in s.api_keys {
             self.api_keys.insert(hash, program);

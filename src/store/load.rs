@@ -46,7 +46,8 @@ pub struct Snapshot {
     pub ledger: LedgerSnapshot,
     pub decisions: Vec<DecisionRow>,
     /// (card id, authorization id, ratio) in order.
-    pub velocity_releases: Vec<(String, String, Decimal)>,
+    /// (card, authorization, ratio, at_ms), in commit order.
+    pub velocity_releases: Vec<(String, String, Decimal, i64)>,
     /// (scope, key, request hash, response).
     pub idempotency: Vec<(String, String, String, String)>,
     /// (SHA-256 of the key, program).
@@ -288,17 +289,18 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     }
 
     let mut st =
-        conn.prepare("SELECT card_id, auth_id, ratio FROM velocity_releases ORDER BY seq")?;
+        conn.prepare("SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases ORDER BY seq")?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
         ))
     })?;
     for row in rows {
-        let (c, a, ratio) = row?;
-        s.velocity_releases.push((c, a, dec(&ratio)?));
+        let (c, a, ratio, at_ms) = row?;
+        s.velocity_releases.push((c, a, dec(&ratio)?, at_ms));
     }
 
     let mut st = conn.prepare("SELECT hash, program FROM api_keys")?;
