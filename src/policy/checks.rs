@@ -410,3 +410,43 @@ fn safe_relative(p: &str) -> Result<PathBuf, String> {
 fn valid_point(lat: f64, lon: f64) -> bool {
     LatLon { lat, lon }.is_valid()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(yaml: &str) -> u64 {
+        let p = crate::policy::compile_policy(
+            Path::new("t.yaml"),
+            yaml,
+            Arc::new(crate::money::FxTable::default()),
+            &|_| Err(io::Error::other("no scripts")),
+        )
+        .unwrap();
+        match &p.rules[0].check {
+            Check::Velocity(v) => v.key,
+            _ => panic!("a velocity rule"),
+        }
+    }
+
+    const RULE: &str = "policy: p\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: daily\n    when: { mcc: [\"5411\"] }\n    velocity: { window: 24h, amount_max: 100.00 }\n";
+
+    /// Issue #8.15: a window's identity comes from our own encodings, so the same rule
+    /// keeps its counters across builds and dependency upgrades (pinned value).
+    #[test]
+    fn velocity_window_identity_is_stable_and_tracks_the_definition() {
+        assert_eq!(key_of(RULE), key_of(RULE));
+        assert_eq!(
+            key_of(RULE),
+            0x40a5_ef8d_c42c_f1f8_u64,
+            "{:#x}",
+            key_of(RULE)
+        );
+        let other = RULE.replace("5411", "5412");
+        assert_ne!(
+            key_of(RULE),
+            key_of(&other),
+            "a changed condition starts fresh"
+        );
+    }
+}
