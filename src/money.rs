@@ -295,8 +295,12 @@ impl FxTable {
             mid.checked_mul(markup).ok_or(MoneyError::Overflow)?
         };
         let converted = amount.checked_mul(rate).ok_or(MoneyError::Overflow)?;
-        let rounded =
+        let mut rounded =
             converted.round_dp_with_strategy(to.exponent(), RoundingStrategy::MidpointNearestEven);
+        // A charge is never free: a positive amount converts to at least one minor unit.
+        if amount > Decimal::ZERO && rounded.is_zero() {
+            rounded = Decimal::new(1, to.exponent());
+        }
         Ok((rounded, FxQuote { from, to, rate }))
     }
 

@@ -1200,3 +1200,57 @@ fn recovery_replays_releases_in_time_order_with_decisions() {
         .unwrap();
     assert_eq!(recovered, live);
 }
+
+/// Issue #8.6: a small foreign amount never converts to a zero hold, and partial captures
+/// in another currency add up exactly to the converted authorization, even with no
+/// over-capture tolerance.
+#[test]
+fn small_foreign_amounts_never_hold_zero_and_partial_captures_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, snapshot) = Store::open(dir.path(), Durability::Off).unwrap();
+    let config = EngineConfig {
+        over_capture_bps: 0,
+        ..EngineConfig::default()
+    };
+    let e = Engine::open(rules(), Arc::new(store), snapshot, config)
+        .unwrap()
+        .with_clock(fresh_clock());
+    let card = issue(&e, 1, "100.00").remove(0);
+    let tiny: AuthorizationResponse = serde_json::from_str(
+        &e.authorize(&txn("ngn1", &card, "0.01", "NGN"), &AuthContext::default())
+            .unwrap()
+            .wait()
+            .json,
+    )
+    .unwrap();
+    assert!(tiny.approved);
+    assert_eq!(tiny.amount_approved, "0.01", "never a free charge");
+    let a: AuthorizationResponse = serde_json::from_str(
+        &e.authorize(&txn("eur1", &card, "10.00", "EUR"), &AuthContext::default())
+            .unwrap()
+            .wait()
+            .json,
+    )
+    .unwrap();
+    assert!(a.approved, "{:?}", a.reason);
+    let mut captured = Decimal::ZERO;
+    for (i, (part, last)) in [("3.33", false), ("3.33", false), ("3.34", true)]
+        .iter()
+        .enumerate()
+    {
+        let h: HoldResponse = serde_json::from_str(
+            &e.capture("p", &format!("cap{i}"), "eur1", amount(part), *last)
+                .map(Pending::wait)
+                .unwrap(),
+        )
+        .unwrap();
+        captured += amount(&h.amount);
+    }
+    assert_eq!(
+        captured,
+        amount(&a.amount_approved),
+        "captures add up exactly"
+    );
+    e.store().unwrap().close();
+    verify_store(dir.path());
+}

@@ -113,6 +113,22 @@ impl Hold {
         round(txn_amount * self.fx_rate, self.card_currency)
     }
 
+    /// The card amount of capturing `txn_amount` more: converted cumulatively, so that
+    /// partial captures in another currency add up exactly to the converted
+    /// authorization (each capture takes the remainder its rounding leaves).
+    pub fn capture_to_card(&self, txn_amount: Decimal) -> Decimal {
+        let total = |x: Decimal| {
+            if x.is_zero() {
+                Decimal::ZERO
+            } else if x == self.txn_amount {
+                self.authorized
+            } else {
+                round(x * self.fx_rate, self.card_currency)
+            }
+        };
+        total(self.captured_txn + txn_amount) - total(self.captured_txn)
+    }
+
     fn ratio(&self, amount_card: Decimal) -> Decimal {
         if self.authorized.is_zero() {
             return Decimal::ONE;
@@ -187,6 +203,7 @@ impl CardAccount {
             pending: amount_card,
             authorized: amount_card,
             captured: Decimal::ZERO,
+            captured_txn: Decimal::ZERO,
             refunded: Decimal::ZERO,
             txn_amount,
             txn_currency,
@@ -228,7 +245,7 @@ impl CardAccount {
     ) -> Result<CaptureResult, LedgerError> {
         let h = self.pending_hold(auth_id)?;
         check_amount(txn_amount, h.txn_currency)?;
-        let amount_card = h.to_card(txn_amount);
+        let amount_card = h.capture_to_card(txn_amount);
         let tolerance = Decimal::ONE + Decimal::new(i64::from(over_capture_bps), 4);
         // The tolerance applies to what is still authorized: a reversed part is gone.
         let still_authorized = h.captured + h.pending;
@@ -272,6 +289,7 @@ impl CardAccount {
         // Validated: now mutate.
         let h = self.holds.get_mut(auth_id).expect("checked above");
         h.captured += amount_card;
+        h.captured_txn += txn_amount;
         h.pending -= from_hold;
         let mut released = Decimal::ZERO;
         if is_final || h.pending.is_zero() {

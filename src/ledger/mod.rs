@@ -229,6 +229,9 @@ pub struct Hold {
     pub authorized: Decimal,
     /// Captured so far, in card currency.
     pub captured: Decimal,
+    /// Captured so far, in transaction currency (so partial captures convert
+    /// cumulatively and add up to exactly what was authorized).
+    pub captured_txn: Decimal,
     /// Refunded against this hold's captures, in card currency.
     pub refunded: Decimal,
     /// Authorized, in transaction currency.

@@ -194,7 +194,7 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
 
     let mut st = conn.prepare(
         "SELECT auth_id, card_id, card_currency, pending, authorized, captured, refunded, txn_amount, txn_currency,
-                fx_rate, status, created_ms, expires_ms, resolved_ms FROM holds ORDER BY created_ms, auth_id",
+                fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn FROM holds ORDER BY created_ms, auth_id",
     )?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -217,6 +217,7 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
                 r.get::<_, i64>(11)?,
                 r.get::<_, i64>(12)?,
                 r.get::<_, Option<i64>>(13)?,
+                r.get::<_, String>(14)?,
             ),
         ))
     })?;
@@ -224,7 +225,7 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
         let (
             (auth_id, card_id, cc, pending, authorized),
             (captured, refunded, txn_amount, tc, rate),
-            (status, created_ms, expires_ms, resolved_ms),
+            (status, created_ms, expires_ms, resolved_ms, captured_txn),
         ) = row?;
         s.ledger.holds.push(Hold {
             auth_id,
@@ -233,6 +234,7 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
             pending: dec(&pending)?,
             authorized: dec(&authorized)?,
             captured: dec(&captured)?,
+            captured_txn: dec(&captured_txn)?,
             refunded: dec(&refunded)?,
             txn_amount: dec(&txn_amount)?,
             txn_currency: cur(&tc)?,

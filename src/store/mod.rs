@@ -433,8 +433,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
         Write::Hold(h) => {
             c.prepare_cached(
                 "INSERT OR REPLACE INTO holds (auth_id, card_id, card_currency, pending, authorized, captured, refunded,
-                    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 h.auth_id,
@@ -450,7 +450,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 h.status.as_str(),
                 h.created_ms,
                 h.expires_ms,
-                h.resolved_ms
+                h.resolved_ms,
+                h.captured_txn.to_string()
             ])?;
         }
         Write::HoldResolved {

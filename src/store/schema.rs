@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS holds (
     pending TEXT NOT NULL, authorized TEXT NOT NULL, captured TEXT NOT NULL, refunded TEXT NOT NULL,
     txn_amount TEXT NOT NULL, txn_currency TEXT NOT NULL, fx_rate TEXT NOT NULL, status TEXT NOT NULL,
     created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, resolved_ms INTEGER,
-    PRIMARY KEY (card_id, auth_id));
+    captured_txn TEXT NOT NULL DEFAULT '0', PRIMARY KEY (card_id, auth_id));
 CREATE TABLE IF NOT EXISTS hold_resolutions (
     card_id TEXT NOT NULL, auth_id TEXT NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
     UNIQUE (card_id, auth_id));
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.
@@ -59,7 +59,10 @@ DROP INDEX IF EXISTS decisions_card;
 ";
 
 const V1_TO_V2_COPY: &str = "
-INSERT INTO holds SELECT * FROM holds_v1;
+INSERT INTO holds (auth_id, card_id, card_currency, pending, authorized, captured, refunded,
+    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms)
+    SELECT auth_id, card_id, card_currency, pending, authorized, captured, refunded,
+    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms FROM holds_v1;
 INSERT INTO hold_resolutions (card_id, auth_id, status, at_ms)
     SELECT h.card_id, r.auth_id, r.status, r.at_ms FROM hold_resolutions_v1 r
     JOIN holds_v1 h ON h.auth_id = r.auth_id ORDER BY r.rowid;
@@ -84,6 +87,17 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(V1_TO_V2_COPY)?;
         } else {
             conn.execute_batch(SCHEMA)?;
+        }
+        // Version 2 → 3: holds remember what was captured in the transaction currency.
+        let has_captured_txn: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('holds') WHERE name = 'captured_txn'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_captured_txn {
+            conn.execute_batch(
+                "ALTER TABLE holds ADD COLUMN captured_txn TEXT NOT NULL DEFAULT '0'",
+            )?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
