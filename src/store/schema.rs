@@ -155,7 +155,7 @@ mod tests {
         c.execute_batch(
             "INSERT INTO holds SELECT 'a1', 'c2', card_currency, pending, authorized, captured,
                  refunded, txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms,
-                 resolved_ms FROM holds WHERE card_id = 'c1';
+                 resolved_ms, captured_txn FROM holds WHERE card_id = 'c1';
              INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule,
                  amount, currency, amount_approved, card_currency, policy_version, request_id,
                  request_hash, response, effects) SELECT auth_id, 'c2', at_ms, approved,
