@@ -1254,3 +1254,36 @@ fn small_foreign_amounts_never_hold_zero_and_partial_captures_add_up() {
     e.store().unwrap().close();
     verify_store(dir.path());
 }
+
+/// Issue #8.12: under sustained writes the WAL stays bounded (here at a 1 MiB limit,
+/// with 12 MiB written): checkpoints keep up and truncate it.
+#[test]
+fn the_wal_stays_bounded_under_sustained_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit: u64 = 1024 * 1024;
+    let (store, _) = Store::open_with_wal_limit(dir.path(), Durability::Off, limit).unwrap();
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    let mut wal_max = 0;
+    let response: Arc<str> = "x".repeat(400).into();
+    for batch in 0..300 {
+        let writes = (0..100)
+            .map(|i| spendgate::store::Write::Idempotency {
+                scope: "fund",
+                key: format!("k{batch}-{i}"),
+                request_hash: "h".into(),
+                response: response.clone(),
+                at_ms: 0,
+            })
+            .collect();
+        store.commit(writes);
+        if batch % 10 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wal_max = wal_max.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let wal_end = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(wal_end <= limit, "WAL {wal_end} bytes after the load");
+    assert!(wal_max <= 8 * limit, "WAL peaked at {wal_max} bytes");
+    store.close();
+}
