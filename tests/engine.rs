@@ -595,3 +595,47 @@ fn travel_compares_the_transactions_own_times_clamped_to_the_server_clock() {
         ("59", Some("impossible_travel"))
     );
 }
+
+/// Issue #8.15: a script's `history.count("24h")` is exact on a busy card (it reads a real
+/// window, not the last 64 decisions), and a window that is not a literal is refused when
+/// the policy loads.
+#[test]
+fn script_history_is_exact_on_a_busy_card_and_windows_are_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("busy.yaml");
+    std::fs::write(
+        &file,
+        "policy: busy\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: busy_card\n    when: 'history.count(\"24h\") >= 100'\n    decline: \"65\"\n",
+    )
+    .unwrap();
+    let p = Arc::new(load_policy_file(&file).unwrap());
+    assert_eq!(p.history_windows.len(), 1);
+    let mut card = CardState::new("c1", "h1", "busy", Currency::USD);
+    let mut approved = 0;
+    let mut last = None;
+    for i in 0..101 {
+        let t = txn(&format!("b{i}"), "c1", "1.00", "USD");
+        let now = t0() + Duration::minutes(i);
+        let (d, _) = card.authorize(&p, &t, now, None, None, 7);
+        approved += usize::from(d.approved);
+        last = Some(d);
+    }
+    let last = last.unwrap();
+    assert_eq!(approved, 100, "the first 100 pass");
+    assert_eq!(
+        (last.response_code.as_str(), last.rule.as_deref()),
+        ("65", Some("busy_card")),
+        "the 101st sees all 100 earlier approvals"
+    );
+    std::fs::write(
+        &file,
+        "policy: busy\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: busy_card\n    when: 'let w = \"24h\"; history.count(w) >= 100'\n    decline: \"65\"\n",
+    )
+    .unwrap();
+    let errors = load_policy_file(&file).unwrap_err();
+    assert!(
+        errors[0].message.contains("string literal"),
+        "{}",
+        errors[0]
+    );
+}

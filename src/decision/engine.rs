@@ -12,10 +12,10 @@ use super::rules::Evaluator;
 use super::trace::{Detail, RuleRef, TraceEntry, TraceOutcome};
 use super::{
     Authorization, CardStatus, CardView, Channel, Decision, Effects, KycStatus, ResponseCode,
-    TxnType,
+    TxnType, VelocityEffect,
 };
 use crate::money::check_precision;
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, Counts, VelocityScope};
 use crate::velocity::{key_hash, Activity};
 
 /// Identifier fields are bounded so that nothing unbounded reaches logs or state.
@@ -153,6 +153,23 @@ pub fn decide(
         country: txn.merchant.country,
         merchant: key_hash(&[txn.merchant.id.as_bytes()]),
     });
+    // The windows scripts read through `history`: every decided authorization counts,
+    // approved or declined, whatever rules applied.
+    let now_ms = d.effects.at_ms;
+    for w in &policy.history_windows {
+        for (key, counts) in [
+            (w.key_approved, Counts::Approved),
+            (w.key_declined, Counts::Declined),
+        ] {
+            d.effects.velocity.push(VelocityEffect {
+                scope: VelocityScope::Card,
+                key,
+                start_ms: now_ms - w.length_ms + 1,
+                amount: ev.amount_policy_currency,
+                counts,
+            });
+        }
+    }
     if let Some((code, reason, rule)) = first {
         let id = rule.map(|r| r.id(policy, card.controls).to_string());
         return decline(d, code, reason, id);

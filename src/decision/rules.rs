@@ -174,9 +174,23 @@ impl<'a> Evaluator<'a> {
                 last_location: c.last_seen.map(|l| (l.location.lat, l.location.lon)),
                 minutes_since_last: c.last_seen.map(|l| (self.now_ms - l.at_ms) / 60_000),
             };
+            let windows = p
+                .history_windows
+                .iter()
+                .map(|w| {
+                    let start = self.now_ms - w.length_ms + 1;
+                    (
+                        w.length_ms,
+                        c.card_velocity.totals(w.key_approved, start),
+                        c.card_velocity.totals(w.key_declined, start),
+                    )
+                })
+                .collect();
             let history = ScriptHistory {
                 now_ms: self.now_ms,
                 events: c.activity.snapshot(),
+                windows,
+                countries: c.countries_seen.into(),
             };
             self.scripts = Some(ScriptInputs::new(txn, card, history, p.lists.clone()));
         }

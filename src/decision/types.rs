@@ -56,6 +56,8 @@ pub struct CardView<'a> {
     pub program_velocity: Option<&'a VelocityState>,
     pub last_seen: Option<LastSeen>,
     pub activity: &'a ActivityLog,
+    /// The newest approval in each country.
+    pub countries_seen: &'a [(crate::domain::Country, i64)],
     /// The card's own spending controls, compiled to card-scope rules.
     pub controls: Option<&'a crate::policy::CompiledPolicy>,
 }

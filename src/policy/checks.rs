@@ -34,6 +34,15 @@ pub(super) fn compile_rule(
     let cond =
         |key: &'static str, v: &Option<serde_norway::Value>, cx: &mut Ctx<'_>| -> Option<Cond> {
             let v = v.as_ref()?;
+            if let serde_norway::Value::String(expr) = v {
+                match script::history_windows_in(expr) {
+                    Ok(lengths) => cx.history_lengths.extend(lengths),
+                    Err(e) => {
+                        cx.rule_err(i, &[key], e);
+                        return None;
+                    }
+                }
+            }
             match compile_cond(v, &raw.lists, currency) {
                 Ok(c) => Some(c),
                 Err((sub, msg)) => {
@@ -369,6 +378,13 @@ fn script_check(
         }
     };
     hasher.update(text.as_bytes());
+    match script::history_windows_in(&text) {
+        Ok(lengths) => cx.history_lengths.extend(lengths),
+        Err(e) => {
+            cx.rule_err(i, &["script"], e);
+            return None;
+        }
+    }
     match script::compile_script(&text, raw.script_loops) {
         Ok(ast) => Some(Check::Script {
             ast: Arc::new(ast),

@@ -27,6 +27,8 @@ pub(super) struct Ctx<'a> {
     pub(super) loc: Locator<'a>,
     pub(super) errors: Vec<PolicyError>,
     pub(super) rule_ids: Vec<String>,
+    /// Lengths of the rolling windows the policy's Rhai code reads through `history`.
+    pub(super) history_lengths: BTreeSet<i64>,
 }
 
 impl Ctx<'_> {
@@ -75,6 +77,7 @@ pub fn compile_policy(
         loc: Locator::new(text),
         errors: Vec::new(),
         rule_ids: Vec::new(),
+        history_lengths: BTreeSet::new(),
     };
     // Anchors and aliases are refused outright (named lists do their job), so a
     // "billion laughs" file fails fast; serde_norway's own expansion bound backs this up.
@@ -262,6 +265,26 @@ pub fn compile_policy(
     let digest = hasher.finalize();
     let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     let uses_rhai = rules.iter().any(Rule::uses_rhai);
+    let history_windows = cx
+        .history_lengths
+        .iter()
+        .map(|&length_ms| {
+            let key = |counts: &str| {
+                crate::velocity::key_hash(&[
+                    raw.policy.as_bytes(),
+                    b"history",
+                    length_ms.to_string().as_bytes(),
+                    counts.as_bytes(),
+                    currency.code().as_bytes(),
+                ])
+            };
+            HistoryWindow {
+                length_ms,
+                key_approved: key("approved"),
+                key_declined: key("declined"),
+            }
+        })
+        .collect();
     Ok(CompiledPolicy {
         name: raw.policy,
         description: raw.description,
@@ -278,6 +301,7 @@ pub fn compile_policy(
         test_defaults: Arc::new(raw.test_defaults.unwrap_or_default()),
         fx,
         uses_rhai,
+        history_windows,
     })
 }
 

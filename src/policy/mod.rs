@@ -222,6 +222,19 @@ pub struct CompiledPolicy {
     pub test_defaults: Arc<raw::RawTestTxn>,
     pub fx: Arc<FxTable>,
     pub uses_rhai: bool,
+    /// Rolling windows the policy's Rhai code reads through `history.count/sum/declined`,
+    /// kept as real velocity windows of each card so the answers are exact.
+    pub history_windows: Vec<HistoryWindow>,
+}
+
+/// A `history` window declared by a string literal in a script or condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWindow {
+    pub length_ms: i64,
+    /// Window counting approved decisions (and their amounts).
+    pub key_approved: u64,
+    /// Window counting declined decisions.
+    pub key_declined: u64,
 }
 
 /// An embedded test, kept raw with its line; [`crate::policy_tests`] runs it.

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 use crate::domain::{CardStatus, Channel, Country, KycStatus, Mcc, ResponseCode, TxnType};
 use crate::money::Currency;
-use crate::velocity::{Activity, WindowSpec};
+use crate::velocity::{Activity, Totals, WindowSpec};
 
 /// Limits of the sandbox; a script that exceeds any of them errors out promptly.
 pub const OPERATIONS_MAX: u64 = 20_000;
@@ -74,22 +74,105 @@ pub struct ScriptCard {
     pub minutes_since_last: Option<i64>,
 }
 
-/// The card's recent activity (amounts in the policy currency at decision time).
+/// The card's history as scripts read it (amounts in the policy currency at decision
+/// time). `count`, `sum` and `declined` read real velocity windows, declared at load time
+/// by the string literals the code passes, so they are exact however busy the card is;
+/// `countries` reads the newest approval per country (exact too); `seen_merchant` looks at
+/// the last [`crate::velocity::ACTIVITY_MAX`] decisions.
 #[derive(Debug, Clone)]
 pub struct ScriptHistory {
     pub now_ms: i64,
     pub events: Arc<[Activity]>,
+    /// (window length, approved totals, declined totals) for each declared window.
+    pub windows: Arc<[(i64, Totals, Totals)]>,
+    /// The newest approval in each country.
+    pub countries: Arc<[(Country, i64)]>,
 }
 
 impl ScriptHistory {
-    fn since(&self, window: &str) -> Result<impl Iterator<Item = &Activity>, Box<EvalAltResult>> {
-        let spec = WindowSpec::parse(window).map_err(|e| e.to_string())?;
-        let WindowSpec::Rolling { length_ms } = spec else {
-            return Err("history windows are rolling lengths such as 1h or 24h".into());
-        };
-        let start = self.now_ms - length_ms + 1;
-        Ok(self.events.iter().filter(move |a| a.at_ms >= start))
+    fn length(window: &str) -> Result<i64, Box<EvalAltResult>> {
+        match WindowSpec::parse(window).map_err(|e| e.to_string())? {
+            WindowSpec::Rolling { length_ms } => Ok(length_ms),
+            _ => Err("history windows are rolling lengths such as 1h or 24h".into()),
+        }
     }
+
+    fn totals(&self, window: &str) -> Result<(Totals, Totals), Box<EvalAltResult>> {
+        let length = Self::length(window)?;
+        self.windows
+            .iter()
+            .find(|(l, ..)| *l == length)
+            .map(|(_, a, d)| (*a, *d))
+            .ok_or_else(|| {
+                format!("history window `{window}` is not declared: pass it as a string literal")
+                    .into()
+            })
+    }
+}
+
+/// The rolling windows (in ms) that Rhai source reads through `history.count`, `sum` or
+/// `declined`; every such call must pass its window as a string literal, so the windows
+/// are known at load time and kept exactly. (`countries` is checked too; it needs no
+/// window of its own.)
+pub fn history_windows_in(src: &str) -> Result<Vec<i64>, String> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    for (start, _) in src.match_indices("history") {
+        if start > 0 && ident(b[start - 1]) {
+            continue;
+        }
+        let mut i = skip_ws(start + "history".len());
+        if b.get(i) != Some(&b'.') {
+            continue;
+        }
+        i = skip_ws(i + 1);
+        let name_start = i;
+        while i < b.len() && ident(b[i]) {
+            i += 1;
+        }
+        let name = &src[name_start..i];
+        if !matches!(name, "count" | "sum" | "declined" | "countries") {
+            continue;
+        }
+        let literal = || -> Option<&str> {
+            let mut j = skip_ws(i);
+            if b.get(j) != Some(&b'(') {
+                return None;
+            }
+            j = skip_ws(j + 1);
+            if b.get(j) != Some(&b'"') {
+                return None;
+            }
+            let end = j + 1 + src[j + 1..].find('"')?;
+            let k = skip_ws(end + 1);
+            (b.get(k) == Some(&b')')).then(|| &src[j + 1..end])
+        };
+        let Some(window) = literal() else {
+            return Err(format!(
+                "history.{name} takes its window as a string literal such as \"24h\""
+            ));
+        };
+        match WindowSpec::parse(window) {
+            Ok(WindowSpec::Rolling { length_ms }) => {
+                if name != "countries" && !out.contains(&length_ms) {
+                    out.push(length_ms);
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "history.{name}(\"{window}\"): windows are rolling lengths such as 1h or 24h"
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Shared strings for the names of small enums, so that getters clone a reference
@@ -214,30 +297,26 @@ fn build_engine(allow_loops: bool) -> Engine {
         .register_fn(
             "count",
             |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
-                Ok(h.since(w)?.filter(|a| a.approved).count() as i64)
+                Ok(h.totals(w)?.0.count as i64)
             },
         )
         .register_fn(
             "sum",
             |h: &mut ScriptHistory, w: &str| -> Result<Decimal, Box<EvalAltResult>> {
-                Ok(h.since(w)?.filter(|a| a.approved).map(|a| a.amount).sum())
+                Ok(h.totals(w)?.0.amount)
             },
         )
         .register_fn(
             "declined",
             |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
-                Ok(h.since(w)?.filter(|a| !a.approved).count() as i64)
+                Ok(h.totals(w)?.1.count as i64)
             },
         )
         .register_fn(
             "countries",
             |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
-                let set: BTreeSet<_> = h
-                    .since(w)?
-                    .filter(|a| a.approved)
-                    .map(|a| a.country)
-                    .collect();
-                Ok(set.len() as i64)
+                let start = h.now_ms - ScriptHistory::length(w)? + 1;
+                Ok(h.countries.iter().filter(|(_, at)| *at >= start).count() as i64)
             },
         )
         .register_fn(

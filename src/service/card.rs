@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
-use crate::decision::{CardStatus, CardView, Effects, Expiry, KycStatus, LastSeen};
+use crate::decision::{CardStatus, CardView, Country, Effects, Expiry, KycStatus, LastSeen};
 use crate::ledger::CardAccount;
 use crate::money::Currency;
 use crate::policy::{CompiledPolicy, Counts, VelocityScope};
@@ -32,6 +32,9 @@ pub struct CardState {
     pub velocity: VelocityState,
     pub activity: ActivityLog,
     pub last_seen: Option<LastSeen>,
+    /// The newest approval in each country (at most one entry per country), for scripts'
+    /// `history.countries`.
+    pub countries_seen: Vec<(Country, i64)>,
     pub controls: Option<Arc<CompiledPolicy>>,
     /// The latest engine time this card has seen (ms); its clock never runs backwards.
     pub clock_ms: i64,
@@ -54,6 +57,7 @@ impl CardState {
             velocity: VelocityState::default(),
             activity: ActivityLog::default(),
             last_seen: None,
+            countries_seen: Vec::new(),
             controls: None,
             clock_ms: i64::MIN,
         }
@@ -81,6 +85,7 @@ impl CardState {
             program_velocity: program,
             last_seen: self.last_seen,
             activity: &self.activity,
+            countries_seen: &self.countries_seen,
             controls: self.controls.as_deref(),
         }
     }
@@ -117,6 +122,16 @@ impl CardState {
         if let Some(mut a) = e.activity {
             a.approved = approved;
             self.activity.push(a);
+            if approved {
+                match self
+                    .countries_seen
+                    .iter_mut()
+                    .find(|(c, _)| *c == a.country)
+                {
+                    Some((_, at)) => *at = (*at).max(a.at_ms),
+                    None => self.countries_seen.push((a.country, a.at_ms)),
+                }
+            }
         }
         if approved {
             if let Some(location) = e.location {
