@@ -210,7 +210,14 @@ impl Engine {
                     e
                 }
             };
-            let token = self.ids.hex128();
+            // A token never contains what would pass for a card number (13+ digits in a
+            // row passing Luhn): the edge refuses such ids, so one must never be issued.
+            let token = loop {
+                let t = self.ids.hex128();
+                if !crate::domain::contains_card_number(&t[..24]) {
+                    break t;
+                }
+            };
             let last4 = format!(
                 "{:04}",
                 u16::from_str_radix(&token[..4], 16).unwrap_or(0) % 10_000
@@ -365,5 +372,66 @@ fn card_response(r: &CardRecord, s: &CardState) -> CardResponse {
         status: s.status.as_str().to_string(),
         controls: r.controls.clone(),
         balance: balance(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Ids;
+
+    /// Ids whose first draws are all digits (and pass Luhn), then ordinary hex.
+    struct DigitsFirst(std::sync::atomic::AtomicU32);
+
+    impl Ids for DigitsFirst {
+        fn hex128(&self) -> String {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < 3 {
+                "4111111111111111".repeat(2)
+            } else {
+                "ab".repeat(16)
+            }
+        }
+    }
+
+    #[test]
+    fn an_issued_card_token_never_looks_like_a_card_number() {
+        let set = crate::policy::load_policy_dir(std::path::Path::new("rules")).unwrap();
+        let e = Engine::new(set).with_ids(std::sync::Arc::new(DigitsFirst(Default::default())));
+        e.create_program(Program {
+            id: "p".into(),
+            policy: "consumer-prepaid-africa".into(),
+            currency: Currency::USD,
+        })
+        .unwrap()
+        .wait();
+        e.create_cardholder(
+            "h",
+            Cardholder {
+                id: "h".into(),
+                program: "p".into(),
+                name: "Ada Obi".into(),
+                kyc: KycStatus::Verified,
+                blocked: false,
+            },
+        )
+        .unwrap()
+        .wait();
+        let new = NewCard {
+            program: "p".into(),
+            cardholder_id: "h".into(),
+            kind: CardKind::Virtual,
+            currency: None,
+            controls: None,
+            active: true,
+            expiry: None,
+        };
+        let json = e.issue_card("c", new).unwrap().wait();
+        let card: CardResponse = serde_json::from_str(&json).unwrap();
+        assert!(
+            !crate::domain::contains_card_number(&card.id),
+            "{}",
+            card.id
+        );
     }
 }
