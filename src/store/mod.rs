@@ -36,6 +36,8 @@ pub const DB_FILE: &str = "spendgate.db";
 /// The WAL is checkpointed and truncated whenever it grows past this, so it stays bounded
 /// under any sustained load (the passive checkpoints alone cannot shrink it).
 pub const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The writer looks at the WAL's size every this many batches.
+const WAL_CHECK_BATCHES: u32 = 8;
 
 /// One row to write. Amounts are stored as exact decimal text.
 #[derive(Debug, Clone)]
@@ -170,6 +172,8 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     // so copying the WAL back into the database never stalls a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // When the WAL rewinds after a complete checkpoint, its file is cut back to this.
+    conn.pragma_update(None, "journal_size_limit", WAL_BYTES_MAX as i64)?;
     schema::migrate(&conn)?;
     Ok(conn)
 }
@@ -190,6 +194,7 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
         let conn = open_connection(&path, durability)?;
+        conn.pragma_update(None, "journal_size_limit", wal_bytes_max.min(i64::MAX as u64) as i64)?;
         let snapshot = load_snapshot(&conn)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
         let durable = Arc::new(Durable {
@@ -201,15 +206,20 @@ impl Store {
         let writer = {
             let durable = durable.clone();
             let stats = stats.clone();
+            let wal = {
+                let mut p = path.clone().into_os_string();
+                p.push("-wal");
+                PathBuf::from(p)
+            };
             std::thread::Builder::new()
                 .name("spendgate-writer".into())
-                .spawn(move || writer_loop(conn, rx, durable, stats))?
+                .spawn(move || writer_loop(conn, rx, durable, stats, wal, wal_bytes_max))?
         };
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let cp_path = path.clone();
         let cp = std::thread::Builder::new()
             .name("spendgate-checkpoint".into())
-            .spawn(move || checkpointer(cp_path, stop_rx, wal_bytes_max))?;
+            .spawn(move || checkpointer(cp_path, stop_rx))?;
         let reader = query::open_reader(&path)?;
         Ok((
             Store {
@@ -325,44 +335,18 @@ pub fn fail_stop(why: &str) -> ! {
 
 /// Copies the WAL back into the database file every 200 ms without blocking the writer
 /// (`PASSIVE`); a failed checkpoint is retried next time (the WAL keeps the data). A
-/// passive checkpoint never shrinks the file, and under sustained writes it may never
-/// catch up: when the WAL passes `wal_bytes_max`, a `TRUNCATE` checkpoint briefly holds
-/// the writer back (it waits at most its busy timeout), copies everything and empties it.
-fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>, wal_bytes_max: u64) {
+/// passive checkpoint never shrinks the file: the writer truncates it when it passes its
+/// bound (see `writer_loop`), and little is left to copy by then.
+fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
     let Ok(conn) = Connection::open(&path) else {
         return;
     };
     let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
-    let wal = {
-        let mut p = path.clone().into_os_string();
-        p.push("-wal");
-        PathBuf::from(p)
-    };
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         stop.recv_timeout(std::time::Duration::from_millis(200))
     {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
-        }
-        let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        if wal_bytes > wal_bytes_max {
-            let _ = conn.busy_timeout(std::time::Duration::from_secs(2));
-            let started = Instant::now();
-            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            }) {
-                Ok(0) => {
-                    metrics::counter!("spendgate_store_wal_truncations_total").increment(1);
-                    tracing::info!(
-                        wal_bytes,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "WAL truncated"
-                    );
-                }
-                Ok(_) => tracing::warn!(wal_bytes, "WAL truncation was busy; will retry"),
-                Err(e) => tracing::warn!(error = %e, "WAL truncation failed; will retry"),
-            }
-            let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -373,7 +357,10 @@ fn writer_loop(
     rx: Receiver<Job>,
     durable: Arc<Durable>,
     stats: Arc<StoreStats>,
+    wal: PathBuf,
+    wal_bytes_max: u64,
 ) {
+    let mut batches_since_wal_check = 0u32;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let mut writes = jobs[0].writes.len();
@@ -410,6 +397,31 @@ fn writer_loop(
         durable.changed.notify_all();
         for tx in ready.into_values().flatten() {
             let _ = tx.send(());
+        }
+        // Answers are released; now, between batches, keep the WAL bounded. Only the
+        // writer can do this reliably: a checkpoint from another connection races the
+        // next batch and rarely copies everything, so the WAL never rewinds.
+        batches_since_wal_check += 1;
+        if batches_since_wal_check >= WAL_CHECK_BATCHES {
+            batches_since_wal_check = 0;
+            let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if wal_bytes > wal_bytes_max {
+                let started = Instant::now();
+                // From the writer a passive checkpoint completes (no other writer can
+                // append meanwhile), so the next transaction rewinds the WAL, and
+                // `journal_size_limit` cuts the file back to the bound.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    r.get::<_, i64>(0)
+                }) {
+                    Ok(0) => {
+                        metrics::counter!("spendgate_store_wal_truncations_total").increment(1);
+                        metrics::histogram!("spendgate_store_wal_truncation_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Ok(_) => tracing::warn!(wal_bytes, "WAL truncation was busy; will retry"),
+                    Err(e) => tracing::warn!(error = %e, "WAL truncation failed; will retry"),
+                }
+            }
         }
     }
 }
