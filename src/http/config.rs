@@ -35,6 +35,8 @@ pub struct Config {
     pub rate_per_key_per_s: u32,
     /// Runtime worker threads (`SPENDGATE_WORKERS`); 0 = one per core.
     pub workers: usize,
+    /// The store's WAL is cut back whenever it passes this many MiB.
+    pub wal_mib_max: u64,
     /// The engine's own settings (holds, captures, sweeps).
     pub engine: EngineConfig,
 }
@@ -53,6 +55,7 @@ impl Default for Config {
             requests_in_flight_max: 4_096,
             rate_per_key_per_s: 50_000,
             workers: 0,
+            wal_mib_max: 256,
             engine: EngineConfig::default(),
         }
     }

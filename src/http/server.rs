@@ -114,7 +114,8 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 pub fn build_state(config: Config) -> anyhow::Result<Shared> {
     let policies = load_and_test_policies(&config.rules_dir)
         .map_err(|e| anyhow::anyhow!("policies:\n{}", e.join("\n")))?;
-    let engine = Engine::open_dir(policies, &config.data_dir, config.engine)?
+    let wal_bytes_max = config.wal_mib_max.max(1).saturating_mul(1024 * 1024);
+    let engine = Engine::open_dir(policies, &config.data_dir, config.engine, wal_bytes_max)?
         .with_clock(Arc::new(SystemClock));
     let secrets = config
         .hook_secrets

@@ -47,8 +47,13 @@ impl Engine {
         policies: crate::policy::PolicySet,
         dir: &std::path::Path,
         config: super::EngineConfig,
+        wal_bytes_max: u64,
     ) -> Result<Engine, RecoveryError> {
-        let (store, snapshot) = crate::store::Store::open(dir, crate::store::Durability::Full)?;
+        let (store, snapshot) = crate::store::Store::open_with_wal_limit(
+            dir,
+            crate::store::Durability::Full,
+            wal_bytes_max,
+        )?;
         Engine::open(policies, Arc::new(store), snapshot, config)
     }
 }

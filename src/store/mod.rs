@@ -33,9 +33,12 @@ pub const BATCH_WRITES_MAX: usize = 4_096;
 /// Submitted batches waiting for the writer; submitters block beyond this (back-pressure).
 pub const QUEUE_DEPTH_MAX: usize = 16_384;
 pub const DB_FILE: &str = "spendgate.db";
-/// The WAL is checkpointed and truncated whenever it grows past this, so it stays bounded
-/// under any sustained load (the passive checkpoints alone cannot shrink it).
-pub const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The WAL is rewound and cut back whenever it grows past this, so it stays bounded under
+/// any sustained load (the background passive checkpoints alone cannot shrink it). Each
+/// rewind makes the writer copy what is left and sync the database (measured at 64
+/// connections: p99 9.5 ms with 256 MiB, 47 ms with 64 MiB), so the default is 256 MiB;
+/// `wal_mib_max` in the service's config sets it.
+pub const WAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// The writer looks at the WAL's size every this many batches.
 const WAL_CHECK_BATCHES: u32 = 8;
 
@@ -194,7 +197,11 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
         let conn = open_connection(&path, durability)?;
-        conn.pragma_update(None, "journal_size_limit", wal_bytes_max.min(i64::MAX as u64) as i64)?;
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            wal_bytes_max.min(i64::MAX as u64) as i64,
+        )?;
         let snapshot = load_snapshot(&conn)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
         let durable = Arc::new(Durable {
@@ -410,9 +417,7 @@ fn writer_loop(
                 // From the writer a passive checkpoint completes (no other writer can
                 // append meanwhile), so the next transaction rewinds the WAL, and
                 // `journal_size_limit` cuts the file back to the bound.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    r.get::<_, i64>(0)
-                }) {
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
                     Ok(0) => {
                         metrics::counter!("spendgate_store_wal_truncations_total").increment(1);
                         metrics::histogram!("spendgate_store_wal_truncation_seconds")
