@@ -1287,3 +1287,74 @@ fn the_wal_stays_bounded_under_sustained_writes() {
     assert!(wal_max <= 8 * limit, "WAL peaked at {wal_max} bytes");
     store.close();
 }
+
+/// Issue #8.13: idempotent answers are bounded in memory (here 4) and the ones that left
+/// memory are answered from the store: a late retry replays, a different body conflicts,
+/// nothing runs twice — also after a restart.
+#[test]
+fn answers_beyond_the_memory_bound_replay_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        idempotency_entries_max: 4,
+        ..EngineConfig::default()
+    };
+    let open_small = || {
+        let (store, snapshot) = Store::open(dir.path(), Durability::Full).unwrap();
+        Engine::open(rules(), Arc::new(store), snapshot, config)
+            .unwrap()
+            .with_clock(fresh_clock())
+    };
+    let e = open_small();
+    let card = issue(&e, 1, "1000.00").remove(0);
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let a = e
+            .authorize(
+                &txn(&format!("m{i}"), &card, "10.00", "USD"),
+                &AuthContext::default(),
+            )
+            .unwrap()
+            .wait();
+        assert!(!a.replayed);
+        answers.push(a.json);
+    }
+    let cap = e
+        .capture("p", "cap-1", "m0", amount("10.00"), true)
+        .map(Pending::wait)
+        .unwrap();
+    for i in 12..20 {
+        e.move_funds(&format!("f{i}"), &card, TransferKind::TopUp, amount("1.00"))
+            .map(Pending::wait)
+            .unwrap();
+    }
+    let before = balance(&e, &card);
+    assert!(e.idempotency_entries() <= 4, "{}", e.idempotency_entries());
+    let retry = e
+        .authorize(&txn("m0", &card, "10.00", "USD"), &AuthContext::default())
+        .unwrap()
+        .wait();
+    assert!(retry.replayed, "answered from the store");
+    assert_eq!(retry.json, answers[0]);
+    let conflict = e
+        .authorize(&txn("m1", &card, "11.00", "USD"), &AuthContext::default())
+        .map(Pending::wait);
+    assert!(matches!(conflict, Err(Rejection::IdempotencyConflict)));
+    let cap_again = e
+        .capture("p", "cap-1", "m0", amount("10.00"), true)
+        .map(Pending::wait)
+        .unwrap();
+    assert_eq!(cap_again, cap, "a capture retry replays too");
+    assert_eq!(balance(&e, &card), before, "nothing ran twice");
+    e.store().unwrap().close();
+    drop(e);
+    let e = open_small();
+    let retry = e
+        .authorize(&txn("m2", &card, "10.00", "USD"), &AuthContext::default())
+        .unwrap()
+        .wait();
+    assert!(retry.replayed);
+    assert_eq!(retry.json, answers[2]);
+    assert_eq!(balance(&e, &card), before);
+    e.store().unwrap().close();
+    verify_store(dir.path());
+}

@@ -195,6 +195,7 @@ impl Engine {
         self.idem
             .finish("authorization", &key, &hash, json.clone(), seq);
         drop(guard);
+        self.idem.evict(self.durable_seq());
         self.pending(json, seq)
     }
 

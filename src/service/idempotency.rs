@@ -34,15 +34,31 @@ pub enum Begin {
     Conflict,
 }
 
-/// Answers by (scope, key). A DashMap, not a bounded cache (moka): evicting a finished
-/// key would turn a processor's retry into a second execution while the store cannot yet
-/// answer replays itself. An entry is in flight only while its operation runs (µs, under
+/// Answers by (scope, key), at most `entries_max` of them in memory: the oldest finished
+/// answers give way once their writes are durable, and a key that is not in memory is
+/// looked up in the store (every answer is stored with its writes) before it may run —
+/// so eviction can never turn a retry into a second execution. Until the first eviction
+/// nothing is looked up. (Not moka: eviction must wait for durability, and a miss must
+/// consult the store.) An entry is in flight only while its operation runs (µs, under
 /// the card's lock), so a duplicate's wait in `begin` is short; a failed or panicking
 /// operation removes its entry (see `InFlightGuard`).
-#[derive(Default)]
 pub struct Idempotency {
     map: DashMap<(&'static str, String), Entry>,
+    /// Finished keys, oldest first, with the store sequence that makes each durable.
+    order: parking_lot::Mutex<std::collections::VecDeque<((&'static str, String), u64)>>,
+    entries_max: usize,
+    /// Whether an answer has ever left memory (from then on misses ask the store).
+    evicted: std::sync::atomic::AtomicBool,
 }
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Idempotency::with_capacity(IDEMPOTENCY_ENTRIES_DEFAULT)
+    }
+}
+
+/// Default number of answers kept in memory (≈ 1.2 KB each for authorizations).
+pub const IDEMPOTENCY_ENTRIES_DEFAULT: usize = 500_000;
 
 /// SHA-256 of a canonical request encoding, as hex.
 pub fn request_hash(bytes: &[u8]) -> String {
@@ -53,6 +69,45 @@ pub fn request_hash(bytes: &[u8]) -> String {
 }
 
 impl Idempotency {
+    pub fn with_capacity(entries_max: usize) -> Idempotency {
+        Idempotency {
+            map: DashMap::new(),
+            order: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+            entries_max: entries_max.max(1),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Like `begin`; a key not in memory is first looked up with `stored` once answers
+    /// have been evicted, and a stored answer is replayed (or conflicts) as if it had
+    /// stayed in memory.
+    pub fn begin_with(
+        &self,
+        scope: &'static str,
+        key: &str,
+        hash: &str,
+        stored: impl FnOnce() -> Option<(String, String)>,
+    ) -> Begin {
+        if self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.map.contains_key(&(scope, key.to_string()))
+        {
+            if let Some((h, response)) = stored() {
+                // Back in memory while it is asked for again (durable already), and in
+                // line for eviction like any other answer.
+                self.map
+                    .entry((scope, key.to_string()))
+                    .or_insert(Entry::Done {
+                        hash: h,
+                        response: response.into(),
+                        seq: 0,
+                    });
+                self.order.lock().push_back(((scope, key.to_string()), 0));
+                self.evict(0);
+            }
+        }
+        self.begin(scope, key, hash)
+    }
+
     pub fn begin(&self, scope: &'static str, key: &str, hash: &str) -> Begin {
         let deadline = Instant::now() + IN_FLIGHT_WAIT_MAX;
         loop {
@@ -99,6 +154,24 @@ impl Idempotency {
                 seq,
             },
         );
+        self.order.lock().push_back(((scope, key.to_string()), seq));
+    }
+
+    /// Drops the oldest answers beyond the bound whose writes are durable (`seq` at most
+    /// `durable_seq`); they remain answerable from the store.
+    pub fn evict(&self, durable_seq: u64) {
+        let mut order = self.order.lock();
+        while order.len() > self.entries_max {
+            let Some((_, seq)) = order.front() else { break };
+            if *seq > durable_seq {
+                break;
+            }
+            let (k, _) = order.pop_front().expect("front exists");
+            self.map
+                .remove_if(&k, |_, e| matches!(e, Entry::Done { .. }));
+            self.evicted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn abort(&self, scope: &'static str, key: &str) {
@@ -107,16 +180,18 @@ impl Idempotency {
         });
     }
 
-    /// Restores a completed key from the store.
+    /// Restores a completed key from the store (newest last; the bound applies).
     pub fn restore(&self, scope: &'static str, key: String, hash: String, response: String) {
         self.map.insert(
-            (scope, key),
+            (scope, key.clone()),
             Entry::Done {
                 hash,
                 response: response.into(),
                 seq: 0,
             },
         );
+        self.order.lock().push_back(((scope, key), 0));
+        self.evict(0);
     }
 
     pub fn len(&self) -> usize {
@@ -147,7 +222,8 @@ impl super::Engine {
             )));
         }
         let hash = request_hash(&serde_json::to_vec(request).unwrap_or_default());
-        match self.idem.begin(scope, key, &hash) {
+        let stored = || self.stored_answer(scope, key);
+        match self.idem.begin_with(scope, key, &hash, stored) {
             Begin::Replay { response, seq } => return Ok(self.pending(response, seq)),
             Begin::Conflict => return Err(Rejection::IdempotencyConflict),
             Begin::Go => {}
@@ -183,6 +259,7 @@ impl super::Engine {
         let seq = self.persist(writes);
         self.idem.finish(scope, key, &hash, json.clone(), seq);
         std::mem::forget(in_flight);
+        self.idem.evict(self.durable_seq());
         // The card's lock was held until its writes were queued: commit order for one
         // card equals the order its state changed in memory.
         drop(guard);

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub over_capture_bps: u32,
     /// Seconds between hold-expiry sweeps.
     pub expiry_sweep_s: u64,
+    /// Idempotent answers kept in memory; older ones are answered from the store.
+    pub idempotency_entries_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             hold_expiry_days: crate::ledger::HOLD_EXPIRY_DAYS_DEFAULT,
             over_capture_bps: crate::ledger::OVER_CAPTURE_BPS_DEFAULT,
             expiry_sweep_s: 60,
+            idempotency_entries_max: idempotency::IDEMPOTENCY_ENTRIES_DEFAULT,
         }
     }
 }
@@ -180,6 +183,7 @@ impl Engine {
     ) -> Result<Engine, RecoveryError> {
         let mut e = Engine::new(policies);
         e.config = config;
+        e.idem = Idempotency::with_capacity(config.idempotency_entries_max);
         e.recover(snapshot)?;
         e.store = Some(store);
         Ok(e)
@@ -314,9 +318,29 @@ impl Engine {
         }
     }
 
+    /// An answer the idempotency cache gave up, from the store. A store that cannot be
+    /// read stops the process: answering as if the key were new could execute it twice.
+    fn stored_answer(&self, scope: &str, key: &str) -> Option<(String, String)> {
+        let store = self.store.as_ref()?;
+        match store.stored_answer(scope, key) {
+            Ok(a) => a,
+            Err(e) => crate::store::fail_stop(&format!("idempotency lookup: {e}")),
+        }
+    }
+
+    /// The highest store sequence that is durable (everything, without a store).
+    fn durable_seq(&self) -> u64 {
+        self.store.as_ref().map_or(u64::MAX, |s| s.durable_seq())
+    }
+
     /// The store's counters, for metrics; None without a store.
     pub fn store_counters(&self) -> Option<StoreCounters> {
         self.store.as_ref().map(|s| s.counters())
+    }
+
+    /// Idempotent answers held in memory (bounded by `idempotency_entries_max`).
+    pub fn idempotency_entries(&self) -> usize {
+        self.idem.len()
     }
 
     /// Whether answers are made durable (an engine on a store).

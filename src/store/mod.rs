@@ -303,6 +303,23 @@ impl Store {
         }
     }
 
+    /// The stored answer of an idempotent operation (see [`query::stored_answer`]).
+    pub fn stored_answer(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => query::stored_answer(c, scope, key),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The highest sequence whose writes are durable.
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.seq.lock()
+    }
+
     /// Counters for metrics: (queue depth, batches, writes).
     pub fn counters(&self) -> StoreCounters {
         StoreCounters {

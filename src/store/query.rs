@@ -40,6 +40,40 @@ pub struct CardHistory {
     pub transfers: Vec<TransferHistory>,
 }
 
+/// The stored answer (request hash, response) of an idempotent operation, when the
+/// in-memory cache no longer has it. Authorization keys are `program/authorization id`:
+/// the answer is the decision's own, or an answer stored without a decision (a deadline's
+/// 91, an unknown card's 14).
+pub fn stored_answer(
+    c: &Connection,
+    scope: &str,
+    key: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let row = c
+        .prepare_cached(
+            "SELECT request_hash, response FROM idempotency WHERE scope = ?1 AND key = ?2",
+        )?
+        .query_row(rusqlite::params![scope, key], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if row.is_some() || scope != "authorization" {
+        return Ok(row);
+    }
+    let Some((program, auth_id)) = key.split_once('/') else {
+        return Ok(None);
+    };
+    Ok(c.prepare_cached(
+        "SELECT d.request_hash, d.response FROM decisions d JOIN cards c ON c.id = d.card_id
+         WHERE d.auth_id = ?1 AND c.program = ?2",
+    )?
+    .query_row(rusqlite::params![auth_id, program], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()?)
+}
+
 pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(Connection::open_with_flags(
         path,

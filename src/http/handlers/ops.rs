@@ -37,6 +37,7 @@ pub async fn metrics_endpoint(State(s): State<Shared>) -> Response {
         metrics::gauge!("spendgate_store_writes").set(c.writes as f64);
     }
     metrics::gauge!("spendgate_cards").set(s.engine.card_count() as f64);
+    metrics::gauge!("spendgate_idempotency_entries").set(s.engine.idempotency_entries() as f64);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
