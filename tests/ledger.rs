@@ -1281,10 +1281,23 @@ fn the_wal_stays_bounded_under_sustained_writes() {
         }
         wal_max = wal_max.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
     }
-    std::thread::sleep(std::time::Duration::from_millis(600));
-    let wal_end = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert!(wal_end <= limit, "WAL {wal_end} bytes after the load");
     assert!(wal_max <= 8 * limit, "WAL peaked at {wal_max} bytes");
+    // With traffic trickling on, the writer brings the WAL back under its bound.
+    let mut wal_end = u64::MAX;
+    for i in 0..200 {
+        store.commit(vec![spendgate::store::Write::Idempotency {
+            scope: "fund",
+            key: format!("trickle-{i}"),
+            request_hash: "h".into(),
+            response: response.clone(),
+            at_ms: 0,
+        }]);
+        wal_end = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if wal_end <= limit {
+            break;
+        }
+    }
+    assert!(wal_end <= limit, "WAL {wal_end} bytes after the load");
     store.close();
 }
 
@@ -1357,4 +1370,38 @@ fn answers_beyond_the_memory_bound_replay_from_the_store() {
     assert_eq!(balance(&e, &card), before);
     e.store().unwrap().close();
     verify_store(dir.path());
+}
+
+/// Issue #8.13: stored idempotent answers are kept for their retention (7 days by default)
+/// and then swept; decisions stay as history.
+#[test]
+fn idempotent_answers_past_their_retention_are_swept_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Durability::Full);
+    let card = issue(&e, 1, "10.00").remove(0);
+    assert!(authorize(&e, "kept", &card, "1.00", t0()).approved);
+    at(t0() + Duration::days(8), || {
+        e.deposit("recent", "p", amount("5.00"), Currency::USD)
+            .map(Pending::wait)
+            .unwrap();
+        e.sweep_retention().wait();
+    });
+    let conn =
+        Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM idempotency WHERE key = 'dep'"),
+        0,
+        "swept"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM idempotency WHERE key = 'recent'"),
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM decisions WHERE auth_id = 'kept'"),
+        1
+    );
+    e.store().unwrap().close();
 }

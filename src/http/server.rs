@@ -163,6 +163,7 @@ pub async fn serve(
                 if !r.expired.is_empty() {
                     tracing::info!(expired = r.expired.len(), "holds expired");
                 }
+                state.engine.sweep_retention().durable().await;
             }
         })
     };

@@ -156,7 +156,7 @@ impl Engine {
             || {
                 let Some(card) = self.card_of_auth(program, auth_id) else {
                     // Remembered, so that the authorization is voided if it arrives later.
-                    self.early_reversals.insert(scoped.clone(), ());
+                    self.remember_early_reversal(scoped.clone());
                     return Ok((ReversalResponse::unmatched(auth_id), vec![], None));
                 };
                 let mut c = live(&card)?;

@@ -60,6 +60,9 @@ pub struct EngineConfig {
     pub expiry_sweep_s: u64,
     /// Idempotent answers kept in memory; older ones are answered from the store.
     pub idempotency_entries_max: usize,
+    /// Days an idempotency key is honoured (its stored answer replayed) for operations
+    /// other than authorizations, whose decisions are kept as history and replay for ever.
+    pub idempotency_retention_days: u32,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +72,7 @@ impl Default for EngineConfig {
             over_capture_bps: crate::ledger::OVER_CAPTURE_BPS_DEFAULT,
             expiry_sweep_s: 60,
             idempotency_entries_max: idempotency::IDEMPOTENCY_ENTRIES_DEFAULT,
+            idempotency_retention_days: 7,
         }
     }
 }
@@ -139,8 +143,10 @@ pub struct Engine {
     /// SHA-256 of each API key → its program.
     api_keys: DashMap<String, String>,
     /// Authorizations reversed before they arrived (out-of-order messages), as
-    /// `program/authorization id`.
+    /// `program/authorization id`; at most [`EARLY_REVERSALS_MAX`], oldest dropped first
+    /// (a dropped one only means a late authorization keeps its hold until it expires).
     early_reversals: DashMap<String, ()>,
+    early_reversal_order: Mutex<std::collections::VecDeque<String>>,
     /// Balances of every non-card account.
     house: Mutex<BTreeMap<AccountId, Decimal>>,
     idem: Idempotency,
@@ -164,6 +170,7 @@ impl Engine {
             auth_index: DashMap::new(),
             api_keys: DashMap::new(),
             early_reversals: DashMap::new(),
+            early_reversal_order: Mutex::new(std::collections::VecDeque::new()),
             house: Mutex::new(BTreeMap::new()),
             idem: Idempotency::default(),
             policies: ArcSwap::from_pointee(policies),
@@ -338,6 +345,15 @@ impl Engine {
         self.store.as_ref().map(|s| s.counters())
     }
 
+    /// Deletes stored idempotent answers past their retention (a bounded batch per call;
+    /// the service's sweeper calls it every sweep).
+    pub fn sweep_retention(&self) -> Pending<()> {
+        let days = i64::from(self.config.idempotency_retention_days.max(1));
+        let before_ms = self.now().timestamp_millis() - days * 86_400_000;
+        let seq = self.persist(vec![Write::IdempotencySweep { before_ms }]);
+        self.pending((), seq)
+    }
+
     /// Idempotent answers held in memory (bounded by `idempotency_entries_max`).
     pub fn idempotency_entries(&self) -> usize {
         self.idem.len()
@@ -358,6 +374,24 @@ impl Engine {
     /// Balance of a non-card account (funding, settlement, FX, external).
     pub fn house_balance(&self, account: &AccountId) -> Decimal {
         self.house.lock().get(account).copied().unwrap_or_default()
+    }
+}
+
+/// Early reversals remembered at once.
+pub const EARLY_REVERSALS_MAX: usize = 100_000;
+
+impl Engine {
+    /// Remembers a reversal whose authorization has not arrived, within the bound.
+    fn remember_early_reversal(&self, scoped: String) {
+        let mut order = self.early_reversal_order.lock();
+        if self.early_reversals.insert(scoped.clone(), ()).is_none() {
+            order.push_back(scoped);
+        }
+        while order.len() > EARLY_REVERSALS_MAX {
+            if let Some(old) = order.pop_front() {
+                self.early_reversals.remove(&old);
+            }
+        }
     }
 }
 

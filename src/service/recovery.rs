@@ -158,7 +158,7 @@ impl Engine {
             if let Ok(r) = serde_json::from_str::<ReversalResponse>(response) {
                 let scoped = auth_key(program, &r.authorization_id);
                 if !r.matched && !self.auth_index.contains_key(&scoped) {
-                    self.early_reversals.insert(scoped, ());
+                    self.remember_early_reversal(scoped);
                 }
             }
         }

@@ -39,6 +39,8 @@ pub const DB_FILE: &str = "spendgate.db";
 /// connections: p99 9.5 ms with 256 MiB, 47 ms with 64 MiB), so the default is 256 MiB;
 /// `wal_mib_max` in the service's config sets it.
 pub const WAL_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Most rows one retention sweep deletes.
+pub const ROWS_PER_SWEEP_MAX: i64 = 10_000;
 /// The writer looks at the WAL's size every this many batches.
 const WAL_CHECK_BATCHES: u32 = 8;
 
@@ -81,6 +83,11 @@ pub enum Write {
         request_hash: String,
         response: Arc<str>,
         at_ms: i64,
+    },
+    /// Idempotent answers stored before `before_ms` are past their retention: deleted (at
+    /// most `ROWS_PER_SWEEP_MAX` per write, so one sweep never stalls the writer long).
+    IdempotencySweep {
+        before_ms: i64,
     },
     /// An API key, stored only as its SHA-256.
     ApiKey {
@@ -604,6 +611,13 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
             // REPLACE: a deadline override supersedes the stored answer of its request.
             c.prepare_cached("INSERT OR REPLACE INTO idempotency (scope, key, request_hash, response, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![scope, key, request_hash, &**response, at_ms])?;
+        }
+        Write::IdempotencySweep { before_ms } => {
+            c.prepare_cached(
+                "DELETE FROM idempotency WHERE rowid IN
+                   (SELECT rowid FROM idempotency WHERE at_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![before_ms, ROWS_PER_SWEEP_MAX])?;
         }
         Write::ApiKey {
             hash,

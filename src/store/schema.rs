@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL,
     at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));
+CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency(at_ms);
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
