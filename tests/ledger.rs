@@ -1405,3 +1405,44 @@ fn idempotent_answers_past_their_retention_are_swept_from_the_store() {
     );
     e.store().unwrap().close();
 }
+
+/// Issue #8.13: the authorization index is bounded (here 2); captures and reversals of
+/// authorizations it no longer holds find their card in the store.
+#[test]
+fn captures_beyond_the_authorization_index_bound_find_their_card_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        authorization_index_entries_max: 2,
+        ..EngineConfig::default()
+    };
+    let (store, snapshot) = Store::open(dir.path(), Durability::Full).unwrap();
+    let e = Engine::open(rules(), Arc::new(store), snapshot, config)
+        .unwrap()
+        .with_clock(fresh_clock());
+    let card = issue(&e, 1, "1000.00").remove(0);
+    for i in 0..6 {
+        assert!(authorize(&e, &format!("x{i}"), &card, "10.00", t0()).approved);
+    }
+    assert!(e.has_authorization("p", "x0"));
+    assert!(
+        !e.has_authorization("other", "x0"),
+        "another program's id is unknown"
+    );
+    let c: HoldResponse = serde_json::from_str(
+        &e.capture("p", "c0", "x0", amount("10.00"), true)
+            .map(Pending::wait)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.captured, "10.00");
+    let r: ReversalResponse =
+        serde_json::from_str(&e.reverse("p", "r1", "x1", None).map(Pending::wait).unwrap())
+            .unwrap();
+    assert!(r.matched, "{r:?}");
+    assert_eq!(
+        balance(&e, &card),
+        ("990.00".into(), "40.00".into(), "950.00".into())
+    );
+    e.store().unwrap().close();
+    verify_store(dir.path());
+}

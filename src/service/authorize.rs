@@ -89,7 +89,7 @@ impl Engine {
             let mut writes = Vec::new();
             let mut voided_early = false;
             if let Some(h) = hold {
-                self.auth_index.insert(key.clone(), c.card_id.clone());
+                self.index_authorization(key.clone(), c.card_id.clone());
                 writes.push(Write::Hold(h));
                 // The processor reversed this authorization before we saw it: void the
                 // hold now, so the money is not reserved for a transaction that is gone.

@@ -13,18 +13,44 @@ use crate::store::Write;
 
 impl Engine {
     fn card_of_auth(&self, program: &str, auth_id: &str) -> Option<Shared<CardState>> {
-        let card_id = self
-            .auth_index
-            .get(&super::auth_key(program, auth_id))
-            .map(|c| c.clone())?;
+        let card_id = self.card_id_of_auth(program, auth_id)?;
         self.card(&card_id)
+    }
+
+    /// The card an authorization of `program` placed its hold on: from the bounded index,
+    /// else from the store (and back into the index).
+    fn card_id_of_auth(&self, program: &str, auth_id: &str) -> Option<String> {
+        let key = super::auth_key(program, auth_id);
+        if let Some(c) = self.auth_index.get(&key) {
+            return Some(c.clone());
+        }
+        let store = self.store.as_ref()?;
+        let card_id = match store.card_of_authorization(program, auth_id) {
+            Ok(c) => c?,
+            Err(e) => crate::store::fail_stop(&format!("authorization lookup: {e}")),
+        };
+        self.index_authorization(key, card_id.clone());
+        Some(card_id)
+    }
+
+    /// Remembers which card an authorization's hold is on, within the index's bound
+    /// (the oldest entries give way; the store still knows them).
+    pub(super) fn index_authorization(&self, key: String, card_id: String) {
+        let mut order = self.auth_order.lock();
+        if self.auth_index.insert(key.clone(), card_id).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > self.config.authorization_index_entries_max.max(1) {
+            if let Some(old) = order.pop_front() {
+                self.auth_index.remove(&old);
+            }
+        }
     }
 
     /// Whether `program` placed an authorization with this id (another program's is as
     /// unknown as one never made).
     pub fn has_authorization(&self, program: &str, auth_id: &str) -> bool {
-        self.auth_index
-            .contains_key(&super::auth_key(program, auth_id))
+        self.card_id_of_auth(program, auth_id).is_some()
     }
 
     /// Releases everything an authorization still holds and records it; false when

@@ -60,6 +60,9 @@ pub struct EngineConfig {
     pub expiry_sweep_s: u64,
     /// Idempotent answers kept in memory; older ones are answered from the store.
     pub idempotency_entries_max: usize,
+    /// Authorizations whose card is remembered in memory (≈ 100 B each); older ones are
+    /// looked up in the store.
+    pub authorization_index_entries_max: usize,
     /// Days an idempotency key is honoured (its stored answer replayed) for operations
     /// other than authorizations, whose decisions are kept as history and replay for ever.
     pub idempotency_retention_days: u32,
@@ -73,6 +76,7 @@ impl Default for EngineConfig {
             expiry_sweep_s: 60,
             idempotency_entries_max: idempotency::IDEMPOTENCY_ENTRIES_DEFAULT,
             idempotency_retention_days: 7,
+            authorization_index_entries_max: 1_000_000,
         }
     }
 }
@@ -138,8 +142,10 @@ pub struct Engine {
     program_velocity: DashMap<String, Shared<VelocityState>>,
     programs: DashMap<String, Program>,
     cardholders: DashMap<String, Cardholder>,
-    /// `program/authorization id` → card id, for captures and reversals.
+    /// `program/authorization id` → card id, for captures and reversals; at most
+    /// `authorization_index_entries_max`, oldest first out (the store answers the rest).
     auth_index: DashMap<String, String>,
+    auth_order: Mutex<std::collections::VecDeque<String>>,
     /// SHA-256 of each API key → its program.
     api_keys: DashMap<String, String>,
     /// Authorizations reversed before they arrived (out-of-order messages), as
@@ -168,6 +174,7 @@ impl Engine {
             programs: DashMap::new(),
             cardholders: DashMap::new(),
             auth_index: DashMap::new(),
+            auth_order: Mutex::new(std::collections::VecDeque::new()),
             api_keys: DashMap::new(),
             early_reversals: DashMap::new(),
             early_reversal_order: Mutex::new(std::collections::VecDeque::new()),

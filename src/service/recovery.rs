@@ -84,11 +84,14 @@ impl Engine {
             }
         }
         *self.house.lock() = house;
+        // Every authorization that placed a hold (the index itself is bounded).
+        let mut held = std::collections::HashSet::new();
         for h in s.ledger.holds {
             if let Some(c) = self.card(&h.card_id) {
                 let program = self.card_program(&h.card_id).unwrap_or_default();
-                self.auth_index
-                    .insert(auth_key(&program, &h.auth_id), h.card_id.clone());
+                let key = auth_key(&program, &h.auth_id);
+                held.insert(key.clone());
+                self.index_authorization(key, h.card_id.clone());
                 c.lock().account.replay_hold(h);
             }
         }
@@ -157,7 +160,7 @@ impl Engine {
             };
             if let Ok(r) = serde_json::from_str::<ReversalResponse>(response) {
                 let scoped = auth_key(program, &r.authorization_id);
-                if !r.matched && !self.auth_index.contains_key(&scoped) {
+                if !r.matched && !held.contains(&scoped) {
                     self.remember_early_reversal(scoped);
                 }
             }

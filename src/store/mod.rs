@@ -322,6 +322,18 @@ impl Store {
         }
     }
 
+    /// The card an authorization of `program` placed its hold on.
+    pub fn card_of_authorization(
+        &self,
+        program: &str,
+        auth_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => query::card_of_authorization(c, program, auth_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
     /// The highest sequence whose writes are durable.
     pub fn durable_seq(&self) -> u64 {
         *self.durable.seq.lock()

@@ -74,6 +74,21 @@ pub fn stored_answer(
     .optional()?)
 }
 
+/// The card an authorization of `program` placed its hold on, if it did.
+pub fn card_of_authorization(
+    c: &Connection,
+    program: &str,
+    auth_id: &str,
+) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(c.prepare_cached(
+        "SELECT h.card_id FROM holds h JOIN cards c ON c.id = h.card_id
+         WHERE h.auth_id = ?1 AND c.program = ?2",
+    )?
+    .query_row(rusqlite::params![auth_id, program], |r| r.get(0))
+    .optional()?)
+}
+
 pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(Connection::open_with_flags(
         path,

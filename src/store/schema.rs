@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     response TEXT NOT NULL, effects TEXT NOT NULL, UNIQUE (card_id, auth_id));
 CREATE INDEX IF NOT EXISTS decisions_card ON decisions(card_id, at_ms);
 CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
+CREATE INDEX IF NOT EXISTS holds_auth ON holds(auth_id);
 CREATE TABLE IF NOT EXISTS velocity_releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, card_id TEXT NOT NULL, auth_id TEXT NOT NULL,
     ratio TEXT NOT NULL, at_ms INTEGER NOT NULL);
