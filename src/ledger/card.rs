@@ -13,6 +13,8 @@ use crate::money::Currency;
 
 /// Resolved holds older than this are dropped from memory (they stay in the store).
 pub const RESOLVED_HOLD_RETENTION_MS: i64 = 90 * 86_400_000;
+/// A card's hold map is pruned once it holds this many.
+pub const HOLDS_IN_MEMORY_MIN: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct CardAccount {
@@ -22,10 +24,13 @@ pub struct CardAccount {
     pub posted: Decimal,
     /// Sum of pending holds.
     pub pending: Decimal,
-    /// Pending holds and resolved ones from the last 90 days.
+    /// Pending holds and captured ones from the last 90 days (voided and expired holds
+    /// leave at the next pruning).
     pub holds: HashMap<String, Hold>,
     /// Set once a forced post has touched this account.
     pub forced: bool,
+    /// The map is pruned when it reaches this size (doubling keeps pruning amortized).
+    prune_at: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +151,7 @@ impl CardAccount {
             pending: Decimal::ZERO,
             holds: HashMap::new(),
             forced: false,
+            prune_at: HOLDS_IN_MEMORY_MIN,
         }
     }
 
@@ -188,13 +194,12 @@ impl CardAccount {
             !self.holds.contains_key(auth_id),
             "one hold per authorization id"
         );
-        // Keep memory bounded: resolved holds age out (they remain in the store).
-        if self.holds.len() >= 64 {
-            self.holds.retain(|_, h| {
-                h.status == HoldStatus::Pending
-                    || h.resolved_ms
-                        .is_some_and(|r| now_ms - r < RESOLVED_HOLD_RETENTION_MS)
-            });
+        // Keep memory bounded: only pending holds and recently captured ones (which refunds
+        // may still draw on) stay; voided and expired holds can take nothing more and go
+        // at once. All remain in the store.
+        if self.holds.len() >= self.prune_at {
+            self.holds.retain(|_, h| Self::keep_in_memory(h, now_ms));
+            self.prune_at = (self.holds.len() * 2).max(HOLDS_IN_MEMORY_MIN);
         }
         let hold = Hold {
             auth_id: auth_id.to_string(),
@@ -529,7 +534,23 @@ impl CardAccount {
         if h.status == HoldStatus::Pending {
             self.pending += h.pending;
         }
-        self.holds.insert(h.auth_id.clone(), h);
+        // A voided or expired hold can take nothing more: it stays in the store only.
+        // (Captured ones age out with the live clock, when the map is next pruned.)
+        if matches!(h.status, HoldStatus::Pending | HoldStatus::Posted) {
+            self.holds.insert(h.auth_id.clone(), h);
+        }
+    }
+
+    /// Whether a hold is still worth keeping in memory: pending, or posted (captured)
+    /// within [`RESOLVED_HOLD_RETENTION_MS`] so that refunds can draw on it.
+    fn keep_in_memory(h: &Hold, now_ms: i64) -> bool {
+        match h.status {
+            HoldStatus::Pending => true,
+            HoldStatus::Posted => h
+                .resolved_ms
+                .is_none_or(|r| now_ms.saturating_sub(r) < RESOLVED_HOLD_RETENTION_MS),
+            HoldStatus::Voided | HoldStatus::Expired => false,
+        }
     }
 }
 

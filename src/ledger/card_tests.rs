@@ -247,3 +247,34 @@ fn capture_after_partial_reversal_is_bounded_by_what_is_still_authorized() {
         .unwrap();
     assert_eq!(r.hold.captured, Decimal::new(110, 0));
 }
+
+/// Issue #8.13: a busy card's memory does not grow with voided holds: they leave the map
+/// as soon as it is pruned, pending and captured ones stay.
+#[test]
+fn voided_holds_leave_memory_pending_and_captured_ones_stay() {
+    let mut c = funded("100000");
+    for i in 0..300 {
+        let id = format!("a{i}");
+        c.place_hold(&id, d("1"), d("1"), Currency::USD, Decimal::ONE, i, 7);
+        if i % 3 == 0 {
+            c.reverse(&id, None, i).unwrap();
+        }
+    }
+    c.capture("k", "a1", d("1"), true, 0, 400).unwrap();
+    c.place_hold("last", d("1"), d("1"), Currency::USD, Decimal::ONE, 500, 7);
+    let voided = c
+        .holds
+        .values()
+        .filter(|h| h.status == HoldStatus::Voided)
+        .count();
+    let live = c.holds.len() - voided;
+    // Pruning is amortized (the map may double before the next one): never more voided
+    // holds in memory than live ones plus the minimum, instead of all 100.
+    assert!(voided <= live.max(64), "{voided} voided, {live} live");
+    assert!(voided < 100, "{voided} voided kept");
+    assert_eq!(c.pending_holds(), 200, "every pending hold is kept");
+    assert!(
+        c.holds.contains_key("a1"),
+        "a captured hold stays for refunds"
+    );
+}
