@@ -192,10 +192,15 @@ impl Engine {
             at_ms,
         });
         let seq = self.persist(writes);
-        self.idem
-            .finish("authorization", &key, &hash, json.clone(), seq);
+        self.idem.finish(
+            "authorization",
+            &key,
+            &hash,
+            json.clone(),
+            seq,
+            self.durable_seq(),
+        );
         drop(guard);
-        self.idem.evict(self.durable_seq());
         self.pending(json, seq)
     }
 

@@ -145,7 +145,17 @@ impl Idempotency {
         }
     }
 
-    pub fn finish(&self, scope: &'static str, key: &str, hash: &str, response: Arc<str>, seq: u64) {
+    /// Records a finished answer, durable at `seq`, and evicts what the bound allows
+    /// (answers durable by `durable_seq`), under one lock.
+    pub fn finish(
+        &self,
+        scope: &'static str,
+        key: &str,
+        hash: &str,
+        response: Arc<str>,
+        seq: u64,
+        durable_seq: u64,
+    ) {
         self.map.insert(
             (scope, key.to_string()),
             Entry::Done {
@@ -154,13 +164,22 @@ impl Idempotency {
                 seq,
             },
         );
-        self.order.lock().push_back(((scope, key.to_string()), seq));
+        let mut order = self.order.lock();
+        order.push_back(((scope, key.to_string()), seq));
+        self.evict_locked(&mut order, durable_seq);
     }
 
     /// Drops the oldest answers beyond the bound whose writes are durable (`seq` at most
     /// `durable_seq`); they remain answerable from the store.
     pub fn evict(&self, durable_seq: u64) {
-        let mut order = self.order.lock();
+        self.evict_locked(&mut self.order.lock(), durable_seq);
+    }
+
+    fn evict_locked(
+        &self,
+        order: &mut std::collections::VecDeque<((&'static str, String), u64)>,
+        durable_seq: u64,
+    ) {
         while order.len() > self.entries_max {
             let Some((_, seq)) = order.front() else { break };
             if *seq > durable_seq {
@@ -257,9 +276,9 @@ impl super::Engine {
             });
         }
         let seq = self.persist(writes);
-        self.idem.finish(scope, key, &hash, json.clone(), seq);
+        self.idem
+            .finish(scope, key, &hash, json.clone(), seq, self.durable_seq());
         std::mem::forget(in_flight);
-        self.idem.evict(self.durable_seq());
         // The card's lock was held until its writes were queued: commit order for one
         // card equals the order its state changed in memory.
         drop(guard);
