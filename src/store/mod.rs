@@ -123,6 +123,9 @@ pub struct StoreStats {
 
 struct Durable {
     seq: Mutex<u64>,
+    /// The same value, readable without the lock (the idempotency cache asks after every
+    /// operation which answers may leave memory).
+    seq_now: AtomicU64,
     changed: Condvar,
     /// Async waiters by the sequence they wait for. Each is woken exactly once, when its
     /// batch is durable (a broadcast would wake every waiter on every commit).
@@ -213,6 +216,7 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
         let durable = Arc::new(Durable {
             seq: Mutex::new(0),
+            seq_now: AtomicU64::new(0),
             changed: Condvar::new(),
             waiters: Mutex::new(std::collections::BTreeMap::new()),
         });
@@ -336,7 +340,7 @@ impl Store {
 
     /// The highest sequence whose writes are durable.
     pub fn durable_seq(&self) -> u64 {
-        *self.durable.seq.lock()
+        self.durable.seq_now.load(Ordering::Acquire)
     }
 
     /// Counters for metrics: (queue depth, batches, writes).
@@ -434,6 +438,7 @@ fn writer_loop(
         let ready = {
             let mut w = durable.waiters.lock();
             *durable.seq.lock() = top;
+            durable.seq_now.store(top, Ordering::Release);
             let later = w.split_off(&(top + 1));
             std::mem::replace(&mut *w, later)
         };
