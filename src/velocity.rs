@@ -142,9 +142,10 @@ fn local_midnight_ms(d: NaiveDate, tz: Tz) -> i64 {
         .timestamp_millis()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Event {
     at_ms: i64,
+    #[serde(with = "rust_decimal::serde::str")]
     amount: Decimal,
     count: u32,
     /// Hash of the authorization id, 0 once merged (merged events are never reversed).
@@ -152,9 +153,10 @@ struct Event {
 }
 
 /// One window's events and running totals.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     events: VecDeque<Event>,
+    #[serde(with = "rust_decimal::serde::str")]
     amount: Decimal,
     count: u64,
 }
@@ -259,7 +261,7 @@ impl Window {
 
 /// All windows of one scope (a card, a cardholder, a program), keyed by the compiled
 /// rule's window key (and the merchant for `card_merchant` scope).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct VelocityState {
     /// (key, window, evictable): per-merchant windows are evictable, rule windows not.
     windows: Vec<(u64, Window, bool)>,
@@ -544,10 +546,11 @@ mod tests {
 pub const ACTIVITY_MAX: usize = 64;
 
 /// One past decision on a card, as scripts' `history` sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Activity {
     pub at_ms: i64,
     /// In the policy currency at decision time.
+    #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub approved: bool,
     pub country: crate::domain::Country,
@@ -556,7 +559,7 @@ pub struct Activity {
 }
 
 /// The last [`ACTIVITY_MAX`] decisions on a card.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ActivityLog {
     events: VecDeque<Activity>,
 }

@@ -33,7 +33,7 @@ pub struct Authorization {
 }
 
 /// A located, approved transaction: the anchor for impossible-travel checks.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LastSeen {
     pub at_ms: i64,
     pub location: LatLon,

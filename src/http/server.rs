@@ -149,6 +149,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let period = Duration::from_secs(state.config.engine.expiry_sweep_s.max(1));
             let mut tick = tokio::time::interval(period);
+            let mut last_point = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -164,6 +165,16 @@ pub async fn serve(
                     tracing::info!(expired = r.expired.len(), "holds expired");
                 }
                 state.engine.sweep_retention().durable().await;
+                let cfg = &state.config.engine;
+                let since = state.engine.operations_since_point();
+                if since >= cfg.recovery_point_operations
+                    || (since > 0
+                        && last_point.elapsed()
+                            >= Duration::from_secs(cfg.recovery_point_interval_s))
+                {
+                    save_recovery_point(&state).await;
+                    last_point = tokio::time::Instant::now();
+                }
             }
         })
     };
@@ -176,9 +187,25 @@ pub async fn serve(
     state
         .ready
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    // The next start reads this point and replays nothing.
+    save_recovery_point(&state).await;
     state.engine.close();
     tracing::info!("stopped; store flushed");
     Ok(())
+}
+
+/// Saves a recovery point off the runtime's threads and waits until it is durable.
+async fn save_recovery_point(state: &Shared) {
+    let engine = state.engine.clone();
+    if let Ok(pending) = tokio::task::spawn_blocking(move || engine.save_recovery_point()).await {
+        let saved = pending.durable().await;
+        tracing::info!(
+            states_written = saved.states_written,
+            states_unchanged = saved.states_unchanged,
+            pause_us = saved.pause_us,
+            "recovery point saved"
+        );
+    }
 }
 
 /// `spendgate serve`: logs as JSON lines, SIGHUP reloads the rules, SIGTERM/Ctrl-C stop.

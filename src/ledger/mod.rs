@@ -9,7 +9,9 @@
 mod card;
 pub mod verify;
 
-pub use card::{CaptureResult, CardAccount, ExpiredHold, ReversalResult};
+pub use card::{
+    CaptureResult, CardAccount, ExpiredHold, ReversalResult, RESOLVED_HOLD_RETENTION_MS,
+};
 
 use std::fmt;
 

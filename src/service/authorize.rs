@@ -169,6 +169,7 @@ impl Engine {
             0,
         );
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        let quiet = self.quiet.read_recursive();
         if let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) {
             let mut c = card.lock_arc();
             at_ms = self.now_for(&mut c).timestamp_millis();
@@ -201,6 +202,7 @@ impl Engine {
             self.durable_seq(),
         );
         drop(guard);
+        drop(quiet);
         self.pending(json, seq)
     }
 

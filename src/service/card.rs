@@ -38,6 +38,8 @@ pub struct CardState {
     pub controls: Option<Arc<CompiledPolicy>>,
     /// The latest engine time this card has seen (ms); its clock never runs backwards.
     pub clock_ms: i64,
+    /// Digest of the state last saved in a recovery point (unchanged states are skipped).
+    pub point_digest: [u8; 16],
 }
 
 impl CardState {
@@ -60,6 +62,7 @@ impl CardState {
             countries_seen: Vec::new(),
             controls: None,
             clock_ms: i64::MIN,
+            point_digest: [0; 16],
         }
     }
 

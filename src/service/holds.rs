@@ -282,6 +282,7 @@ impl Engine {
         let mut last_seq = 0;
         let cards: Vec<Shared<CardState>> = self.cards.iter().map(|c| c.clone()).collect();
         for card in cards {
+            let _quiet = self.quiet.read_recursive();
             let mut c = card.lock_arc();
             let at_ms = self.now_for(&mut c).timestamp_millis();
             let holds = c.account.expire(at_ms);

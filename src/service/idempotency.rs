@@ -78,6 +78,13 @@ impl Idempotency {
         }
     }
 
+    /// Says that answers exist beyond those in memory (a restart that loaded only the
+    /// newest): from now on misses ask the store.
+    pub fn mark_partial(&self) {
+        self.evicted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Like `begin`; a key not in memory is first looked up with `stored` once answers
     /// have been evicted, and a stored answer is replayed (or conflicts) as if it had
     /// stayed in memory.
@@ -254,6 +261,8 @@ impl super::Engine {
             scope,
             key,
         };
+        // No recovery point is taken between this operation's change and its writes.
+        let _quiet = self.quiet.read_recursive();
         let (response, mut writes, guard) = op()?;
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
         // A decision row keeps its own response and request hash (one row, not two);

@@ -20,6 +20,7 @@ mod funds;
 mod holds;
 mod idempotency;
 mod recovery;
+mod recovery_point;
 pub mod responses;
 
 pub use crate::store::{CardHistory, DecisionHistory, StoreCounters, TransferHistory};
@@ -30,6 +31,7 @@ pub use effects::{CodecError, EffectsRecord};
 pub use errors::Rejection;
 pub use idempotency::{request_hash, Begin, Idempotency};
 pub use recovery::RecoveryError;
+pub use recovery_point::{PointError, PointSaved};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,6 +68,11 @@ pub struct EngineConfig {
     /// Days an idempotency key is honoured (its stored answer replayed) for operations
     /// other than authorizations, whose decisions are kept as history and replay for ever.
     pub idempotency_retention_days: u32,
+    /// A recovery point is saved after this many state-changing operations (and at
+    /// shutdown), so a restart replays at most about this many.
+    pub recovery_point_operations: u64,
+    /// …or after this many seconds when anything changed.
+    pub recovery_point_interval_s: u64,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +84,8 @@ impl Default for EngineConfig {
             idempotency_entries_max: idempotency::IDEMPOTENCY_ENTRIES_DEFAULT,
             idempotency_retention_days: 7,
             authorization_index_entries_max: 1_000_000,
+            recovery_point_operations: 250_000,
+            recovery_point_interval_s: 600,
         }
     }
 }
@@ -161,6 +170,12 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn Ids>,
     pub config: EngineConfig,
+    /// Held for reading by every operation that changes derived state, from before it
+    /// locks a card until its writes are queued; a recovery point holds it for writing.
+    quiet: parking_lot::RwLock<()>,
+    /// Digests of the cardholder, program and house states in the last recovery point.
+    point_digests: Mutex<std::collections::HashMap<String, [u8; 16]>>,
+    operations_since_point: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -185,6 +200,9 @@ impl Engine {
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),
             config: EngineConfig::default(),
+            quiet: parking_lot::RwLock::new(()),
+            point_digests: Mutex::new(std::collections::HashMap::new()),
+            operations_since_point: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -198,8 +216,22 @@ impl Engine {
         let mut e = Engine::new(policies);
         e.config = config;
         e.idem = Idempotency::with_capacity(config.idempotency_entries_max);
+        let tail = snapshot.decisions.len()
+            + snapshot.velocity_releases.len()
+            + snapshot.ledger.transfers.len();
+        let first = snapshot.point.is_none() && !snapshot.cards.is_empty();
+        // Answers before the point, or beyond the newest loaded, are in the store only.
+        if snapshot.point.is_some()
+            || snapshot.idempotency.len() as i64 >= crate::store::IDEMPOTENCY_ROWS_AT_START_MAX
+        {
+            e.idem.mark_partial();
+        }
         e.recover(snapshot)?;
         e.store = Some(store);
+        // The next start reads this point instead of replaying the same log again.
+        if tail > 0 || first {
+            let _ = e.save_recovery_point().wait();
+        }
         Ok(e)
     }
 
@@ -246,6 +278,8 @@ impl Engine {
     }
 
     fn persist(&self, writes: Vec<Write>) -> u64 {
+        self.operations_since_point
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.store {
             Some(s) if !writes.is_empty() => s.submit(writes),
             _ => 0,

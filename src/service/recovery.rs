@@ -1,7 +1,7 @@
-//! Start-up: memory rebuilt from the store's snapshot (programs, holders, cards, house
-//! balances, holds, velocity windows, API keys, idempotent answers, early reversals).
+//! Start-up: memory rebuilt from what the store loads (programs, holders, cards, the
+//! recovery point's balances and velocity windows, the log after it, live holds, API
+//! keys, recent idempotent answers, early reversals).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -38,6 +38,8 @@ pub enum RecoveryError {
     Effects { auth_id: String, error: CodecError },
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Point(#[from] super::PointError),
 }
 
 impl Engine {
@@ -71,7 +73,11 @@ impl Engine {
             self.records.insert(r.id.clone(), r.clone());
             self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
         }
-        let mut house = BTreeMap::new();
+        // The recovery point's states, then the log after it (all of it without a point).
+        if let Some(point) = s.point {
+            self.restore_point(point.states)?;
+        }
+        let mut house = std::mem::take(&mut *self.house.lock());
         for t in &s.ledger.transfers {
             for p in &t.postings {
                 if let Some(card_id) = p.account.as_str().strip_prefix("card:") {

@@ -52,6 +52,47 @@ pub struct Snapshot {
     pub idempotency: Vec<(String, String, String, String)>,
     /// (SHA-256 of the key, program).
     pub api_keys: Vec<(String, String)>,
+    /// The recovery point the transfers, decisions and releases above follow (live loads
+    /// only; a full load has none and holds everything).
+    pub point: Option<super::LoadedPoint>,
+}
+
+/// Idempotent answers read at start-up (the newest); older ones are answered from the
+/// store when asked for.
+pub const IDEMPOTENCY_ROWS_AT_START_MAX: i64 = 100_000;
+
+/// What start-up needs: the entities, the recovery point and the log after it, holds that
+/// can still move money (pending, or captured within the refund window), and the newest
+/// idempotent answers. Without a point (a store written before points existed, or in
+/// another format) the whole log is replayed.
+pub fn load_live(conn: &Connection) -> Result<Snapshot, StoreError> {
+    let mut s = Snapshot::default();
+    load_entities(conn, &mut s)?;
+    let point =
+        super::recovery_point::load(conn)?.filter(|p| p.cut.format == super::RECOVERY_POINT_FORMAT);
+    let cut = point.as_ref().map(|p| p.cut).unwrap_or_default();
+    s.point = point;
+    load_transfers(conn, &mut s, cut.transfer_seq)?;
+    load_holds(
+        conn,
+        &mut s,
+        "WHERE status IN ('pending', 'posted') AND (resolved_ms IS NULL OR resolved_ms >=
+           (SELECT coalesce(max(resolved_ms), 0) FROM holds WHERE status IN ('pending', 'posted')) - ?1)",
+        crate::ledger::RESOLVED_HOLD_RETENTION_MS,
+    )?;
+    load_decisions(conn, &mut s, cut.decision_seq)?;
+    load_releases(conn, &mut s, cut.release_seq)?;
+    let mut st = conn.prepare(
+        "SELECT scope, key, request_hash, response FROM idempotency ORDER BY at_ms DESC LIMIT ?1",
+    )?;
+    let rows = st.query_map([IDEMPOTENCY_ROWS_AT_START_MAX], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    for row in rows {
+        s.idempotency.push(row?);
+    }
+    s.idempotency.reverse();
+    Ok(s)
 }
 
 fn corrupt(what: impl Into<String>) -> StoreError {
@@ -66,9 +107,39 @@ fn cur(s: &str) -> Result<Currency, StoreError> {
     Currency::from_str(s).map_err(|_| corrupt(format!("currency `{s}`")))
 }
 
+/// Everything in the store (`ledger verify`, tests): every transfer, hold, resolution,
+/// decision and release, in commit order.
 pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     let mut s = Snapshot::default();
+    load_entities(conn, &mut s)?;
+    load_transfers(conn, &mut s, 0)?;
+    load_holds(conn, &mut s, "WHERE ?1 = ?1", 0)?;
+    let mut st =
+        conn.prepare("SELECT card_id, auth_id, status FROM hold_resolutions ORDER BY rowid")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (card, a, st) = row?;
+        let status = HoldStatus::parse(&st).ok_or_else(|| corrupt(format!("resolution `{st}`")))?;
+        s.ledger.hold_resolutions.push((card, a, status));
+    }
+    load_decisions(conn, &mut s, 0)?;
+    load_releases(conn, &mut s, 0)?;
+    let mut st = conn.prepare("SELECT scope, key, request_hash, response FROM idempotency")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    for row in rows {
+        s.idempotency.push(row?);
+    }
+    Ok(s)
+}
 
+/// Programs, cardholders, cards and API keys: all of them, always.
+fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> {
     let mut st = conn.prepare("SELECT id, policy, currency FROM programs ORDER BY id")?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -152,12 +223,21 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
         });
     }
 
-    // Transfers with their postings, in commit order.
+    let mut st = conn.prepare("SELECT hash, program FROM api_keys")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    for row in rows {
+        s.api_keys.push(row?);
+    }
+    Ok(())
+}
+
+/// Transfers after `after_seq` with their postings, in commit order.
+fn load_transfers(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
     let mut st = conn.prepare(
         "SELECT t.id, t.kind, t.reference, t.fx_rate, t.forced, t.at_ms, p.account, p.currency, p.amount
-         FROM transfers t JOIN postings p ON p.transfer_id = t.id ORDER BY t.seq, p.rowid",
+         FROM transfers t JOIN postings p ON p.transfer_id = t.id WHERE t.seq > ?1 ORDER BY t.seq, p.rowid",
     )?;
-    let rows = st.query_map([], |r| {
+    let rows = st.query_map([after_seq], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -192,11 +272,22 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
         }
     }
 
-    let mut st = conn.prepare(
+    Ok(())
+}
+
+/// Holds matching `filter` (which binds `?1` to `arg`), oldest first.
+fn load_holds(
+    conn: &Connection,
+    s: &mut Snapshot,
+    filter: &str,
+    arg: i64,
+) -> Result<(), StoreError> {
+    let mut st = conn.prepare(&format!(
         "SELECT auth_id, card_id, card_currency, pending, authorized, captured, refunded, txn_amount, txn_currency,
-                fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn FROM holds ORDER BY created_ms, auth_id",
-    )?;
-    let rows = st.query_map([], |r| {
+                fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn FROM holds {filter}
+         ORDER BY created_ms, auth_id"
+    ))?;
+    let rows = st.query_map([arg], |r| {
         Ok((
             (
                 r.get::<_, String>(0)?,
@@ -247,26 +338,17 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
         });
     }
 
-    let mut st =
-        conn.prepare("SELECT card_id, auth_id, status FROM hold_resolutions ORDER BY rowid")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (card, a, st) = row?;
-        let status = HoldStatus::parse(&st).ok_or_else(|| corrupt(format!("resolution `{st}`")))?;
-        s.ledger.hold_resolutions.push((card, a, status));
-    }
+    Ok(())
+}
 
+/// Decisions after `after_seq`, in commit order.
+fn load_decisions(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
     let mut st = conn.prepare(
         "SELECT auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved,
-                card_currency, policy_version, request_id, request_hash, response, effects FROM decisions ORDER BY seq",
+                card_currency, policy_version, request_id, request_hash, response, effects FROM decisions
+         WHERE seq > ?1 ORDER BY seq",
     )?;
-    let rows = st.query_map([], |r| {
+    let rows = st.query_map([after_seq], |r| {
         Ok(DecisionRow {
             auth_id: r.get(0)?,
             card_id: r.get(1)?,
@@ -289,10 +371,15 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     for row in rows {
         s.decisions.push(row?);
     }
+    Ok(())
+}
 
-    let mut st =
-        conn.prepare("SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases ORDER BY seq")?;
-    let rows = st.query_map([], |r| {
+/// Velocity releases after `after_seq`, in commit order.
+fn load_releases(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
+    let mut st = conn.prepare(
+        "SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let rows = st.query_map([after_seq], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -304,17 +391,5 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
         let (c, a, ratio, at_ms) = row?;
         s.velocity_releases.push((c, a, dec(&ratio)?, at_ms));
     }
-
-    let mut st = conn.prepare("SELECT hash, program FROM api_keys")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    for row in rows {
-        s.api_keys.push(row?);
-    }
-
-    let mut st = conn.prepare("SELECT scope, key, request_hash, response FROM idempotency")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-    for row in rows {
-        s.idempotency.push(row?);
-    }
-    Ok(s)
+    Ok(())
 }

@@ -10,10 +10,12 @@
 
 mod load;
 mod query;
+mod recovery_point;
 mod schema;
 
-pub use load::{load_snapshot, DecisionRow, Snapshot};
+pub use load::{load_live, load_snapshot, DecisionRow, Snapshot, IDEMPOTENCY_ROWS_AT_START_MAX};
 pub use query::{CardHistory, DecisionHistory, TransferHistory, HISTORY_ROWS_MAX};
+pub use recovery_point::{Cut, LoadedPoint, SavedState, RECOVERY_POINT_FORMAT};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +90,12 @@ pub enum Write {
     /// most `ROWS_PER_SWEEP_MAX` per write, so one sweep never stalls the writer long).
     IdempotencySweep {
         before_ms: i64,
+    },
+    /// The engine's derived state at this point of the log (see `recovery_point`).
+    RecoveryPoint {
+        format: u32,
+        at_ms: i64,
+        states: Vec<SavedState>,
     },
     /// An API key, stored only as its SHA-256.
     ApiKey {
@@ -192,8 +200,8 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/spendgate.db`, loads everything for recovery and
-    /// starts the writer.
+    /// Opens (creating if needed) `dir/spendgate.db`, loads what recovery needs (the
+    /// recovery point and the log after it, live holds, recent keys) and starts the writer.
     pub fn open(dir: &Path, durability: Durability) -> Result<(Store, Snapshot), StoreError> {
         Store::open_with_wal_limit(dir, durability, WAL_BYTES_MAX)
     }
@@ -212,7 +220,7 @@ impl Store {
             "journal_size_limit",
             wal_bytes_max.min(i64::MAX as u64) as i64,
         )?;
-        let snapshot = load_snapshot(&conn)?;
+        let snapshot = load_live(&conn)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
         let durable = Arc::new(Durable {
             seq: Mutex::new(0),
@@ -636,6 +644,11 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![before_ms, ROWS_PER_SWEEP_MAX])?;
         }
+        Write::RecoveryPoint {
+            format,
+            at_ms,
+            states,
+        } => recovery_point::write(c, *format, *at_ms, states)?,
         Write::ApiKey {
             hash,
             program,

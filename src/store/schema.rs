@@ -47,10 +47,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL,
     at_ms INTEGER NOT NULL, PRIMARY KEY (scope, key));
 CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency(at_ms);
+CREATE INDEX IF NOT EXISTS holds_live ON holds(resolved_ms) WHERE status IN ('pending', 'posted');
+CREATE TABLE IF NOT EXISTS recovery_point (
+    id INTEGER PRIMARY KEY CHECK (id = 1), format INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    decision_seq INTEGER NOT NULL, release_seq INTEGER NOT NULL, transfer_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS recovery_states (
+    kind TEXT NOT NULL, id TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (kind, id)) WITHOUT ROWID;
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+// Version 3 → 4 only adds tables and an index (`recovery_point`, `recovery_states`,
+// `holds_live`): `SCHEMA` creates them.
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.
