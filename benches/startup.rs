@@ -93,7 +93,9 @@ fn traffic(e: &Engine, clock: &ManualClock, cards: &[String], prefix: &str, n: u
                 .capture("p", &format!("c{id}"), &id, t.amount, true)
                 .map(Pending::wait);
         } else if approved && i % 10 == 1 {
-            let _ = e.reverse("p", &format!("r{id}"), &id, None).map(Pending::wait);
+            let _ = e
+                .reverse("p", &format!("r{id}"), &id, None)
+                .map(Pending::wait);
         }
     }
 }
@@ -143,9 +145,14 @@ fn build(dir: &Path, decisions: usize) {
                 .unwrap(),
             )
             .unwrap();
-            e.move_funds(&format!("f{i}"), &c.id, TransferKind::TopUp, Decimal::new(5_000, 0))
-                .map(Pending::wait)
-                .unwrap();
+            e.move_funds(
+                &format!("f{i}"),
+                &c.id,
+                TransferKind::TopUp,
+                Decimal::new(5_000, 0),
+            )
+            .map(Pending::wait)
+            .unwrap();
             c.id
         })
         .collect();
@@ -154,8 +161,10 @@ fn build(dir: &Path, decisions: usize) {
     drop(e);
     // History: copies of the live rows, dated a year and more back, holds long captured.
     let c = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
-    c.execute_batch("PRAGMA synchronous = OFF; DELETE FROM recovery_point; DELETE FROM recovery_states;")
-        .unwrap();
+    c.execute_batch(
+        "PRAGMA synchronous = OFF; DELETE FROM recovery_point; DELETE FROM recovery_states;",
+    )
+    .unwrap();
     let live: i64 = c
         .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
         .unwrap();
@@ -240,7 +249,13 @@ fn main() {
     {
         let (e, _) = open(&dir, &clock);
         let cards = e.card_ids();
-        traffic(&e, &clock, &cards, &format!("tail{}-", Utc::now().timestamp()), 10_000);
+        traffic(
+            &e,
+            &clock,
+            &cards,
+            &format!("tail{}-", Utc::now().timestamp()),
+            10_000,
+        );
         e.store().unwrap().close();
     }
     let (e, s) = open(&dir, &clock);

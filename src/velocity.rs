@@ -340,6 +340,11 @@ impl VelocityState {
     pub fn window_count(&self) -> usize {
         self.windows.len()
     }
+
+    /// Events held across all windows (each 40 bytes).
+    pub fn event_count(&self) -> usize {
+        self.windows.iter().map(|(_, w, _)| w.len()).sum()
+    }
 }
 
 /// Stable 64-bit FNV-1a hash for keys (authorization ids, merchant ids, rule keys);

@@ -5,6 +5,7 @@
 //! `server` builds the state and runs the service.
 
 mod config;
+mod contract;
 mod dto;
 mod extract;
 mod handlers;
@@ -14,7 +15,8 @@ pub mod security;
 pub(crate) mod server;
 
 pub use config::Config;
-pub use openapi::{openapi, routes, ApiDoc};
+pub use contract::{Access, Contract};
+pub use openapi::{openapi, routes, ApiDoc, Route};
 pub use problem::{Problem, ProblemBody};
 pub use server::{build_state, load_and_test_policies, run_server, serve};
 
@@ -147,8 +149,8 @@ async fn framework_problems(req: Request, next: Next) -> Response {
 /// The application router with every layer.
 pub fn app(state: Shared) -> Router {
     let mut router = Router::new();
-    for (_, path, route) in routes() {
-        router = router.route(path, route);
+    for r in routes() {
+        router = router.route(r.path, r.handler);
     }
     router
         .fallback(fallback)

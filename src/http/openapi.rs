@@ -5,6 +5,7 @@
 use axum::routing::{get, patch, post, put, MethodRouter};
 use utoipa::OpenApi;
 
+use super::contract::{complete, Access, Contract};
 use super::handlers::{authorizations, cards, funding, ops, policies, programs};
 use super::problem::ProblemBody;
 use super::Shared;
@@ -51,91 +52,250 @@ use super::Shared;
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI 3.1 document as JSON.
+/// The OpenAPI 3.1 document as JSON: generated from the handlers' annotations, then
+/// completed with every route's contract (keys, headers, problem answers).
 pub fn openapi() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let contracts: Vec<(&str, &str, Contract)> = routes()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.contract))
+        .collect();
+    complete(&mut doc, &contracts);
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
-/// Every route: (method, path, handler). The router is built from this list.
-pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Shared>)> {
+/// One route: method, path, handler and what it requires (see [`Contract`]).
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub handler: MethodRouter<Shared>,
+    pub contract: Contract,
+}
+
+/// Every route. The router is built from this list, and the document completed from it.
+pub fn routes() -> Vec<Route> {
+    use Access::*;
+    let r = |method, path, handler, contract| Route {
+        method,
+        path,
+        handler,
+        contract,
+    };
     vec![
-        ("post", "/v1/programs", post(programs::create_program)),
-        (
+        r(
+            "post",
+            "/v1/programs",
+            post(programs::create_program),
+            Contract::new(Admin).json(),
+        ),
+        r(
             "post",
             "/v1/programs/{id}/api_keys",
             post(programs::create_api_key),
+            Contract::new(Admin).path_id(),
         ),
-        ("post", "/v1/programs/{id}/deposits", post(funding::deposit)),
-        ("post", "/v1/cardholders", post(cards::create_cardholder)),
-        (
+        r(
+            "post",
+            "/v1/programs/{id}/deposits",
+            post(funding::deposit),
+            Contract::new(Program).idempotent().json().path_id(),
+        ),
+        r(
+            "post",
+            "/v1/cardholders",
+            post(cards::create_cardholder),
+            Contract::new(Program).idempotent().json(),
+        ),
+        r(
             "patch",
             "/v1/cardholders/{id}",
             patch(cards::update_cardholder),
+            Contract::new(Program).idempotent().json().path_id(),
         ),
-        ("post", "/v1/cards", post(cards::create_card)),
-        ("get", "/v1/cards/{id}", get(cards::get_card)),
-        (
+        r(
+            "post",
+            "/v1/cards",
+            post(cards::create_card),
+            Contract::new(Program).idempotent().json(),
+        ),
+        r(
+            "get",
+            "/v1/cards/{id}",
+            get(cards::get_card),
+            Contract::new(Program).path_id(),
+        ),
+        r(
             "post",
             "/v1/cards/{id}/activate",
             post(cards::activate_card),
+            Contract::new(Program).idempotent().path_id(),
         ),
-        ("post", "/v1/cards/{id}/freeze", post(cards::freeze_card)),
-        (
+        r(
+            "post",
+            "/v1/cards/{id}/freeze",
+            post(cards::freeze_card),
+            Contract::new(Program).idempotent().path_id(),
+        ),
+        r(
             "post",
             "/v1/cards/{id}/unfreeze",
             post(cards::unfreeze_card),
+            Contract::new(Program).idempotent().path_id(),
         ),
-        (
+        r(
             "post",
             "/v1/cards/{id}/terminate",
             post(cards::terminate_card),
+            Contract::new(Program).idempotent().path_id(),
         ),
-        (
+        r(
             "post",
             "/v1/cards/{id}/report_lost",
             post(cards::report_lost),
+            Contract::new(Program).idempotent().path_id(),
         ),
-        (
+        r(
             "post",
             "/v1/cards/{id}/report_stolen",
             post(cards::report_stolen),
+            Contract::new(Program).idempotent().path_id(),
         ),
-        ("put", "/v1/cards/{id}/controls", put(cards::set_controls)),
-        ("post", "/v1/cards/{id}/fund", post(funding::fund_card)),
-        (
+        r(
+            "put",
+            "/v1/cards/{id}/controls",
+            put(cards::set_controls),
+            Contract::new(Program).idempotent().json().path_id(),
+        ),
+        r(
+            "post",
+            "/v1/cards/{id}/fund",
+            post(funding::fund_card),
+            Contract::new(Program).idempotent().json().path_id(),
+        ),
+        r(
             "post",
             "/v1/cards/{id}/withdraw",
             post(funding::withdraw_card),
+            Contract::new(Program).idempotent().json().path_id(),
         ),
-        ("get", "/v1/cards/{id}/balance", get(cards::balance)),
-        (
+        r(
+            "get",
+            "/v1/cards/{id}/balance",
+            get(cards::balance),
+            Contract::new(Program).path_id(),
+        ),
+        r(
             "get",
             "/v1/cards/{id}/transactions",
             get(cards::transactions),
+            Contract::new(Program).path_id(),
         ),
-        (
+        r(
             "post",
             "/v1/authorizations",
             post(authorizations::authorize),
+            Contract::new(Hook).json(),
         ),
-        ("post", "/v1/simulate", post(authorizations::simulate)),
-        (
+        r(
+            "post",
+            "/v1/simulate",
+            post(authorizations::simulate),
+            Contract::new(Program).json(),
+        ),
+        r(
             "post",
             "/v1/authorizations/{id}/captures",
             post(authorizations::capture),
+            Contract::new(Hook).idempotent().json().path_id(),
         ),
-        (
+        r(
             "post",
             "/v1/authorizations/{id}/reversals",
             post(authorizations::reversal),
+            Contract::new(Hook).idempotent().json().path_id(),
         ),
-        ("post", "/v1/advices", post(authorizations::advice)),
-        ("post", "/v1/refunds", post(authorizations::refund)),
-        ("get", "/v1/policies", get(policies::list_policies)),
-        ("post", "/v1/policies/reload", post(policies::reload)),
-        ("get", "/healthz", get(ops::healthz)),
-        ("get", "/readyz", get(ops::readyz)),
-        ("get", "/metrics", get(ops::metrics_endpoint)),
-        ("get", "/openapi.json", get(ops::openapi_json)),
+        r(
+            "post",
+            "/v1/advices",
+            post(authorizations::advice),
+            Contract::new(Hook).json(),
+        ),
+        r(
+            "post",
+            "/v1/refunds",
+            post(authorizations::refund),
+            Contract::new(Hook).json(),
+        ),
+        r(
+            "get",
+            "/v1/policies",
+            get(policies::list_policies),
+            Contract::new(AnyKey),
+        ),
+        r(
+            "post",
+            "/v1/policies/reload",
+            post(policies::reload),
+            Contract::new(Admin),
+        ),
+        r("get", "/healthz", get(ops::healthz), Contract::public()),
+        r("get", "/readyz", get(ops::readyz), Contract::public()),
+        r(
+            "get",
+            "/metrics",
+            get(ops::metrics_endpoint),
+            Contract::public(),
+        ),
+        r(
+            "get",
+            "/openapi.json",
+            get(ops::openapi_json),
+            Contract::public(),
+        ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Null => out.push(at.to_string()),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, x)| nulls(x, &format!("{at}/{i}"), out)),
+            Value::Object(o) => o
+                .iter()
+                .for_each(|(k, x)| nulls(x, &format!("{at}/{k}"), out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_document_has_no_null_and_problems_only_as_problem_json() {
+        let text = super::openapi();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let mut found = Vec::new();
+        nulls(&doc, "", &mut found);
+        assert!(found.is_empty(), "null at {found:?}");
+        let mut plain = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, r) in op["responses"].as_object().unwrap() {
+                    if r["content"]["application/json"]["schema"]["$ref"]
+                        == "#/components/schemas/ProblemBody"
+                    {
+                        plain.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(plain.is_empty(), "problems as plain JSON: {plain:?}");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["admin"]["scheme"],
+            "bearer"
+        );
+    }
 }

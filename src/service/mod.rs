@@ -90,6 +90,18 @@ impl Default for EngineConfig {
     }
 }
 
+/// Entries held in memory, by kind (see [`Engine::memory_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryCounts {
+    /// Holds in card accounts (pending, and captured within the refund window).
+    pub holds: usize,
+    /// Velocity events and activity entries across cards, cardholders and programs.
+    pub velocity_events: usize,
+    pub authorization_index: usize,
+    pub early_reversals: usize,
+    pub idempotency_entries: usize,
+}
+
 /// An answer whose writes are queued but maybe not yet durable. Release it to a caller
 /// only through [`Pending::durable`] (async) or [`Pending::wait`] (a plain thread).
 #[must_use = "an answer must wait for its writes to be durable"]
@@ -303,6 +315,30 @@ impl Engine {
 
     pub fn card_count(&self) -> usize {
         self.cards.len()
+    }
+
+    /// What memory holds beyond the cards themselves, for the metrics endpoint (walks every
+    /// card under its lock, one at a time).
+    pub fn memory_counts(&self) -> MemoryCounts {
+        let mut m = MemoryCounts {
+            authorization_index: self.auth_index.len(),
+            early_reversals: self.early_reversals.len(),
+            idempotency_entries: self.idem.len(),
+            ..MemoryCounts::default()
+        };
+        for card in self.cards.iter() {
+            let c = card.value().lock();
+            m.holds += c.account.holds.len();
+            m.velocity_events += c.velocity.event_count() + c.activity.len();
+        }
+        for v in self
+            .holder_velocity
+            .iter()
+            .chain(self.program_velocity.iter())
+        {
+            m.velocity_events += v.value().lock().event_count();
+        }
+        m
     }
 
     /// Adds a card state directly (memory-only engines, tests and benches).

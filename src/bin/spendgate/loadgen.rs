@@ -31,6 +31,10 @@ pub struct Args {
     /// Seconds of traffic per measurement.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Requests, in percent, that settle (capture or reverse) an earlier approval; at
+    /// about the approval rate (≈ 45 %) open holds stop growing, as in a soak.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=90))]
+    pub settle_percent: u64,
 }
 
 /// One keep-alive HTTP/1.1 connection (hyper's client connection): each `Conn` is exactly
@@ -233,7 +237,13 @@ fn auth_body(id: &str, card: &str, i: u64) -> String {
     )
 }
 
-async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
+async fn drive(
+    s: Arc<Setup>,
+    conns: usize,
+    seconds: u64,
+    run: &str,
+    settle_percent: u64,
+) -> Sample {
     let stop = Arc::new(AtomicBool::new(false));
     let mut hs = Vec::new();
     for w in 0..conns {
@@ -249,11 +259,13 @@ async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
             let mut approved: Vec<String> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 i += conns as u64;
-                // Every 10th request settles an earlier approval: capture or reversal.
-                if i % 10 == 5 {
+                // `settle_percent` of requests settle an earlier approval: half captures,
+                // half reversals.
+                let capture = (i / 100) % 2 == 0;
+                if i % 100 < settle_percent {
                     if let Some(a) = approved.pop() {
                         let key = format!("{run}-s{i}");
-                        let (path, body) = if i % 20 == 5 {
+                        let (path, body) = if capture {
                             (
                                 format!("/v1/authorizations/{a}/captures"),
                                 r#"{"amount":"450.00"}"#,
@@ -270,7 +282,7 @@ async fn drive(s: Arc<Setup>, conns: usize, seconds: u64, run: &str) -> Sample {
                             )
                             .await
                         {
-                            Ok((201, _)) if i % 20 == 5 => out.captures += 1,
+                            Ok((201, _)) if capture => out.captures += 1,
                             Ok((201, _)) => out.reversals += 1,
                             _ => out.errors += 1,
                         }
@@ -487,7 +499,14 @@ pub fn run(args: Args) -> ExitCode {
             println!("{conns} connections, {} s each:", args.seconds);
             let mut b = baseline(*conns, args.seconds).await;
             let base = report("baseline: minimal axum JSON endpoint", &mut b, args.seconds);
-            let mut a = drive(s.clone(), *conns, args.seconds, &format!("r{n}")).await;
+            let mut a = drive(
+                s.clone(),
+                *conns,
+                args.seconds,
+                &format!("r{n}"),
+                args.settle_percent,
+            )
+            .await;
             let rps = report("spendgate POST /v1/authorizations", &mut a, args.seconds);
             println!(
                 "  ratio {:.0}% of baseline; codes {:?}; captures {}, reversals {}",

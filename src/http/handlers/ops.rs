@@ -37,7 +37,14 @@ pub async fn metrics_endpoint(State(s): State<Shared>) -> Response {
         metrics::gauge!("spendgate_store_writes").set(c.writes as f64);
     }
     metrics::gauge!("spendgate_cards").set(s.engine.card_count() as f64);
-    metrics::gauge!("spendgate_idempotency_entries").set(s.engine.idempotency_entries() as f64);
+    let engine = s.engine.clone();
+    if let Ok(m) = tokio::task::spawn_blocking(move || engine.memory_counts()).await {
+        metrics::gauge!("spendgate_idempotency_entries").set(m.idempotency_entries as f64);
+        metrics::gauge!("spendgate_memory_holds").set(m.holds as f64);
+        metrics::gauge!("spendgate_memory_velocity_events").set(m.velocity_events as f64);
+        metrics::gauge!("spendgate_memory_authorization_index").set(m.authorization_index as f64);
+        metrics::gauge!("spendgate_memory_early_reversals").set(m.early_reversals as f64);
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
