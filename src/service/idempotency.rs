@@ -49,6 +49,10 @@ pub struct Idempotency {
     entries_max: usize,
     /// Whether an answer has ever left memory (from then on misses ask the store).
     evicted: std::sync::atomic::AtomicBool,
+    /// Duplicates of an in-flight key sleep here until any key finishes or aborts.
+    settled: parking_lot::Condvar,
+    settled_lock: parking_lot::Mutex<()>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Idempotency {
@@ -75,6 +79,17 @@ impl Idempotency {
             order: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             entries_max: entries_max.max(1),
             evicted: std::sync::atomic::AtomicBool::new(false),
+            settled: parking_lot::Condvar::new(),
+            settled_lock: parking_lot::Mutex::new(()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Wakes duplicates waiting for an in-flight key (after the map has changed).
+    fn wake_waiters(&self) {
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            let _g = self.settled_lock.lock();
+            self.settled.notify_all();
         }
     }
 
@@ -116,7 +131,26 @@ impl Idempotency {
     }
 
     pub fn begin(&self, scope: &'static str, key: &str, hash: &str) -> Begin {
+        let mut waited = false;
+        let r = self.begin_or_wait(scope, key, hash, &mut waited);
+        if waited {
+            self.waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn begin_or_wait(
+        &self,
+        scope: &'static str,
+        key: &str,
+        hash: &str,
+        waited: &mut bool,
+    ) -> Begin {
         let deadline = Instant::now() + IN_FLIGHT_WAIT_MAX;
+        // Held while the entry is looked at, so a finish between the look and the wait
+        // cannot be missed (it notifies under this lock, after changing the map).
+        let mut guard = None;
         loop {
             match self.map.entry((scope, key.to_string())) {
                 dashmap::Entry::Vacant(v) => {
@@ -144,11 +178,20 @@ impl Idempotency {
                     Entry::InFlight { .. } => {}
                 },
             }
-            // The same request is executing right now: wait for its answer.
-            if Instant::now() > deadline {
+            // The same request is executing right now (its operation, not its commit:
+            // the key is finished before the fsync wait): wait for its answer.
+            let Some(g) = guard.as_mut() else {
+                self.waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                *waited = true;
+                guard = Some(self.settled_lock.lock());
+                continue;
+            };
+            let now = Instant::now();
+            if now > deadline {
                 return Begin::Conflict;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            self.settled.wait_for(g, deadline - now);
         }
     }
 
@@ -171,6 +214,7 @@ impl Idempotency {
                 seq,
             },
         );
+        self.wake_waiters();
         let mut order = self.order.lock();
         order.push_back(((scope, key.to_string()), seq));
         self.evict_locked(&mut order, durable_seq);
@@ -204,6 +248,7 @@ impl Idempotency {
         self.map.remove_if(&(scope, key.to_string()), |_, e| {
             matches!(e, Entry::InFlight { .. })
         });
+        self.wake_waiters();
     }
 
     /// Restores a completed key from the store (newest last; the bound applies).
@@ -331,5 +376,38 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "no wait for a dead key"
         );
+    }
+
+    #[test]
+    fn a_duplicate_in_flight_sleeps_until_the_first_finishes_or_aborts() {
+        let idem = Arc::new(Idempotency::default());
+        for finish in [true, false] {
+            let key = format!("k{finish}");
+            assert!(matches!(idem.begin("fund", &key, "h"), Begin::Go));
+            let dup = {
+                let (idem, key) = (idem.clone(), key.clone());
+                std::thread::spawn(move || idem.begin("fund", &key, "h"))
+            };
+            // The duplicate is parked on the condition variable, not spinning.
+            let parked = Instant::now();
+            while idem.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                assert!(
+                    parked.elapsed() < Duration::from_secs(5),
+                    "duplicate never waited"
+                );
+                std::thread::yield_now();
+            }
+            if finish {
+                idem.finish("fund", &key, "h", "answer".into(), 1, 1);
+            } else {
+                idem.abort("fund", &key);
+            }
+            match (finish, dup.join().unwrap()) {
+                (true, Begin::Replay { response, .. }) => assert_eq!(&*response, "answer"),
+                (false, Begin::Go) => {}
+                (f, other) => panic!("finish={f}: {}", matches!(other, Begin::Conflict)),
+            }
+            assert_eq!(idem.waiting.load(std::sync::atomic::Ordering::SeqCst), 0);
+        }
     }
 }

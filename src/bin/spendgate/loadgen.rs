@@ -35,6 +35,10 @@ pub struct Args {
     /// about the approval rate (≈ 45 %) open holds stop growing, as in a soak.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=90))]
     pub settle_percent: u64,
+    /// Measure the minimal axum endpoint only before the first step (soaks: the steps
+    /// then follow each other without idle gaps).
+    #[arg(long)]
+    pub baseline_once: bool,
 }
 
 /// One keep-alive HTTP/1.1 connection (hyper's client connection): each `Conn` is exactly
@@ -495,10 +499,13 @@ pub fn run(args: Args) -> ExitCode {
             s.cards.len(),
             t.elapsed().as_secs_f64()
         );
+        let mut base = 0.0;
         for (n, conns) in args.connections.iter().enumerate() {
             println!("{conns} connections, {} s each:", args.seconds);
-            let mut b = baseline(*conns, args.seconds).await;
-            let base = report("baseline: minimal axum JSON endpoint", &mut b, args.seconds);
+            if n == 0 || !args.baseline_once {
+                let mut b = baseline(*conns, args.seconds).await;
+                base = report("baseline: minimal axum JSON endpoint", &mut b, args.seconds);
+            }
             let mut a = drive(
                 s.clone(),
                 *conns,
