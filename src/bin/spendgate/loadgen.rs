@@ -261,13 +261,15 @@ async fn drive(
             let auth = format!("Bearer {}", s.api_key);
             let mut i = w as u64;
             let mut approved: Vec<String> = Vec::new();
+            let mut settled = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += conns as u64;
                 // `settle_percent` of requests settle an earlier approval: half captures,
                 // half reversals.
-                let capture = (i / 100) % 2 == 0;
                 if i % 100 < settle_percent {
                     if let Some(a) = approved.pop() {
+                        settled += 1;
+                        let capture = settled % 2 == 0;
                         let key = format!("{run}-s{i}");
                         let (path, body) = if capture {
                             (
