@@ -33,6 +33,14 @@ impl Currency {
         self.0.code()
     }
 
+    /// Every currency `from_code` accepts (ISO 4217 codes with minor units).
+    pub fn all() -> impl Iterator<Item = Currency> {
+        use iso_currency::IntoEnumIterator;
+        iso_currency::Currency::iter()
+            .filter(|c| c.exponent().is_some())
+            .map(Currency)
+    }
+
     /// Number of minor-unit digits (JPY 0, USD 2, KWD 3).
     pub fn exponent(self) -> u32 {
         // Constructors only admit currencies that have an exponent.
@@ -90,7 +98,7 @@ pub enum MoneyError {
 /// transaction, far below where sums of amounts could overflow a `Decimal`.
 pub const AMOUNT_INTEGER_DIGITS_MAX: usize = 15;
 /// Fraction digits a decimal string may carry before the currency's exponent is checked.
-const FRACTION_DIGITS_MAX: usize = 18;
+pub const FRACTION_DIGITS_MAX: usize = 18;
 
 /// Parses a decimal string exactly: ASCII digits with at most one point and digits on both
 /// sides of it (`12`, `12.50`). No sign, exponent, separator, space or leading point; the

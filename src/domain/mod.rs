@@ -62,6 +62,12 @@ impl Country {
         let b = c.alpha2().as_bytes();
         Ok(Country([b[0], b[1]]))
     }
+    /// Every code `parse` accepts (ISO 3166-1 alpha-2).
+    pub fn all() -> impl Iterator<Item = Country> {
+        isocountry::CountryCode::as_array_alpha2()
+            .iter()
+            .filter_map(|c| Country::parse(c.alpha2()).ok())
+    }
     pub fn as_str(&self) -> &str {
         // Only ASCII uppercase letters are ever stored.
         std::str::from_utf8(&self.0).unwrap_or("??")

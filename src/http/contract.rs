@@ -129,10 +129,191 @@ fn header(name: &str, required: bool, description: &str, schema: Value) -> Value
     json!({"name": name, "in": "header", "required": required, "description": description, "schema": schema})
 }
 
+/// Constraints the server enforces on request fields, by field name: what a client
+/// must send for a request to be well formed (ids, amounts, codes).
+fn constraint(field: &str) -> Option<Value> {
+    let id = json!({"minLength": 1, "maxLength": crate::domain::ID_LEN_MAX, "pattern": "^[!-~]+$",
+        "description": "1 to 64 printable ASCII characters; never a card number"});
+    let amount = json!({
+        "pattern": format!("^[0-9]{{1,{}}}(\\.[0-9]{{1,{}}})?$", crate::money::AMOUNT_INTEGER_DIGITS_MAX,
+            // Beyond 28 significant digits no decimal is exact; minor units stop far sooner.
+            28 - crate::money::AMOUNT_INTEGER_DIGITS_MAX),
+        "description": "a positive decimal in major units, at most the currency's minor units"});
+    let currencies: Vec<&str> = crate::money::Currency::all().map(|c| c.code()).collect();
+    let countries: Vec<String> = crate::domain::Country::all()
+        .map(|c| c.as_str().to_string())
+        .collect();
+    Some(match field {
+        "id" | "card_id" | "cardholder_id" | "authorization_id" => id,
+        "amount" | "amount_max" => amount,
+        "currency" => json!({"enum": currencies}),
+        "country" | "allowed_countries" | "blocked_countries" => json!({"enum": countries}),
+        "mcc" | "allowed_categories" | "blocked_categories" => json!({"pattern": "^[0-9]{4}$"}),
+        "expiry" => json!({"pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}),
+        "name" => json!({"minLength": 1, "maxLength": 128}),
+        "policy" => json!({"minLength": 1, "maxLength": crate::domain::ID_LEN_MAX}),
+        "timestamp" => json!({"format": "date-time"}),
+        _ => return None,
+    })
+}
+
+/// Adds `c` to a property schema: to the string itself, to its array's items, or to the
+/// string branch of a nullable type.
+fn constrain(prop: &mut Value, c: &Value) {
+    if prop["type"] == "array"
+        || prop["type"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("array")))
+    {
+        if let Some(items) = prop.get_mut("items") {
+            constrain(items, c);
+        }
+        return;
+    }
+    let is_string = prop["type"] == "string"
+        || prop["type"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("string")));
+    if let (true, Some(p), Some(c)) = (is_string, prop.as_object_mut(), c.as_object()) {
+        for (k, v) in c {
+            if k == "description" && p.contains_key("description") {
+                continue;
+            }
+            p.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// The request bodies' schemas, and every schema they reference, get the constraints the
+/// server enforces; path ids too. Response schemas are left as they are.
+fn constrain_requests(doc: &mut Value) {
+    let mut pending: Vec<String> = Vec::new();
+    let refs = |v: &Value, out: &mut Vec<String>| {
+        fn walk(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+                        out.push(r.trim_start_matches("#/components/schemas/").to_string());
+                    }
+                    o.values().for_each(|x| walk(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        walk(v, out)
+    };
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|i| i.values_mut())
+        {
+            if let Some(body) = op.get("requestBody") {
+                refs(body, &mut pending);
+            }
+            for p in op
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if p["in"] == "path" && p["name"] == "id" {
+                    if let Some(c) = constraint("id") {
+                        constrain(&mut p["schema"], &c);
+                    }
+                }
+            }
+        }
+    }
+    let mut done = std::collections::BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if !done.insert(name.clone()) {
+            continue;
+        }
+        let schema = &mut doc["components"]["schemas"][&name];
+        refs(schema, &mut pending);
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            for (field, prop) in props.iter_mut() {
+                if let Some(c) = constraint(field) {
+                    constrain(prop, &c);
+                }
+            }
+        }
+    }
+}
+
+/// Where a created resource's id goes next: (method, path, status, the id in the answer,
+/// operations that take it as their `{id}`). Clients and stateful testers follow these.
+const LINKS: &[(&str, &str, &str, &str, &[&str])] = &[
+    (
+        "post",
+        "/v1/cards",
+        "201",
+        "$response.body#/id",
+        &[
+            "get_card",
+            "balance",
+            "transactions",
+            "activate_card",
+            "freeze_card",
+            "unfreeze_card",
+            "terminate_card",
+            "report_lost",
+            "report_stolen",
+            "set_controls",
+            "fund_card",
+            "withdraw_card",
+        ],
+    ),
+    (
+        "post",
+        "/v1/cardholders",
+        "201",
+        "$response.body#/id",
+        &["update_cardholder"],
+    ),
+    (
+        "post",
+        "/v1/programs",
+        "201",
+        "$response.body#/id",
+        &["create_api_key"],
+    ),
+    (
+        "post",
+        "/v1/authorizations",
+        "200",
+        "$response.body#/authorization_id",
+        &["capture", "reversal"],
+    ),
+];
+
+fn add_links(doc: &mut Value) {
+    for (method, path, status, id, targets) in LINKS {
+        let response = &mut doc["paths"][*path][*method]["responses"][*status];
+        if !response.is_object() {
+            continue;
+        }
+        let links: Map<String, Value> = targets
+            .iter()
+            .map(|op| {
+                (
+                    (*op).to_string(),
+                    json!({"operationId": op, "parameters": {"id": id}}),
+                )
+            })
+            .collect();
+        response["links"] = Value::Object(links);
+    }
+}
+
 /// Writes every route's contract into the generated document: security schemes and
 /// requirements, required headers, and each possible problem answer as
 /// `application/problem+json`.
 pub fn complete(doc: &mut Value, routes: &[(&str, &str, Contract)]) {
+    constrain_requests(doc);
+    add_links(doc);
     doc["components"]["securitySchemes"] = json!({
         "admin": {"type": "http", "scheme": "bearer", "description": "The operator's admin key (`SPENDGATE_ADMIN_KEY`)."},
         "program": {"type": "http", "scheme": "bearer", "description": "A program's API key (`POST /v1/programs/{id}/api_keys`)."}
@@ -196,7 +377,8 @@ pub fn complete(doc: &mut Value, routes: &[(&str, &str, Contract)]) {
                     ("webhook-timestamp", "Standard Webhooks timestamp, Unix seconds, within 5 minutes"),
                     ("webhook-signature", "Standard Webhooks `v1,<base64 HMAC-SHA256>` over `id.timestamp.body`"),
                 ] {
-                    params.push(header(name, false, what, json!({"type": "string", "maxLength": 1024})));
+                    // Unconstrained: without hook secrets the server ignores these headers.
+                    params.push(header(name, false, what, json!({"type": "string"})));
                 }
             }
         }

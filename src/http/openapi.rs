@@ -297,5 +297,12 @@ mod tests {
             doc["components"]["securitySchemes"]["admin"]["scheme"],
             "bearer"
         );
+        // A created card's id leads to the card's operations; ids are constrained.
+        let links = &doc["paths"]["/v1/cards"]["post"]["responses"]["201"]["links"];
+        assert_eq!(links["get_card"]["parameters"]["id"], "$response.body#/id");
+        let id = &doc["components"]["schemas"]["CreateCard"]["properties"]["cardholder_id"];
+        assert_eq!(id["maxLength"], 64);
+        let currency = &doc["components"]["schemas"]["Deposit"]["properties"]["currency"];
+        assert!(currency["enum"].as_array().unwrap().contains(&"NGN".into()));
     }
 }
