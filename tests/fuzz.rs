@@ -257,10 +257,12 @@ fn shared_app() -> &'static (tokio::runtime::Runtime, axum::Router, String) {
 /// A router on a fresh store, with a program `fz` and its key.
 async fn app() -> (axum::Router, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Config::default();
-    c.data_dir = dir.path().join("data");
-    c.rules_dir = "rules".into();
-    c.admin_key = Some(ADMIN.into());
+    let c = Config {
+        data_dir: dir.path().join("data"),
+        rules_dir: "rules".into(),
+        admin_key: Some(ADMIN.into()),
+        ..Config::default()
+    };
     let state = build_state(c).unwrap();
     // The store lives as long as the engine; the directory outlives the case.
     std::mem::forget(dir);
