@@ -39,6 +39,13 @@ pub struct Args {
     /// then follow each other without idle gaps).
     #[arg(long)]
     pub baseline_once: bool,
+    /// With --addr: the server's process id, to report its RSS and open descriptors after
+    /// each step (a soak); a server this command starts is reported without it.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// With --addr: the server's data directory, to report its WAL and database size.
+    #[arg(long)]
+    pub server_data: Option<PathBuf>,
 }
 
 /// One keep-alive HTTP/1.1 connection (hyper's client connection): each `Conn` is exactly
@@ -412,7 +419,35 @@ fn report(label: &str, s: &mut Sample, seconds: u64) -> f64 {
 
 struct Spawned {
     child: std::process::Child,
+    data: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// What a soak watches on the server between steps (Linux `/proc`; absent elsewhere).
+fn server_report(pid: Option<u32>, data: Option<&std::path::Path>) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(pid) = pid {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        parts.push(format!(
+            "RSS {:.1} MiB, {fds} open descriptors",
+            rss_kib / 1024.0
+        ));
+    }
+    if let Some(d) = data {
+        let mib =
+            |f: &str| std::fs::metadata(d.join(f)).map_or(0.0, |m| m.len() as f64 / 1_048_576.0);
+        parts.push(format!(
+            "WAL {:.0} MiB, database {:.0} MiB",
+            mib("spendgate.db-wal"),
+            mib("spendgate.db")
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("  server: {}", parts.join("; ")))
 }
 
 impl Drop for Spawned {
@@ -442,7 +477,15 @@ fn spawn_server() -> Result<(SocketAddr, String, Spawned), String> {
         .stdout(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    Ok((addr, admin, Spawned { child, _dir: dir }))
+    Ok((
+        addr,
+        admin,
+        Spawned {
+            child,
+            data,
+            _dir: dir,
+        },
+    ))
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -524,6 +567,16 @@ pub fn run(args: Args) -> ExitCode {
                 a.captures,
                 a.reversals
             );
+            let pid = args
+                .server_pid
+                .or(_spawned.as_ref().map(|s: &Spawned| s.child.id()));
+            let data = args
+                .server_data
+                .as_deref()
+                .or(_spawned.as_ref().map(|s: &Spawned| s.data.as_path()));
+            if let Some(line) = server_report(pid, data) {
+                println!("{line}");
+            }
         }
         ExitCode::SUCCESS
     })
