@@ -39,6 +39,8 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
     eprintln!("crash test seed {seed}");
     // (card, state) per acknowledged authorization id.
     let mut acked: HashMap<String, (String, String)> = HashMap::new();
+    // (scope, key) of every other acknowledged operation: top-ups, refunds, card actions.
+    let mut done: Vec<(String, String)> = Vec::new();
     let mut total_acks = 0;
     let kills = kills();
     for round in 0..kills {
@@ -87,9 +89,13 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         reader.join().unwrap();
         for line in rx.try_iter() {
             let parts: Vec<&str> = line.split_whitespace().collect();
-            if let ["ACK", id, card, state] = parts.as_slice() {
-                acked.insert(id.to_string(), (card.to_string(), state.to_string()));
-                total_acks += 1;
+            match parts.as_slice() {
+                ["ACK", id, card, state] => {
+                    acked.insert(id.to_string(), (card.to_string(), state.to_string()));
+                    total_acks += 1;
+                }
+                ["DONE", scope, key] => done.push((scope.to_string(), key.to_string())),
+                _ => {}
             }
         }
 
@@ -131,7 +137,23 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
                 _ => assert!(status.is_some(), "round {round}: hold of {id} lost"),
             }
         }
+        let stored: std::collections::HashSet<(&str, &str)> = snapshot
+            .idempotency
+            .iter()
+            .map(|(scope, key, ..)| (scope.as_str(), key.as_str()))
+            .collect();
+        for (scope, key) in &done {
+            assert!(
+                stored.contains(&(scope.as_str(), key.as_str())),
+                "round {round}: acknowledged {scope} `{key}` is missing"
+            );
+        }
     }
+    let kinds: std::collections::BTreeSet<&str> = done.iter().map(|(s, _)| s.as_str()).collect();
+    eprintln!(
+        "{total_acks} acknowledged authorizations and {} other operations ({kinds:?}) survived {kills} kills",
+        done.len()
+    );
     assert!(
         total_acks > kills,
         "the load produced acknowledged approvals ({total_acks})"

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
-use spendgate::issuing::{CardKind, Cardholder, Program};
+use spendgate::issuing::{CardAction, CardKind, Cardholder, Program};
 use spendgate::ledger::TransferKind;
 use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
@@ -111,6 +111,22 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                 loop {
                     i += 1;
                     let card = &card_ids[(i as usize * 7 + th) % card_ids.len()];
+                    // Card lifecycle now and then: freeze, then unfreeze.
+                    if i % 64 == 0 {
+                        for (what, action) in [
+                            ("freeze", CardAction::Freeze),
+                            ("unfreeze", CardAction::Unfreeze),
+                        ] {
+                            let key = format!("{run_id}-{th}-{i}-{what}");
+                            if engine
+                                .card_action(&key, card, action)
+                                .map(Pending::wait)
+                                .is_ok()
+                            {
+                                done("status", &key);
+                            }
+                        }
+                    }
                     let id = format!("{run_id}-{th}-{i}");
                     let txn = Authorization {
                         id: id.clone(),
@@ -136,29 +152,54 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                     {
                         Ok(a) if a.response_code == "51" => {
                             let key = format!("{run_id}-topup-{th}-{i}");
-                            if let Err(e) = engine
+                            match engine
                                 .move_funds(&key, card, TransferKind::TopUp, Decimal::new(500, 0))
                                 .map(Pending::wait)
                             {
-                                eprintln!("top-up: {e}");
+                                Ok(_) => done("fund", &key),
+                                Err(e) => eprintln!("top-up: {e}"),
                             }
                         }
                         Ok(a) if a.approved => {
-                            // Exercise captures and reversals too.
+                            // Exercise captures and reversals too (keys unique per run and
+                            // thread: a key reused would replay another operation's answer).
                             let extra = match i % 4 {
                                 0 => engine
-                                    .capture(PROGRAM, &format!("c{i}"), &id, txn.amount, true)
+                                    .capture(PROGRAM, &format!("{id}-c"), &id, txn.amount, true)
                                     .map(|p| p.wait())
                                     .map(|_| "captured"),
                                 1 => engine
-                                    .reverse(PROGRAM, &format!("r{i}"), &id, None)
+                                    .reverse(PROGRAM, &format!("{id}-r"), &id, None)
                                     .map(|p| p.wait())
                                     .map(|_| "reversed"),
                                 _ => Ok("held"),
                             };
-                            let mut out = std::io::stdout().lock();
-                            let _ = writeln!(out, "ACK {id} {card} {}", extra.unwrap_or("held"));
-                            let _ = out.flush();
+                            {
+                                let mut out = std::io::stdout().lock();
+                                let _ = writeln!(
+                                    out,
+                                    "ACK {id} {card} {}",
+                                    extra.as_ref().copied().unwrap_or("held")
+                                );
+                                let _ = out.flush();
+                            }
+                            // Refund part of some captures.
+                            if i % 8 == 0 && matches!(extra, Ok("captured")) {
+                                let key = format!("{id}-refund");
+                                let r = engine
+                                    .refund(
+                                        &key,
+                                        card,
+                                        Some(&id),
+                                        Decimal::new(50, 2),
+                                        Currency::USD,
+                                    )
+                                    .map(Pending::wait);
+                                match r {
+                                    Ok(_) => done("refund", &key),
+                                    Err(e) => eprintln!("refund: {e}"),
+                                }
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => eprintln!("authorize: {e}"),
@@ -168,4 +209,12 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
         }
     });
     ExitCode::SUCCESS
+}
+
+/// Prints an acknowledged operation (durable: its `Pending` was waited on) for the crash
+/// test, which then finds its stored answer after every kill.
+fn done(scope: &str, key: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "DONE {scope} {key}");
+    let _ = out.flush();
 }
