@@ -43,6 +43,8 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
     let mut done: Vec<(String, String)> = Vec::new();
     let mut total_acks = 0;
     let kills = kills();
+    let logs = tempfile::tempdir().unwrap();
+    let stderr_path = logs.path().join("stress.err");
     for round in 0..kills {
         let mut child = Command::new(env!("CARGO_BIN_EXE_spendgate"))
             .args([
@@ -59,7 +61,7 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
             ])
             .arg(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -80,10 +82,10 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         while Instant::now() < until {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "round {round}: the process died by itself"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("round {round}: the process died by itself ({status}): {err}");
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
