@@ -11,81 +11,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use rust_decimal::Decimal;
 
 use spendgate::clock::ManualClock;
-use spendgate::decision::{
-    decide, Authorization, Channel, Country, LatLon, Mcc, Merchant, TxnType,
-};
-use spendgate::ledger::{AccountId, TransferKind};
+use spendgate::decision::{decide, Authorization, Channel, Country, Mcc, TxnType};
 use spendgate::money::Currency;
 use spendgate::policy::{load_policy_dir, CompiledPolicy};
 use spendgate::service::{AuthContext, CardState, Engine};
 use spendgate::velocity::{VelocityState, WindowSpec};
 
-const POLICY: &str = "consumer-prepaid-africa";
-
-fn policy() -> Arc<CompiledPolicy> {
-    let set = load_policy_dir(Path::new("rules")).expect("reference rules load");
-    set.get(POLICY).expect("reference policy").clone()
-}
-
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap()
-}
-
-fn txn(i: u64, card: &str) -> Authorization {
-    let mccs = ["5411", "5812", "5999", "4121", "5732"];
-    Authorization {
-        id: format!("auth-{i}"),
-        card_id: card.to_string(),
-        amount: Decimal::new(150_000 + (i % 7) as i64 * 10_000, 2), // 1500.00.. NGN
-        currency: Currency::NGN,
-        merchant: Merchant {
-            id: format!("merchant-{}", i % 50),
-            name: "Shoprite Lekki".into(),
-            mcc: Mcc::parse(mccs[(i % 5) as usize]).unwrap(),
-            country: Country::parse("NG").unwrap(),
-            location: Some(LatLon {
-                lat: 6.45,
-                lon: 3.40,
-            }),
-        },
-        channel: Channel::Pos,
-        txn_type: TxnType::Purchase,
-        timestamp: None,
-        partial_ok: false,
-    }
-}
-
-fn fund(card: &mut CardState, amount: Decimal) {
-    let funding = AccountId::funding("bench", card.currency);
-    card.account
-        .transfer_with_funding("bench", TransferKind::TopUp, funding, amount, 0)
-        .unwrap();
-    card.funds_tracked = true;
-}
-
-/// A card with ten earlier approvals, as a typical active card has.
-fn warm_card(p: &CompiledPolicy) -> (CardState, VelocityState, VelocityState) {
-    let mut card = CardState::new("card-1", "holder-1", POLICY, Currency::NGN);
-    fund(&mut card, Decimal::new(500_000_000, 2));
-    let (mut h, mut g) = (VelocityState::default(), VelocityState::default());
-    for i in 0..10 {
-        let now = t0() + Duration::minutes(i * 30);
-        card.authorize(
-            p,
-            &txn(i as u64, "card-1"),
-            now,
-            Some(&mut h),
-            Some(&mut g),
-            7,
-        );
-    }
-    (card, h, g)
-}
+mod common;
+use common::{fund, policy, t0, txn, warm_card, POLICY};
 
 fn bench_decide(c: &mut Criterion) {
     let full = policy();
