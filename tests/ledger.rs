@@ -36,60 +36,7 @@ fn open(dir: &Path, durability: Durability) -> Engine {
 
 /// Program `p` with a funded funding account and `n` active, funded USD cards.
 fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
-    e.create_program(Program {
-        id: "p".into(),
-        policy: CONSUMER.into(),
-        currency: Currency::USD,
-    })
-    .map(Pending::wait)
-    .unwrap();
-    e.deposit("dep", "p", amount("1000000.00"), Currency::USD)
-        .map(Pending::wait)
-        .unwrap();
-    (0..n)
-        .map(|i| {
-            let h = format!("h{i}");
-            e.create_cardholder(
-                &h,
-                Cardholder {
-                    id: h.clone(),
-                    program: "p".into(),
-                    name: "Ama Mensah".into(),
-                    kyc: KycStatus::Verified,
-                    blocked: false,
-                },
-            )
-            .map(Pending::wait)
-            .unwrap();
-            let json = e
-                .issue_card(
-                    &format!("card{i}"),
-                    NewCard {
-                        program: "p".to_string(),
-                        cardholder_id: h.to_string(),
-                        kind: CardKind::Physical,
-                        currency: None,
-                        controls: None,
-                        active: true,
-                        expiry: None,
-                    },
-                )
-                .map(Pending::wait)
-                .unwrap();
-            let c: CardResponse = serde_json::from_str(&json).unwrap();
-            if each != "0" {
-                e.move_funds(
-                    &format!("fund{i}"),
-                    &c.id,
-                    TransferKind::TopUp,
-                    amount(each),
-                )
-                .map(Pending::wait)
-                .unwrap();
-            }
-            c.id
-        })
-        .collect()
+    common::issue_cards(e, "p", CONSUMER, n, 1, amount(each))
 }
 
 fn authorize(

@@ -26,13 +26,11 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use rust_decimal::Decimal;
 use spendgate::clock::{Clock, ManualClock};
-use spendgate::decision::KycStatus;
-use spendgate::issuing::{CardAction, CardKind, Cardholder, Program};
+use spendgate::issuing::CardAction;
 use spendgate::ledger::TransferKind;
-use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
-use spendgate::service::responses::{AuthorizationResponse, CardResponse};
-use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending, Rejection};
+use spendgate::service::responses::AuthorizationResponse;
+use spendgate::service::{AuthContext, Engine, EngineConfig, Pending, Rejection};
 use spendgate::store::{Durability, Store};
 
 const CARDS: usize = 3;
@@ -244,58 +242,14 @@ impl Harness {
             cards: Vec::new(),
         };
         h.open();
-        let e = h.engine.as_ref().unwrap();
-        e.create_program(Program {
-            id: "p".into(),
-            policy: "model".into(),
-            currency: Currency::USD,
-        })
-        .map(Pending::wait)
-        .unwrap();
-        e.deposit("dep", "p", cents(100_000_000_000), Currency::USD)
-            .map(Pending::wait)
-            .unwrap();
-        for i in 0..CARDS {
-            let holder = format!("h{i}");
-            e.create_cardholder(
-                &holder,
-                Cardholder {
-                    id: holder.clone(),
-                    program: "p".into(),
-                    name: "Model".into(),
-                    kyc: KycStatus::Verified,
-                    blocked: false,
-                },
-            )
-            .map(Pending::wait)
-            .unwrap();
-            let c: CardResponse = serde_json::from_str(
-                &e.issue_card(
-                    &format!("card{i}"),
-                    NewCard {
-                        program: "p".into(),
-                        cardholder_id: holder,
-                        kind: CardKind::Virtual,
-                        currency: None,
-                        controls: None,
-                        active: true,
-                        expiry: None,
-                    },
-                )
-                .map(Pending::wait)
-                .unwrap(),
-            )
-            .unwrap();
-            e.move_funds(
-                &format!("start{i}"),
-                &c.id,
-                TransferKind::TopUp,
-                cents(START_CENTS),
-            )
-            .map(Pending::wait)
-            .unwrap();
-            h.cards.push(c.id);
-        }
+        h.cards = common::issue_cards(
+            h.engine.as_ref().unwrap(),
+            "p",
+            "model",
+            CARDS,
+            1,
+            cents(START_CENTS),
+        );
         h
     }
 

@@ -12,12 +12,9 @@ use common::{amount, at, fresh_clock, rules, t0, txn};
 use proptest::prelude::*;
 use rusqlite::Connection;
 use rust_decimal::Decimal;
-use spendgate::decision::{Authorization, Channel, Country, KycStatus};
-use spendgate::issuing::{CardKind, Cardholder, Program};
+use spendgate::decision::{Authorization, Channel, Country};
 use spendgate::ledger::TransferKind;
-use spendgate::money::Currency;
-use spendgate::service::responses::CardResponse;
-use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending};
+use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
 use spendgate::store::{Durability, Store, DB_FILE};
 
 fn open(dir: &Path) -> Engine {
@@ -30,60 +27,7 @@ fn open(dir: &Path) -> Engine {
 /// Program `p` with `n` funded cards, two per cardholder (so cardholder-scope windows
 /// are shared between cards).
 fn issue(e: &Engine, n: usize) -> Vec<String> {
-    e.create_program(Program {
-        id: "p".into(),
-        policy: "consumer-prepaid-africa".into(),
-        currency: Currency::USD,
-    })
-    .map(Pending::wait)
-    .unwrap();
-    e.deposit("dep", "p", amount("1000000.00"), Currency::USD)
-        .map(Pending::wait)
-        .unwrap();
-    (0..n)
-        .map(|i| {
-            let h = format!("h{}", i / 2);
-            if i % 2 == 0 {
-                e.create_cardholder(
-                    &h,
-                    Cardholder {
-                        id: h.clone(),
-                        program: "p".into(),
-                        name: "Ama Mensah".into(),
-                        kyc: KycStatus::Verified,
-                        blocked: false,
-                    },
-                )
-                .map(Pending::wait)
-                .unwrap();
-            }
-            let json = e
-                .issue_card(
-                    &format!("card{i}"),
-                    NewCard {
-                        program: "p".to_string(),
-                        cardholder_id: h,
-                        kind: CardKind::Virtual,
-                        currency: None,
-                        controls: None,
-                        active: true,
-                        expiry: None,
-                    },
-                )
-                .map(Pending::wait)
-                .unwrap();
-            let c: CardResponse = serde_json::from_str(&json).unwrap();
-            e.move_funds(
-                &format!("fund{i}"),
-                &c.id,
-                TransferKind::TopUp,
-                amount("900.00"),
-            )
-            .map(Pending::wait)
-            .unwrap();
-            c.id
-        })
-        .collect()
+    common::issue_cards(e, "p", "consumer-prepaid-africa", n, 2, amount("900.00"))
 }
 
 /// A purchase that exercises many windows: online or in store, at home or abroad.

@@ -73,3 +73,72 @@ pub fn at<R>(when: DateTime<Utc>, f: impl FnOnce() -> R) -> R {
     });
     f()
 }
+
+/// Program `program` (USD, on `policy`) with a large funded funding account and `n`
+/// active cards, `per_holder` cards to each verified cardholder `h0, h1, …`, each topped
+/// up with `each` (none when zero). Returns the card ids in order.
+pub fn issue_cards(
+    e: &spendgate::service::Engine,
+    program: &str,
+    policy: &str,
+    n: usize,
+    per_holder: usize,
+    each: Decimal,
+) -> Vec<String> {
+    use spendgate::decision::KycStatus;
+    use spendgate::issuing::{CardKind, Cardholder, Program};
+    use spendgate::ledger::TransferKind;
+    use spendgate::service::{NewCard, Pending};
+    e.create_program(Program {
+        id: program.into(),
+        policy: policy.into(),
+        currency: Currency::USD,
+    })
+    .map(Pending::wait)
+    .unwrap();
+    e.deposit("dep", program, amount("1000000000.00"), Currency::USD)
+        .map(Pending::wait)
+        .unwrap();
+    (0..n)
+        .map(|i| {
+            let holder = format!("h{}", i / per_holder.max(1));
+            if i % per_holder.max(1) == 0 {
+                e.create_cardholder(
+                    &holder,
+                    Cardholder {
+                        id: holder.clone(),
+                        program: program.into(),
+                        name: "Ama Mensah".into(),
+                        kyc: KycStatus::Verified,
+                        blocked: false,
+                    },
+                )
+                .map(Pending::wait)
+                .unwrap();
+            }
+            let json = e
+                .issue_card(
+                    &format!("card{i}"),
+                    NewCard {
+                        program: program.into(),
+                        cardholder_id: holder,
+                        kind: CardKind::Physical,
+                        currency: None,
+                        controls: None,
+                        active: true,
+                        expiry: None,
+                    },
+                )
+                .map(Pending::wait)
+                .unwrap();
+            let card: spendgate::service::responses::CardResponse =
+                serde_json::from_str(&json).unwrap();
+            if !each.is_zero() {
+                e.move_funds(&format!("fund{i}"), &card.id, TransferKind::TopUp, each)
+                    .map(Pending::wait)
+                    .unwrap();
+            }
+            card.id
+        })
+        .collect()
+}
