@@ -17,14 +17,13 @@ use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 
 use spendgate::clock::ManualClock;
-use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
-use spendgate::issuing::{CardKind, Cardholder, Program};
-use spendgate::ledger::TransferKind;
+use spendgate::decision::{Authorization, Channel, Country, Mcc, Merchant, TxnType};
 use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
-use spendgate::service::responses::CardResponse;
-use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending};
+use spendgate::service::{AuthContext, Engine, EngineConfig};
 use spendgate::store::{Durability, Store};
+
+mod common;
 
 /// A durable engine with `cards` funded cards, on a clock the bench moves.
 fn setup(
@@ -39,53 +38,7 @@ fn setup(
     let e = Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default())
         .unwrap()
         .with_clock(clock.clone());
-    e.create_program(Program {
-        id: "bench".into(),
-        policy: "consumer-prepaid-africa".into(),
-        currency: Currency::USD,
-    })
-    .map(Pending::wait)
-    .unwrap();
-    e.deposit("d", "bench", Decimal::new(1_000_000_000, 0), Currency::USD)
-        .map(Pending::wait)
-        .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..cards {
-        let h = format!("h{i}");
-        e.create_cardholder(
-            &h,
-            Cardholder {
-                id: h.clone(),
-                program: "bench".into(),
-                name: "Bench".into(),
-                kyc: KycStatus::Verified,
-                blocked: false,
-            },
-        )
-        .map(Pending::wait)
-        .unwrap();
-        let c: CardResponse = serde_json::from_str(
-            &e.issue_card(
-                &h,
-                NewCard {
-                    program: "bench".to_string(),
-                    cardholder_id: h.to_string(),
-                    kind: CardKind::Virtual,
-                    currency: None,
-                    controls: None,
-                    active: true,
-                    expiry: None,
-                },
-            )
-            .map(Pending::wait)
-            .unwrap(),
-        )
-        .unwrap();
-        e.move_funds(&h, &c.id, TransferKind::TopUp, Decimal::new(100_000, 0))
-            .map(Pending::wait)
-            .unwrap();
-        ids.push(c.id);
-    }
+    let ids = common::issue_cards(&e, "bench", cards, Decimal::new(100_000, 0));
     (Arc::new(e), ids, clock)
 }
 

@@ -19,14 +19,13 @@ use std::time::Instant;
 use chrono::{Duration, TimeZone, Utc};
 use rust_decimal::Decimal;
 use spendgate::clock::ManualClock;
-use spendgate::decision::{Authorization, Channel, Country, KycStatus, Mcc, Merchant, TxnType};
-use spendgate::issuing::{CardKind, Cardholder, Program};
-use spendgate::ledger::TransferKind;
+use spendgate::decision::{Authorization, Channel, Country, Mcc, Merchant, TxnType};
 use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
-use spendgate::service::responses::CardResponse;
-use spendgate::service::{AuthContext, Engine, EngineConfig, NewCard, Pending};
+use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
 use spendgate::store::{Durability, Store, DB_FILE};
+
+mod common;
 
 const CARDS: usize = 20_000;
 const LIVE_AUTHORIZATIONS: usize = 50_000;
@@ -103,59 +102,7 @@ fn traffic(e: &Engine, clock: &ManualClock, cards: &[String], prefix: &str, n: u
 fn build(dir: &Path, decisions: usize) {
     let clock = clock();
     let (e, _) = open(dir, &clock);
-    e.create_program(Program {
-        id: "p".into(),
-        policy: "consumer-prepaid-africa".into(),
-        currency: Currency::USD,
-    })
-    .map(Pending::wait)
-    .unwrap();
-    e.deposit("d", "p", Decimal::new(1_000_000_000, 0), Currency::USD)
-        .map(Pending::wait)
-        .unwrap();
-    let cards: Vec<String> = (0..CARDS)
-        .map(|i| {
-            let h = format!("h{i}");
-            e.create_cardholder(
-                &h,
-                Cardholder {
-                    id: h.clone(),
-                    program: "p".into(),
-                    name: "Bench".into(),
-                    kyc: KycStatus::Verified,
-                    blocked: false,
-                },
-            )
-            .map(Pending::wait)
-            .unwrap();
-            let c: CardResponse = serde_json::from_str(
-                &e.issue_card(
-                    &h,
-                    NewCard {
-                        program: "p".into(),
-                        cardholder_id: h.clone(),
-                        kind: CardKind::Virtual,
-                        currency: None,
-                        controls: None,
-                        active: true,
-                        expiry: None,
-                    },
-                )
-                .map(Pending::wait)
-                .unwrap(),
-            )
-            .unwrap();
-            e.move_funds(
-                &format!("f{i}"),
-                &c.id,
-                TransferKind::TopUp,
-                Decimal::new(5_000, 0),
-            )
-            .map(Pending::wait)
-            .unwrap();
-            c.id
-        })
-        .collect();
+    let cards = common::issue_cards(&e, "p", CARDS, Decimal::new(5_000, 0));
     traffic(&e, &clock, &cards, "live", LIVE_AUTHORIZATIONS);
     e.store().unwrap().close();
     drop(e);

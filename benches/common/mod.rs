@@ -75,3 +75,64 @@ pub fn warm_card(p: &CompiledPolicy) -> (CardState, VelocityState, VelocityState
     }
     (card, h, g)
 }
+
+/// Program `program` (USD, reference policy) with a large funding account and `n` active
+/// virtual cards, one per cardholder, each topped up with `each`. Returns the card ids.
+pub fn issue_cards(
+    e: &spendgate::service::Engine,
+    program: &str,
+    n: usize,
+    each: Decimal,
+) -> Vec<String> {
+    use spendgate::decision::KycStatus;
+    use spendgate::issuing::{CardKind, Cardholder, Program};
+    use spendgate::service::{NewCard, Pending};
+    e.create_program(Program {
+        id: program.into(),
+        policy: POLICY.into(),
+        currency: Currency::USD,
+    })
+    .map(Pending::wait)
+    .unwrap();
+    e.deposit("d", program, Decimal::new(1_000_000_000, 0), Currency::USD)
+        .map(Pending::wait)
+        .unwrap();
+    (0..n)
+        .map(|i| {
+            let h = format!("h{i}");
+            e.create_cardholder(
+                &h,
+                Cardholder {
+                    id: h.clone(),
+                    program: program.into(),
+                    name: "Bench".into(),
+                    kyc: KycStatus::Verified,
+                    blocked: false,
+                },
+            )
+            .map(Pending::wait)
+            .unwrap();
+            let c: spendgate::service::responses::CardResponse = serde_json::from_str(
+                &e.issue_card(
+                    &h,
+                    NewCard {
+                        program: program.into(),
+                        cardholder_id: h.clone(),
+                        kind: CardKind::Virtual,
+                        currency: None,
+                        controls: None,
+                        active: true,
+                        expiry: None,
+                    },
+                )
+                .map(Pending::wait)
+                .unwrap(),
+            )
+            .unwrap();
+            e.move_funds(&h, &c.id, TransferKind::TopUp, each)
+                .map(Pending::wait)
+                .unwrap();
+            c.id
+        })
+        .collect()
+}
