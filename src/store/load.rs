@@ -82,16 +82,7 @@ pub fn load_live(conn: &Connection) -> Result<Snapshot, StoreError> {
     )?;
     load_decisions(conn, &mut s, cut.decision_seq)?;
     load_releases(conn, &mut s, cut.release_seq)?;
-    let mut st = conn.prepare(
-        "SELECT scope, key, request_hash, response FROM idempotency ORDER BY at_ms DESC LIMIT ?1",
-    )?;
-    let rows = st.query_map([IDEMPOTENCY_ROWS_AT_START_MAX], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
-    for row in rows {
-        s.idempotency.push(row?);
-    }
-    s.idempotency.reverse();
+    load_idempotency(conn, &mut s, IDEMPOTENCY_ROWS_AT_START_MAX)?;
     Ok(s)
 }
 
@@ -130,12 +121,23 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     }
     load_decisions(conn, &mut s, 0)?;
     load_releases(conn, &mut s, 0)?;
-    let mut st = conn.prepare("SELECT scope, key, request_hash, response FROM idempotency")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    load_idempotency(conn, &mut s, i64::MAX)?;
+    Ok(s)
+}
+
+/// The newest `rows_max` idempotent answers, oldest first.
+fn load_idempotency(conn: &Connection, s: &mut Snapshot, rows_max: i64) -> Result<(), StoreError> {
+    let mut st = conn.prepare(
+        "SELECT scope, key, request_hash, response FROM idempotency ORDER BY at_ms DESC LIMIT ?1",
+    )?;
+    let rows = st.query_map([rows_max], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
     for row in rows {
         s.idempotency.push(row?);
     }
-    Ok(s)
+    s.idempotency.reverse();
+    Ok(())
 }
 
 /// Programs, cardholders, cards and API keys: all of them, always.
