@@ -3,7 +3,7 @@
 //! recovery point plus the log after it.
 //!
 //! The store: 20 000 funded cards and 50 000 real authorizations through the engine (a
-//! third captured, a tenth reversed), then history copied from those rows by SQL until
+//! third captured, a tenth reversed), then history copied from those decisions (new ids, dated back) until
 //! the store holds `SPENDGATE_STARTUP_DECISIONS` decisions (default 5 000 000): each copy a
 //! decision and, for approvals, its hold, captured long ago. The store is kept in
 //! `target/bench-startup-N/` and reused. Run: `cargo bench --bench startup` (`-- --test`
@@ -22,8 +22,11 @@ use spendgate::clock::ManualClock;
 use spendgate::decision::{Authorization, Channel, Country, Mcc, Merchant, TxnType};
 use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
+use spendgate::service::decision_record::{self, DecodedDecision};
+use spendgate::service::responses::AuthorizationResponse;
 use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
-use spendgate::store::{Durability, Store, DB_FILE};
+use spendgate::store::{Durability, Store, StoredDecision, DB_FILE};
+use spendgate::velocity::key_hash;
 
 mod common;
 
@@ -106,43 +109,84 @@ fn build(dir: &Path, decisions: usize) {
     traffic(&e, &clock, &cards, "live", LIVE_AUTHORIZATIONS);
     e.store().unwrap().close();
     drop(e);
-    // History: copies of the live rows, dated a year and more back, holds long captured.
-    let c = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    // History: copies of the live decisions (new ids, dated a year and more back), the
+    // approvals' holds long captured.
+    let mut c = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
     c.execute_batch(
         "PRAGMA synchronous = OFF; DELETE FROM recovery_point; DELETE FROM recovery_states;",
     )
     .unwrap();
-    let live: i64 = c
-        .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
-        .unwrap();
+    let template: Vec<DecodedDecision> = c
+        .prepare("SELECT answer, body FROM decision_log ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(StoredDecision::Record {
+                answer: r.get(0)?,
+                body: r.get(1)?,
+            })
+        })
+        .unwrap()
+        .map(|d| decision_record::decode(&d.unwrap()).unwrap())
+        .collect();
+    let live = template.len() as i64;
     let copies = (decisions as i64 - live).max(0);
-    c.execute_batch(
-        "CREATE TEMP TABLE template AS SELECT row_number() OVER (ORDER BY seq) - 1 AS rn, * FROM decisions;",
-    )
-    .unwrap();
     let started = Instant::now();
-    c.execute(
-        "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < ?1 - 1)
-         INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule, amount,
-             currency, amount_approved, card_currency, policy_version, request_id, request_hash,
-             response, effects)
-         SELECT 'h' || s.i || '-' || t.auth_id, t.card_id, t.at_ms - 400 * 86400000 - s.i * 1000,
-             t.approved, t.response_code, t.reason, t.rule, t.amount, t.currency, t.amount_approved,
-             t.card_currency, t.policy_version, t.request_id, t.request_hash, t.response, t.effects
-         FROM s JOIN template t ON t.rn = s.i % ?2",
-        rusqlite::params![copies, live],
-    )
-    .unwrap();
-    c.execute(
-        "INSERT INTO holds (auth_id, card_id, card_currency, pending, authorized, captured, refunded,
-             txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn)
-         SELECT d.auth_id, d.card_id, d.card_currency, '0', d.amount_approved, d.amount_approved, '0',
-             d.amount, d.currency, '1', 'posted', d.at_ms, d.at_ms + 7 * 86400000, d.at_ms + 86400000,
-             d.amount
-         FROM decisions d WHERE d.auth_id LIKE 'h%' AND d.approved = 1",
-        [],
-    )
-    .unwrap();
+    let tx = c.transaction().unwrap();
+    {
+        let mut insert = tx
+            .prepare("INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
+        let mut hold = tx
+            .prepare(
+                "INSERT INTO holds (auth_id, card_id, card_currency, pending, authorized, captured,
+                     refunded, txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms,
+                     resolved_ms, captured_txn)
+                 VALUES (?1, ?2, ?3, '0', ?4, ?4, '0', ?5, ?6, '1', 'posted', ?7, ?8, ?9, ?5)",
+            )
+            .unwrap();
+        for i in 0..copies {
+            let d = &template[(i % live) as usize];
+            let back_ms = 400 * 86_400_000 + i * 1_000;
+            let mut t = d.request().unwrap().clone();
+            t.id = format!("h{i}-{}", t.id);
+            let mut e = d.effects.clone();
+            e.at_ms -= back_ms;
+            e.location_at_ms -= back_ms;
+            e.auth_key = key_hash(&[t.id.as_bytes()]);
+            for v in e.velocity.iter_mut().filter(|v| v.start_ms != i64::MIN) {
+                v.start_ms -= back_ms;
+            }
+            if let Some(a) = e.activity.as_mut() {
+                a.at_ms = e.at_ms;
+            }
+            let mut r: AuthorizationResponse = serde_json::from_str(&d.response()).unwrap();
+            r.authorization_id = t.id.clone();
+            let w = decision_record::encode(&t, &d.request_id, &e, &r);
+            insert
+                .execute(rusqlite::params![
+                    w.auth_hash,
+                    w.card_hash,
+                    w.answer,
+                    w.body
+                ])
+                .unwrap();
+            if r.approved {
+                hold.execute(rusqlite::params![
+                    t.id,
+                    t.card_id,
+                    r.currency.code(),
+                    r.amount_approved,
+                    t.amount.to_string(),
+                    t.currency.code(),
+                    e.at_ms,
+                    e.at_ms + 7 * 86_400_000,
+                    e.at_ms + 86_400_000
+                ])
+                .unwrap();
+            }
+        }
+    }
+    tx.commit().unwrap();
     println!(
         "built: {CARDS} cards, {live} live decisions, {copies} history copies in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -175,7 +219,7 @@ fn main() {
     let db_mib = std::fs::metadata(dir.join(DB_FILE)).map_or(0, |m| m.len()) as f64 / 1048576.0;
     let c = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
     let stored: i64 = c
-        .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM decision_log", [], |r| r.get(0))
         .unwrap();
     let has_point: bool = c
         .query_row("SELECT count(*) > 0 FROM recovery_point", [], |r| r.get(0))

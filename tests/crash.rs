@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use spendgate::ledger::verify::verify;
 use spendgate::ledger::HoldStatus;
+use spendgate::service::decision_record::decode;
 use spendgate::store::{load_snapshot, DB_FILE};
 
 /// Kills per run: 50 in CI, `SPENDGATE_KILLS=1000` for the long run.
@@ -107,10 +108,13 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         let snapshot = load_snapshot(&conn).unwrap();
         let report = verify(&snapshot.ledger);
         assert!(report.ok(), "round {round}: {:?}", report.violations);
-        let decisions: HashMap<&str, bool> = snapshot
+        let decisions: HashMap<String, bool> = snapshot
             .decisions
             .iter()
-            .map(|d| (d.auth_id.as_str(), d.approved))
+            .map(|d| {
+                let d = decode(d).unwrap();
+                (d.auth_id, d.approved)
+            })
             .collect();
         let holds: HashMap<&str, HoldStatus> = snapshot
             .ledger

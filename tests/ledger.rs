@@ -1346,8 +1346,11 @@ fn idempotent_answers_past_their_retention_are_swept_from_the_store() {
         count("SELECT count(*) FROM idempotency WHERE key = 'recent'"),
         1
     );
+    let kept = spendgate::store::id_hash("kept");
     assert_eq!(
-        count("SELECT count(*) FROM decisions WHERE auth_id = 'kept'"),
+        count(&format!(
+            "SELECT count(*) FROM decision_log WHERE auth_hash = {kept}"
+        )),
         1
     );
     e.store().unwrap().close();

@@ -237,10 +237,7 @@ fn a_restart_reads_the_recovery_point_not_the_history_before_it() {
         "the point cuts the log: {d} {r} {t}"
     );
     let spoiled = c
-        .execute(
-            "UPDATE decisions SET effects = 'unreadable' WHERE seq <= ?1",
-            [d],
-        )
+        .execute("UPDATE decision_log SET body = x'ff' WHERE seq <= ?1", [d])
         .unwrap();
     assert_eq!(spoiled as i64, d);
     c.execute(

@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::effects::EffectsRecord;
+use super::decision_record;
 use super::responses::{authorization_response, step_decline, AuthorizationResponse};
 use super::{request_hash, Engine, Pending, Rejection};
-use crate::decision::{Authorization, Decision, DecisionSummary, TraceLine};
+use crate::decision::{Authorization, DecisionSummary, TraceLine};
 use crate::domain::VelocityScope;
-use crate::money::Currency;
-use crate::store::{DecisionRow, Write};
+use crate::store::{id_hash, Write};
 
 /// The reason given (and recorded) for an approval whose reversal had already arrived.
 pub const REVERSED_FIRST: &str = "reversed_before_authorization";
@@ -85,7 +84,6 @@ impl Engine {
                 self.config.hold_expiry_days,
             );
             drop((hg, pg));
-            let mut row = decision_row(txn, &d, c.currency, ctx.request_id);
             let mut writes = Vec::new();
             let mut voided_early = false;
             if let Some(h) = hold {
@@ -111,14 +109,14 @@ impl Engine {
             if voided_early {
                 // Approved, and already reversed: the answer and the record both say so.
                 response.reason = REVERSED_FIRST.into();
-                row.reason = REVERSED_FIRST.into();
                 response.trace.push(TraceLine {
                     rule: "reversal".into(),
                     outcome: "hold voided".into(),
                     detail: "a reversal for this authorization arrived before it".into(),
                 });
             }
-            writes.insert(0, Write::Decision(Box::new(row)));
+            let record = decision_record::encode(txn, ctx.request_id, &d.effects, &response);
+            writes.insert(0, Write::Decision(Box::new(record)));
             out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
             Ok((response, writes, Some(c)))
         })?;
@@ -176,12 +174,9 @@ impl Engine {
             self.void_hold(&mut c, &txn.id, at_ms, &mut writes);
             // The stored decision says what the caller was told: 91.
             writes.push(Write::DecisionAnswered {
-                card_id: c.card_id.clone(),
-                auth_id: txn.id.clone(),
-                response_code: response.response_code.clone(),
-                reason: response.reason.clone(),
-                amount_approved: "0".into(),
-                response: json.clone(),
+                auth_hash: id_hash(&txn.id),
+                card_hash: id_hash(&c.card_id),
+                answer: decision_record::encode_answer(&response),
             });
             guard = Some(c);
         }
@@ -243,32 +238,5 @@ impl Engine {
                 &txn.id,
             ),
         }
-    }
-}
-
-fn decision_row(
-    txn: &Authorization,
-    d: &Decision,
-    card_currency: Currency,
-    request_id: &str,
-) -> DecisionRow {
-    DecisionRow {
-        auth_id: txn.id.clone(),
-        card_id: txn.card_id.clone(),
-        at_ms: d.effects.at_ms,
-        approved: d.approved,
-        response_code: d.response_code.to_string(),
-        reason: d.reason.to_string(),
-        rule: d.rule.clone(),
-        amount: txn.amount.to_string(),
-        currency: txn.currency.code().to_string(),
-        amount_approved: d.amount_approved.to_string(),
-        card_currency: card_currency.code().to_string(),
-        policy_version: d.policy_version.clone(),
-        request_id: request_id.to_string(),
-        // Filled in with the exact answer by `idempotent`.
-        request_hash: String::new(),
-        response: String::new(),
-        effects: EffectsRecord::encode(&d.effects),
     }
 }

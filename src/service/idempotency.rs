@@ -77,6 +77,11 @@ pub fn request_hash(bytes: &[u8]) -> String {
 }
 
 impl Idempotency {
+    /// How many answers memory keeps.
+    pub fn capacity(&self) -> usize {
+        self.entries_max
+    }
+
     pub fn with_capacity(entries_max: usize) -> Idempotency {
         Idempotency {
             map: DashMap::new(),
@@ -314,16 +319,9 @@ impl super::Engine {
         let _quiet = self.quiet.read_recursive();
         let (response, mut writes, guard) = op()?;
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
-        // A decision row keeps its own response and request hash (one row, not two);
-        // every other operation gets an idempotency row.
-        let mut recorded = false;
-        for w in writes.iter_mut() {
-            if let Write::Decision(d) = w {
-                d.response = json.to_string();
-                d.request_hash = hash.clone();
-                recorded = true;
-            }
-        }
+        // A decision's record holds its answer and its request (the hash is derived from
+        // it): one row, not two. Every other operation gets an idempotency row.
+        let recorded = writes.iter().any(|w| matches!(w, Write::Decision(_)));
         if !recorded {
             writes.push(Write::Idempotency {
                 scope,

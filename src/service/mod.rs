@@ -14,6 +14,7 @@
 mod authorize;
 mod card;
 mod cards;
+pub mod decision_record;
 mod effects;
 mod errors;
 mod funds;
@@ -394,22 +395,52 @@ impl Engine {
     /// A card's latest decisions and transfers, read from the store (blocking: call it
     /// off the async runtime). A memory-only engine has no history.
     pub fn card_history(&self, card_id: &str) -> Result<CardHistory, Rejection> {
-        match &self.store {
-            Some(s) => s
-                .card_history(card_id)
-                .map_err(|_| Rejection::HistoryUnavailable),
-            None => Ok(CardHistory::default()),
+        let Some(store) = &self.store else {
+            return Ok(CardHistory::default());
+        };
+        let (stored, transfers) = store
+            .card_history(card_id)
+            .map_err(|_| Rejection::HistoryUnavailable)?;
+        let mut decisions = Vec::with_capacity(stored.len());
+        for d in &stored {
+            let d = decision_record::decode(d).map_err(|e| {
+                tracing::error!(card_id, error = %e, "a stored decision cannot be read");
+                Rejection::HistoryUnavailable
+            })?;
+            // The store finds them by a hash of the card id.
+            if d.card_id == card_id {
+                decisions.push(d.history());
+            }
         }
+        Ok(CardHistory {
+            decisions,
+            transfers,
+        })
     }
 
     /// An answer the idempotency cache gave up, from the store. A store that cannot be
     /// read stops the process: answering as if the key were new could execute it twice.
     fn stored_answer(&self, scope: &str, key: &str) -> Option<(String, String)> {
         let store = self.store.as_ref()?;
-        match store.stored_answer(scope, key) {
-            Ok(a) => a,
-            Err(e) => crate::store::fail_stop(&format!("idempotency lookup: {e}")),
+        let fail = |e: &dyn std::fmt::Display| -> ! {
+            crate::store::fail_stop(&format!("idempotency lookup: {e}"))
+        };
+        let answer = store.stored_answer(scope, key).unwrap_or_else(|e| fail(&e));
+        if answer.is_some() || scope != "authorization" {
+            return answer;
         }
+        // An authorization's answer is its decision's: keys are `program/authorization id`.
+        let (program, auth_id) = key.split_once('/')?;
+        let stored = store
+            .decisions_of_authorization(auth_id)
+            .unwrap_or_else(|e| fail(&e));
+        for d in &stored {
+            let d = decision_record::decode(d).unwrap_or_else(|e| fail(&e));
+            if d.auth_id == auth_id && self.card_program(&d.card_id).as_deref() == Some(program) {
+                return Some((d.request_hash(), d.response()));
+            }
+        }
+        None
     }
 
     /// The highest store sequence that is durable (everything, without a store).

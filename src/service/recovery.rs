@@ -7,9 +7,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
 
-use super::effects::{CodecError, EffectsRecord};
+use super::decision_record;
+use super::effects::CodecError;
 use super::responses::ReversalResponse;
 use super::{auth_key, holder_key, Engine, Rejection};
+use crate::domain::VelocityScope;
 use crate::store::Snapshot;
 
 /// Idempotency scopes restored from the store.
@@ -34,8 +36,8 @@ const SCOPES: [&str; 14] = [
 pub enum RecoveryError {
     #[error("stored state is inconsistent: {0}")]
     State(#[from] Rejection),
-    #[error("decision `{auth_id}`: {error}")]
-    Effects { auth_id: String, error: CodecError },
+    #[error("stored decision {seq_index} of the log tail cannot be read: {error}")]
+    Effects { seq_index: usize, error: CodecError },
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -103,20 +105,30 @@ impl Engine {
         }
         // Decisions and velocity releases replay in time order, as they happened live (a
         // window's event cap merges its oldest events, so the order matters).
-        let mut order: Vec<(i64, usize, bool)> = s
-            .decisions
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.at_ms, i, false))
-            .chain(
-                s.velocity_releases
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (r.3, i, true)),
-            )
-            .collect();
+        let codec = |i: usize, error| RecoveryError::Effects {
+            seq_index: i,
+            error,
+        };
+        let mut order: Vec<(i64, usize, bool)> = Vec::with_capacity(s.decisions.len());
+        for (i, d) in s.decisions.iter().enumerate() {
+            order.push((
+                decision_record::at_ms(d).map_err(|e| codec(i, e))?,
+                i,
+                false,
+            ));
+        }
+        order.extend(
+            s.velocity_releases
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.3, i, true)),
+        );
         // Stable: within one millisecond a decision precedes the releases of its hold.
         order.sort_by_key(|&(at, _, is_release)| (at, is_release));
+        // The newest answers go back into the idempotency cache (as many as it keeps);
+        // older ones are answered from the store when asked for.
+        let answers_from = s.decisions.len().saturating_sub(self.idem.capacity());
+        let mut replayed = 0usize;
         for (_, i, is_release) in order {
             if is_release {
                 let (card_id, auth_id, ratio, _) = &s.velocity_releases[i];
@@ -125,27 +137,29 @@ impl Engine {
                 }
                 continue;
             }
-            let d = &s.decisions[i];
-            // A retried authorization replays its stored answer after a restart too.
-            let program = self.card_program(&d.card_id).unwrap_or_default();
-            self.idem.restore(
-                "authorization",
-                auth_key(&program, &d.auth_id),
-                d.request_hash.clone(),
-                d.response.clone(),
-            );
+            let d = decision_record::decode(&s.decisions[i]).map_err(|e| codec(i, e))?;
+            replayed += 1;
+            if replayed > answers_from {
+                // A retried authorization replays its stored answer after a restart too.
+                let program = self.card_program(&d.card_id).unwrap_or_default();
+                self.idem.restore(
+                    "authorization",
+                    auth_key(&program, &d.auth_id),
+                    d.request_hash(),
+                    d.response(),
+                );
+            }
             let Some(card) = self.card(&d.card_id) else {
                 continue;
             };
-            let codec = |error| RecoveryError::Effects {
-                auth_id: d.auth_id.clone(),
-                error,
-            };
-            let rec = EffectsRecord::decode(&d.effects).map_err(codec)?;
-            let e = rec.to_effects().map_err(codec)?;
+            let e = d.effects;
             let mut c = card.lock_arc();
             c.clock_ms = c.clock_ms.max(d.at_ms);
-            let (uses_holder, uses_program) = rec.shared_scopes();
+            let uses_holder = e
+                .velocity
+                .iter()
+                .any(|v| v.scope == VelocityScope::Cardholder);
+            let uses_program = e.velocity.iter().any(|v| v.scope == VelocityScope::Program);
             let holder = uses_holder.then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
             let program = uses_program.then(|| Self::shared(&self.program_velocity, &c.program));
             let mut hg = holder.as_ref().map(|h| h.lock());

@@ -13,11 +13,40 @@ use crate::ledger::verify::LedgerSnapshot;
 use crate::ledger::{AccountId, Hold, HoldStatus, Posting, Transfer, TransferKind};
 use crate::money::Currency;
 
-/// A decision as stored: its outcome, the exact response answered (JSON, with the trace),
-/// the request's hash (for idempotent replays) and the effects needed to rebuild velocity
-/// windows (JSON).
+/// A decision to store: two opaque records the service encodes (see
+/// `service::decision_record`) and the hashes that index them. `answer` is what the
+/// caller was told and can be replaced (a missed deadline's 91); `body` is what a replay
+/// needs (the request, the request id, the effects).
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecisionRow {
+pub struct DecisionWrite {
+    /// [`id_hash`] of the authorization id.
+    pub auth_hash: i64,
+    /// [`id_hash`] of the card id.
+    pub card_hash: i64,
+    pub answer: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// The index key of an authorization or card id: a stable 64-bit hash (readers compare
+/// the decoded ids, so a collision costs a row read, never a wrong answer).
+pub fn id_hash(id: &str) -> i64 {
+    crate::velocity::key_hash(&[id.as_bytes()]) as i64
+}
+
+/// A decision as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredDecision {
+    /// Version 5 on: compact records, decoded by the service.
+    Record { answer: Vec<u8>, body: Vec<u8> },
+    /// Written by versions 2–4 (text columns, the answer as JSON).
+    Legacy(Box<LegacyDecision>),
+}
+
+/// A decision as versions 2–4 stored it: its outcome, the exact response answered (JSON,
+/// with the trace), the request's hash (for idempotent replays) and the effects needed to
+/// rebuild velocity windows (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegacyDecision {
     pub auth_id: String,
     pub card_id: String,
     pub at_ms: i64,
@@ -28,8 +57,6 @@ pub struct DecisionRow {
     pub amount: String,
     pub currency: String,
     pub amount_approved: String,
-    pub card_currency: String,
-    pub policy_version: String,
     /// The HTTP request id that asked for this decision (empty in-process).
     pub request_id: String,
     pub request_hash: String,
@@ -44,7 +71,7 @@ pub struct Snapshot {
     pub cardholders: Vec<Cardholder>,
     pub cards: Vec<CardRecord>,
     pub ledger: LedgerSnapshot,
-    pub decisions: Vec<DecisionRow>,
+    pub decisions: Vec<StoredDecision>,
     /// (card id, authorization id, ratio) in order.
     /// (card, authorization, ratio, at_ms), in commit order.
     pub velocity_releases: Vec<(String, String, Decimal, i64)>,
@@ -343,37 +370,56 @@ fn load_holds(
     Ok(())
 }
 
-/// Decisions after `after_seq`, in commit order.
+/// Decisions after `after_seq`, in commit order (older tables first: their sequence
+/// numbers are all lower).
 fn load_decisions(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
-    let mut st = conn.prepare(
-        "SELECT auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved,
-                card_currency, policy_version, request_id, request_hash, response, effects FROM decisions
-         WHERE seq > ?1 ORDER BY seq",
-    )?;
-    let rows = st.query_map([after_seq], |r| {
-        Ok(DecisionRow {
-            auth_id: r.get(0)?,
-            card_id: r.get(1)?,
-            at_ms: r.get(2)?,
-            approved: r.get(3)?,
-            response_code: r.get(4)?,
-            reason: r.get(5)?,
-            rule: r.get(6)?,
-            amount: r.get(7)?,
-            currency: r.get(8)?,
-            amount_approved: r.get(9)?,
-            card_currency: r.get(10)?,
-            policy_version: r.get(11)?,
-            request_id: r.get(12)?,
-            request_hash: r.get(13)?,
-            response: r.get(14)?,
-            effects: r.get(15)?,
-        })
-    })?;
+    if super::schema::has_legacy_decisions(conn)? {
+        let mut st = conn.prepare(&format!(
+            "SELECT {LEGACY_COLUMNS} FROM decisions WHERE seq > ?1 ORDER BY seq"
+        ))?;
+        let rows = st.query_map([after_seq], legacy_row)?;
+        for row in rows {
+            s.decisions.push(row?);
+        }
+    }
+    let mut st =
+        conn.prepare("SELECT answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq")?;
+    let rows = st.query_map([after_seq], record_row)?;
     for row in rows {
         s.decisions.push(row?);
     }
     Ok(())
+}
+
+pub(super) const LEGACY_COLUMNS: &str = "auth_id, card_id, at_ms, approved, response_code, reason,
+    rule, amount, currency, amount_approved, request_id, request_hash, response, effects";
+
+/// A row of `LEGACY_COLUMNS`.
+pub(super) fn legacy_row(r: &rusqlite::Row) -> rusqlite::Result<StoredDecision> {
+    Ok(StoredDecision::Legacy(Box::new(LegacyDecision {
+        auth_id: r.get(0)?,
+        card_id: r.get(1)?,
+        at_ms: r.get(2)?,
+        approved: r.get(3)?,
+        response_code: r.get(4)?,
+        reason: r.get(5)?,
+        rule: r.get(6)?,
+        amount: r.get(7)?,
+        currency: r.get(8)?,
+        amount_approved: r.get(9)?,
+        request_id: r.get(10)?,
+        request_hash: r.get(11)?,
+        response: r.get(12)?,
+        effects: r.get(13)?,
+    })))
+}
+
+/// A row of `answer, body`.
+pub(super) fn record_row(r: &rusqlite::Row) -> rusqlite::Result<StoredDecision> {
+    Ok(StoredDecision::Record {
+        answer: r.get(0)?,
+        body: r.get(1)?,
+    })
 }
 
 /// Velocity releases after `after_seq`, in commit order.

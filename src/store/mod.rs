@@ -13,7 +13,10 @@ mod query;
 mod recovery_point;
 mod schema;
 
-pub use load::{load_live, load_snapshot, DecisionRow, Snapshot, IDEMPOTENCY_ROWS_AT_START_MAX};
+pub use load::{
+    id_hash, load_live, load_snapshot, DecisionWrite, LegacyDecision, Snapshot, StoredDecision,
+    IDEMPOTENCY_ROWS_AT_START_MAX,
+};
 pub use query::{CardHistory, DecisionHistory, TransferHistory, HISTORY_ROWS_MAX};
 pub use recovery_point::{Cut, LoadedPoint, SavedState, RECOVERY_POINT_FORMAT};
 
@@ -61,16 +64,13 @@ pub enum Write {
         status: HoldStatus,
         at_ms: i64,
     },
-    Decision(Box<DecisionRow>),
+    Decision(Box<DecisionWrite>),
     /// The answer a decision was replaced by (a missed deadline's 91): the stored record
     /// shows what the caller was told.
     DecisionAnswered {
-        card_id: String,
-        auth_id: String,
-        response_code: String,
-        reason: String,
-        amount_approved: String,
-        response: Arc<str>,
+        auth_hash: i64,
+        card_hash: i64,
+        answer: Vec<u8>,
     },
     /// Velocity capacity given back (reversal, expiry, final capture below the hold).
     VelocityRelease {
@@ -314,10 +314,26 @@ impl Store {
         self.wait(seq);
     }
 
-    /// A card's latest decisions and transfers (blocking: call off the async runtime).
-    pub fn card_history(&self, card_id: &str) -> Result<CardHistory, StoreError> {
+    /// A card's latest decisions (still encoded, newest first) and transfers (blocking:
+    /// call off the async runtime).
+    pub fn card_history(
+        &self,
+        card_id: &str,
+    ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
         match self.reader.lock().as_ref() {
             Some(c) => query::card_history(c, card_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The stored decisions of an authorization id, on any card (the caller checks the
+    /// program and the id: a hash names them).
+    pub fn decisions_of_authorization(
+        &self,
+        auth_id: &str,
+    ) -> Result<Vec<StoredDecision>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => query::decisions_of_authorization(c, auth_id),
             None => Err(StoreError::Closed),
         }
     }
@@ -573,49 +589,20 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
         }
         Write::Decision(d) => {
             c.prepare_cached(
-                "INSERT INTO decisions (auth_id, card_id, at_ms, approved, response_code, reason, rule, amount, currency,
-                    amount_approved, card_currency, policy_version, request_id, request_hash, response, effects)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![
-                d.auth_id,
-                d.card_id,
-                d.at_ms,
-                d.approved,
-                d.response_code,
-                d.reason,
-                d.rule,
-                d.amount,
-                d.currency,
-                d.amount_approved,
-                d.card_currency,
-                d.policy_version,
-                d.request_id,
-                d.request_hash,
-                d.response,
-                d.effects
-            ])?;
+            .execute(params![d.auth_hash, d.card_hash, d.answer, d.body])?;
         }
         Write::DecisionAnswered {
-            card_id,
-            auth_id,
-            response_code,
-            reason,
-            amount_approved,
-            response,
+            auth_hash,
+            card_hash,
+            answer,
         } => {
+            // One authorization id per card: the pair names one decision.
             c.prepare_cached(
-                "UPDATE decisions SET approved = 0, response_code = ?3, reason = ?4, rule = NULL,
-                    amount_approved = ?5, response = ?6 WHERE card_id = ?1 AND auth_id = ?2",
+                "UPDATE decision_log SET answer = ?3 WHERE auth_hash = ?1 AND card_hash = ?2",
             )?
-            .execute(params![
-                card_id,
-                auth_id,
-                response_code,
-                reason,
-                amount_approved,
-                response.as_ref()
-            ])?;
+            .execute(params![auth_hash, card_hash, answer])?;
         }
         Write::VelocityRelease {
             card_id,

@@ -4,7 +4,8 @@
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use super::StoreError;
+use super::load::{id_hash, legacy_row, record_row, LEGACY_COLUMNS};
+use super::{StoreError, StoredDecision};
 
 /// Rows returned per listing.
 pub const HISTORY_ROWS_MAX: usize = 100;
@@ -20,6 +21,8 @@ pub struct DecisionHistory {
     pub amount: String,
     pub currency: String,
     pub amount_approved: String,
+    /// The request id of the HTTP call that asked (empty in-process).
+    pub request_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -41,37 +44,43 @@ pub struct CardHistory {
 }
 
 /// The stored answer (request hash, response) of an idempotent operation, when the
-/// in-memory cache no longer has it. Authorization keys are `program/authorization id`:
-/// the answer is the decision's own, or an answer stored without a decision (a deadline's
-/// 91, an unknown card's 14).
+/// in-memory cache no longer has it: an answer stored without a decision (every scope but
+/// authorizations, and an authorization's deadline 91 or unknown card's 14). A decision's
+/// own answer is in its record ([`decisions_of_authorization`]).
 pub fn stored_answer(
     c: &Connection,
     scope: &str,
     key: &str,
 ) -> Result<Option<(String, String)>, StoreError> {
     use rusqlite::OptionalExtension;
-    let row = c
-        .prepare_cached(
-            "SELECT request_hash, response FROM idempotency WHERE scope = ?1 AND key = ?2",
-        )?
-        .query_row(rusqlite::params![scope, key], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    if row.is_some() || scope != "authorization" {
-        return Ok(row);
-    }
-    let Some((program, auth_id)) = key.split_once('/') else {
-        return Ok(None);
-    };
     Ok(c.prepare_cached(
-        "SELECT d.request_hash, d.response FROM decisions d JOIN cards c ON c.id = d.card_id
-         WHERE d.auth_id = ?1 AND c.program = ?2",
+        "SELECT request_hash, response FROM idempotency WHERE scope = ?1 AND key = ?2",
     )?
-    .query_row(rusqlite::params![auth_id, program], |r| {
+    .query_row(rusqlite::params![scope, key], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })
     .optional()?)
+}
+
+/// Every stored decision whose authorization id hashes like `auth_id` (any card, any
+/// program; the caller decodes and compares).
+pub fn decisions_of_authorization(
+    c: &Connection,
+    auth_id: &str,
+) -> Result<Vec<StoredDecision>, StoreError> {
+    let mut out = c
+        .prepare_cached("SELECT answer, body FROM decision_log WHERE auth_hash = ?1")?
+        .query_map([id_hash(auth_id)], record_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if super::schema::has_legacy_decisions(c)? {
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {LEGACY_COLUMNS} FROM decisions WHERE auth_id = ?1"
+        ))?;
+        for row in st.query_map([auth_id], legacy_row)? {
+            out.push(row?);
+        }
+    }
+    Ok(out)
 }
 
 /// The card an authorization of `program` placed its hold on, if it did.
@@ -96,26 +105,31 @@ pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
     )?)
 }
 
-pub fn card_history(c: &Connection, card: &str) -> Result<CardHistory, StoreError> {
-    let mut st = c.prepare_cached(
-        "SELECT auth_id, at_ms, approved, response_code, reason, rule, amount, currency, amount_approved
-         FROM decisions WHERE card_id = ?1 ORDER BY at_ms DESC, seq DESC LIMIT ?2",
-    )?;
-    let decisions = st
-        .query_map(rusqlite::params![card, HISTORY_ROWS_MAX as i64], |r| {
-            Ok(DecisionHistory {
-                authorization_id: r.get(0)?,
-                at_ms: r.get(1)?,
-                approved: r.get(2)?,
-                response_code: r.get(3)?,
-                reason: r.get(4)?,
-                rule: r.get(5)?,
-                amount: r.get(6)?,
-                currency: r.get(7)?,
-                amount_approved: r.get(8)?,
-            })
-        })?
+/// A card's newest decisions (at most [`HISTORY_ROWS_MAX`], newest first, still encoded;
+/// a hash names them, so the caller keeps those of this card) and transfers.
+pub fn card_history(
+    c: &Connection,
+    card: &str,
+) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
+    let mut decisions = c
+        .prepare_cached(
+            "SELECT answer, body FROM decision_log WHERE card_hash = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?
+        .query_map(
+            rusqlite::params![id_hash(card), HISTORY_ROWS_MAX as i64],
+            record_row,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    if decisions.len() < HISTORY_ROWS_MAX && super::schema::has_legacy_decisions(c)? {
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {LEGACY_COLUMNS} FROM decisions WHERE card_id = ?1
+             ORDER BY at_ms DESC, seq DESC LIMIT ?2"
+        ))?;
+        let left = (HISTORY_ROWS_MAX - decisions.len()) as i64;
+        for row in st.query_map(rusqlite::params![card, left], legacy_row)? {
+            decisions.push(row?);
+        }
+    }
     let mut st = c.prepare_cached(
         "SELECT t.id, t.kind, t.reference, t.at_ms, p.amount, p.currency FROM postings p JOIN transfers t ON t.id = p.transfer_id
          WHERE p.account = ?1 ORDER BY t.seq DESC LIMIT ?2",
@@ -135,8 +149,5 @@ pub fn card_history(c: &Connection, card: &str) -> Result<CardHistory, StoreErro
             },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(CardHistory {
-        decisions,
-        transfers,
-    })
+    Ok((decisions, transfers))
 }

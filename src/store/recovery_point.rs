@@ -58,7 +58,7 @@ pub(super) fn write(
     }
     c.prepare_cached(
         "INSERT OR REPLACE INTO recovery_point (id, format, at_ms, decision_seq, release_seq, transfer_seq)
-         VALUES (1, ?1, ?2, (SELECT coalesce(max(seq), 0) FROM decisions),
+         VALUES (1, ?1, ?2, (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'decision_log'),
                  (SELECT coalesce(max(seq), 0) FROM velocity_releases),
                  (SELECT coalesce(max(seq), 0) FROM transfers))",
     )?

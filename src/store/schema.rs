@@ -29,14 +29,6 @@ CREATE TABLE IF NOT EXISTS holds (
 CREATE TABLE IF NOT EXISTS hold_resolutions (
     card_id TEXT NOT NULL, auth_id TEXT NOT NULL, status TEXT NOT NULL, at_ms INTEGER NOT NULL,
     UNIQUE (card_id, auth_id));
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_id TEXT NOT NULL, card_id TEXT NOT NULL,
-    at_ms INTEGER NOT NULL, approved INTEGER NOT NULL, response_code TEXT NOT NULL, reason TEXT NOT NULL,
-    rule TEXT, amount TEXT NOT NULL, currency TEXT NOT NULL, amount_approved TEXT NOT NULL,
-    card_currency TEXT NOT NULL, policy_version TEXT NOT NULL, request_id TEXT NOT NULL, request_hash TEXT NOT NULL,
-    response TEXT NOT NULL, effects TEXT NOT NULL, UNIQUE (card_id, auth_id));
-CREATE INDEX IF NOT EXISTS decisions_card ON decisions(card_id, at_ms);
-CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
 CREATE INDEX IF NOT EXISTS holds_auth ON holds(auth_id);
 CREATE TABLE IF NOT EXISTS velocity_releases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, card_id TEXT NOT NULL, auth_id TEXT NOT NULL,
@@ -53,12 +45,32 @@ CREATE TABLE IF NOT EXISTS recovery_point (
     decision_seq INTEGER NOT NULL, release_seq INTEGER NOT NULL, transfer_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS recovery_states (
     kind TEXT NOT NULL, id TEXT NOT NULL, state BLOB NOT NULL, PRIMARY KEY (kind, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decision_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_hash INTEGER NOT NULL, card_hash INTEGER NOT NULL,
+    answer BLOB NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS decision_log_auth ON decision_log(auth_hash);
+CREATE INDEX IF NOT EXISTS decision_log_card ON decision_log(card_hash);
+";
+
+/// Decisions as versions 2 to 4 wrote them: text columns, the answer as JSON. A store
+/// that has some keeps them in this table, read-only (history, replay, retries); version
+/// 5 writes to `decision_log` and continues its sequence.
+pub const LEGACY_DECISIONS: &str = "
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_id TEXT NOT NULL, card_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL, approved INTEGER NOT NULL, response_code TEXT NOT NULL, reason TEXT NOT NULL,
+    rule TEXT, amount TEXT NOT NULL, currency TEXT NOT NULL, amount_approved TEXT NOT NULL,
+    card_currency TEXT NOT NULL, policy_version TEXT NOT NULL, request_id TEXT NOT NULL, request_hash TEXT NOT NULL,
+    response TEXT NOT NULL, effects TEXT NOT NULL, UNIQUE (card_id, auth_id));
+CREATE INDEX IF NOT EXISTS decisions_card ON decisions(card_id, at_ms);
+CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 // Version 3 → 4 only adds tables and an index (`recovery_point`, `recovery_states`,
-// `holds_live`): `SCHEMA` creates them.
+// `holds_live`): `SCHEMA` creates them. Version 4 → 5 writes decisions as compact records
+// to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`.
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.
@@ -85,15 +97,12 @@ DROP TABLE decisions_v1;
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let has_tables: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
-        [],
-        |r| r.get(0),
-    )?;
+    let legacy = has_legacy_decisions(conn)?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let r = (|| {
-        if has_tables && version < 2 {
+        if legacy && version < 2 {
             conn.execute_batch(V1_TO_V2)?;
+            conn.execute_batch(LEGACY_DECISIONS)?;
             conn.execute_batch(SCHEMA)?;
             conn.execute_batch(V1_TO_V2_COPY)?;
         } else {
@@ -110,6 +119,22 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                 "ALTER TABLE holds ADD COLUMN captured_txn TEXT NOT NULL DEFAULT '0'",
             )?;
         }
+        // Version 4 → 5: older decisions stay where they are (their rows lack the request
+        // a compact record keeps); new ones continue their sequence in `decision_log`, so
+        // recovery points and the log tail keep one order. An empty old table goes.
+        if legacy {
+            let rows: i64 = conn.query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))?;
+            if rows == 0 {
+                conn.execute_batch("DROP TABLE decisions")?;
+            } else {
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq)
+                     SELECT 'decision_log', (SELECT max(seq) FROM decisions)
+                     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'decision_log')",
+                    [],
+                )?;
+            }
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match r {
@@ -119,6 +144,15 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             Err(e)
         }
     }
+}
+
+/// Whether the store still has decisions in the version 2–4 table.
+pub fn has_legacy_decisions(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
+        [],
+        |r| r.get(0),
+    )
 }
 
 #[cfg(test)]
@@ -180,5 +214,58 @@ mod tests {
             .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    /// A version-4 store: the schema of then, one decision in the old table.
+    fn v4_store(with_decision: bool) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(&SCHEMA.replace("decision_log", "unused_in_v4"))
+            .unwrap();
+        c.execute_batch("DROP TABLE unused_in_v4").unwrap();
+        c.execute_batch(LEGACY_DECISIONS).unwrap();
+        if with_decision {
+            c.execute_batch(
+                "INSERT INTO decisions (seq, auth_id, card_id, at_ms, approved, response_code, reason,
+                     rule, amount, currency, amount_approved, card_currency, policy_version,
+                     request_id, request_hash, response, effects)
+                 VALUES (41, 'a1', 'c1', 1, 1, '00', 'approved', NULL, '10', 'USD', '10', 'USD', 'v',
+                     '', 'h', '{}', '{}')",
+            )
+            .unwrap();
+        }
+        c.pragma_update(None, "user_version", 4).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_version_4_store_keeps_its_decisions_and_continues_their_sequence() {
+        let c = v4_store(true);
+        migrate(&c).unwrap();
+        assert!(has_legacy_decisions(&c).unwrap());
+        c.execute(
+            "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (1, 2, x'01', x'01')",
+            [],
+        )
+        .unwrap();
+        let seq: i64 = c
+            .query_row("SELECT seq FROM decision_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seq, 42, "one order across both tables");
+        migrate(&c).unwrap();
+        let old: i64 = c
+            .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(old, 1);
+    }
+
+    #[test]
+    fn an_empty_version_4_decision_table_is_dropped() {
+        let c = v4_store(false);
+        migrate(&c).unwrap();
+        assert!(!has_legacy_decisions(&c).unwrap());
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 }

@@ -78,17 +78,26 @@ async fn operations_endpoints_and_openapi_in_step_with_routes() {
         documented, routed,
         "OpenAPI and router name the same routes"
     );
+    // The request id is in the decision record too, across a restart.
     s.stop().await;
-    // The request id is in the decision record too.
-    let conn = rusqlite::Connection::open(s.data.join(spendgate::store::DB_FILE)).unwrap();
-    let rid: String = conn
-        .query_row(
-            "SELECT request_id FROM decisions WHERE auth_id = 'm1'",
-            [],
-            |r| r.get(0),
+    let mut again = Server::start_with(config(&s.data, Path::new("rules")), None).await;
+    let (_, _, h) = again
+        .call(
+            Method::GET,
+            &format!("/v1/cards/{card}/transactions"),
+            Some(&key),
+            None,
+            None,
         )
+        .await;
+    let m1 = h["authorizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["authorization_id"] == "m1")
         .unwrap();
-    assert_eq!(rid, "req-decision-1");
+    assert_eq!(m1["request_id"], "req-decision-1", "{m1}");
+    again.stop().await;
 }
 
 /// Every route answers the problems its contract declares, as the document says: no key

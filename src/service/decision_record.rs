@@ -1,0 +1,733 @@
+//! The stored form of a decision: two postcard records, each behind a format byte.
+//!
+//! - `answer`: what the caller was told, less the two ids the body holds. A missed
+//!   deadline replaces it in place with its 91.
+//! - `body`: what a replay of the decision needs: the request as received, the HTTP
+//!   request id, and the effects on velocity windows, the activity log and the travel
+//!   anchor, packed (window starts as offsets from the decision time, the common amount
+//!   once, keys as fixed 8 bytes).
+//!
+//! The response JSON, the request hash and the history row are derived from them, so a
+//! retry after a restart gets the original answer byte for byte. Postcard writes enum
+//! variants by index and fields by position: variants and fields are only ever appended,
+//! and a change of layout takes a new format byte.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::effects::{CodecError, EffectsRecord};
+use super::request_hash;
+use super::responses::AuthorizationResponse;
+use crate::decision::{Authorization, Effects, TraceLine, VelocityEffect};
+use crate::domain::{Country, Counts, LatLon, VelocityScope};
+use crate::money::Currency;
+use crate::store::{id_hash, DecisionHistory, DecisionWrite, LegacyDecision, StoredDecision};
+use crate::velocity::{key_hash, Activity};
+
+const ANSWER_FORMAT: u8 = 1;
+const BODY_FORMAT: u8 = 1;
+
+/// A stored decision, decoded.
+#[derive(Debug, Clone)]
+pub struct DecodedDecision {
+    pub auth_id: String,
+    pub card_id: String,
+    pub at_ms: i64,
+    pub approved: bool,
+    /// The request id of the HTTP call that asked (empty in-process).
+    pub request_id: String,
+    pub effects: Effects,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Record {
+        request: Box<Authorization>,
+        answer: Box<Answer>,
+    },
+    Legacy(Box<LegacyDecision>),
+}
+
+/// The two records of a decision, ready for the store.
+pub fn encode(
+    txn: &Authorization,
+    request_id: &str,
+    effects: &Effects,
+    response: &AuthorizationResponse,
+) -> DecisionWrite {
+    DecisionWrite {
+        auth_hash: id_hash(&txn.id),
+        card_hash: id_hash(&txn.card_id),
+        answer: encode_answer(response),
+        body: framed(
+            BODY_FORMAT,
+            &BodyRef {
+                at_ms: effects.at_ms,
+                request: txn,
+                request_id: RequestId::of(request_id),
+                effects: PackedEffects::of(effects, txn),
+            },
+        ),
+    }
+}
+
+/// The answer record alone (a deadline's 91 replaces a decision's answer).
+pub fn encode_answer(r: &AuthorizationResponse) -> Vec<u8> {
+    framed(
+        ANSWER_FORMAT,
+        &AnswerRef {
+            approved: r.approved,
+            response_code: &r.response_code,
+            reason: &r.reason,
+            rule: &r.rule,
+            amount_approved: &r.amount_approved,
+            currency: r.currency,
+            fx_rate: &r.fx_rate,
+            available_after: &r.available_after,
+            flags: &r.flags,
+            score: r.score,
+            policy_version: &r.policy_version,
+            trace: &r.trace,
+            latency_us: r.latency_us,
+        },
+    )
+}
+
+fn framed(format: u8, value: &impl Serialize) -> Vec<u8> {
+    let mut out = vec![format];
+    // Plain fields always serialize.
+    postcard::to_io(value, &mut out).expect("postcard writes to a Vec");
+    out
+}
+
+fn unframed<'a, T: Deserialize<'a>>(
+    what: &str,
+    format: u8,
+    bytes: &'a [u8],
+) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        Some((&f, rest)) if f == format => {
+            postcard::from_bytes(rest).map_err(|e| CodecError::Syntax(format!("{what}: {e}")))
+        }
+        Some((f, _)) => Err(CodecError::Syntax(format!("{what}: unknown format {f}"))),
+        None => Err(CodecError::Syntax(format!("{what}: empty"))),
+    }
+}
+
+/// When a stored decision was made, read without decoding the rest.
+pub fn at_ms(d: &StoredDecision) -> Result<i64, CodecError> {
+    #[derive(Deserialize)]
+    struct Head {
+        at_ms: i64,
+    }
+    match d {
+        // Postcard reads a prefix and leaves the rest.
+        StoredDecision::Record { body, .. } => {
+            unframed::<Head>("body", BODY_FORMAT, body).map(|h| h.at_ms)
+        }
+        StoredDecision::Legacy(l) => Ok(l.at_ms),
+    }
+}
+
+/// Decodes a stored decision of either generation. The answer, its request hash and the
+/// history row are derived on demand (start-up replays many and answers few).
+pub fn decode(d: &StoredDecision) -> Result<DecodedDecision, CodecError> {
+    match d {
+        StoredDecision::Record { answer, body } => {
+            let a: Answer = unframed("answer", ANSWER_FORMAT, answer)?;
+            let b: Body = unframed("body", BODY_FORMAT, body)?;
+            let effects = b.effects.unpack(b.at_ms, &b.request)?;
+            Ok(DecodedDecision {
+                auth_id: b.request.id.clone(),
+                card_id: b.request.card_id.clone(),
+                at_ms: b.at_ms,
+                approved: a.approved,
+                request_id: b.request_id.text(),
+                effects,
+                source: Source::Record {
+                    request: Box::new(b.request),
+                    answer: Box::new(a),
+                },
+            })
+        }
+        StoredDecision::Legacy(l) => Ok(DecodedDecision {
+            auth_id: l.auth_id.clone(),
+            card_id: l.card_id.clone(),
+            at_ms: l.at_ms,
+            approved: l.approved,
+            request_id: l.request_id.clone(),
+            effects: EffectsRecord::decode(&l.effects)?.to_effects()?,
+            source: Source::Legacy(l.clone()),
+        }),
+    }
+}
+
+impl DecodedDecision {
+    /// The request as received (decisions stored before version 5 did not keep it).
+    pub fn request(&self) -> Option<&Authorization> {
+        match &self.source {
+            Source::Record { request, .. } => Some(request),
+            Source::Legacy(_) => None,
+        }
+    }
+
+    /// The idempotency hash of the request.
+    pub fn request_hash(&self) -> String {
+        match &self.source {
+            Source::Record { request, .. } => {
+                request_hash(&serde_json::to_vec(request).unwrap_or_default())
+            }
+            Source::Legacy(l) => l.request_hash.clone(),
+        }
+    }
+
+    /// The answer, serialized exactly as it was sent.
+    pub fn response(&self) -> String {
+        match &self.source {
+            Source::Record { request, answer } => {
+                let a = answer;
+                let r = AuthorizationResponse {
+                    authorization_id: request.id.clone(),
+                    card_id: request.card_id.clone(),
+                    approved: a.approved,
+                    response_code: a.response_code.clone(),
+                    reason: a.reason.clone(),
+                    rule: a.rule.clone(),
+                    amount_approved: a.amount_approved.clone(),
+                    currency: a.currency,
+                    fx_rate: a.fx_rate.clone(),
+                    available_after: a.available_after.clone(),
+                    flags: a.flags.clone(),
+                    score: a.score,
+                    policy_version: a.policy_version.clone(),
+                    trace: a.trace.clone(),
+                    latency_us: a.latency_us,
+                };
+                serde_json::to_string(&r).unwrap_or_default()
+            }
+            Source::Legacy(l) => l.response.clone(),
+        }
+    }
+
+    pub fn history(&self) -> DecisionHistory {
+        match &self.source {
+            Source::Record { request, answer } => DecisionHistory {
+                authorization_id: request.id.clone(),
+                at_ms: self.at_ms,
+                approved: answer.approved,
+                response_code: answer.response_code.clone(),
+                reason: answer.reason.clone(),
+                rule: answer.rule.clone(),
+                amount: request.amount.to_string(),
+                currency: request.currency.code().to_string(),
+                amount_approved: answer.amount_approved.clone(),
+                request_id: self.request_id.clone(),
+            },
+            Source::Legacy(l) => DecisionHistory {
+                authorization_id: l.auth_id.clone(),
+                at_ms: l.at_ms,
+                approved: l.approved,
+                response_code: l.response_code.clone(),
+                reason: l.reason.clone(),
+                rule: l.rule.clone(),
+                amount: l.amount.clone(),
+                currency: l.currency.clone(),
+                amount_approved: l.amount_approved.clone(),
+                request_id: l.request_id.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AnswerRef<'a> {
+    approved: bool,
+    response_code: &'a str,
+    reason: &'a str,
+    rule: &'a Option<String>,
+    amount_approved: &'a str,
+    currency: Currency,
+    fx_rate: &'a Option<String>,
+    available_after: &'a Option<String>,
+    flags: &'a [String],
+    score: i64,
+    policy_version: &'a str,
+    trace: &'a [TraceLine],
+    latency_us: u64,
+}
+
+/// [`AnswerRef`], owned.
+#[derive(Debug, Clone, Deserialize)]
+struct Answer {
+    approved: bool,
+    response_code: String,
+    reason: String,
+    rule: Option<String>,
+    amount_approved: String,
+    currency: Currency,
+    fx_rate: Option<String>,
+    available_after: Option<String>,
+    flags: Vec<String>,
+    score: i64,
+    policy_version: String,
+    trace: Vec<TraceLine>,
+    latency_us: u64,
+}
+
+/// `at_ms` first: start-up orders decisions by it before decoding the rest.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    at_ms: i64,
+    request: &'a Authorization,
+    request_id: RequestId,
+    effects: PackedEffects,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    at_ms: i64,
+    request: Authorization,
+    request_id: RequestId,
+    effects: PackedEffects,
+}
+
+/// Request ids are usually 32 lowercase hex digits: those take 16 bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum RequestId {
+    Hex([u8; 16]),
+    Text(String),
+}
+
+impl RequestId {
+    fn of(s: &str) -> RequestId {
+        let hex = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        match u128::from_str_radix(s, 16) {
+            Ok(v) if hex => RequestId::Hex(v.to_be_bytes()),
+            _ => RequestId::Text(s.to_string()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            RequestId::Hex(b) => format!("{:032x}", u128::from_be_bytes(*b)),
+            RequestId::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// A decimal with its scale ("0.30" stays "0.30").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct PackedDecimal {
+    mantissa: i128,
+    scale: u32,
+}
+
+impl PackedDecimal {
+    fn of(d: Decimal) -> PackedDecimal {
+        PackedDecimal {
+            mantissa: d.mantissa(),
+            scale: d.scale(),
+        }
+    }
+
+    fn unpack(self) -> Result<Decimal, CodecError> {
+        Decimal::try_from_i128_with_scale(self.mantissa, self.scale)
+            .map_err(|_| CodecError::Amount(format!("{}e-{}", self.mantissa, self.scale)))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PackedEffects {
+    /// The amount most windows and the activity log record (the transaction in the
+    /// policy currency).
+    amount: PackedDecimal,
+    velocity: Vec<PackedVelocity>,
+    location: Option<PackedLocation>,
+    activity: Option<PackedActivity>,
+}
+
+const SCOPE_BITS: u8 = 0b11;
+const DECLINED: u8 = 1 << 2;
+const SHARED_AMOUNT: u8 = 1 << 3;
+const ZERO_AMOUNT: u8 = 1 << 4;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PackedVelocity {
+    /// Scope (two bits), declined, and whether the amount is the shared one, zero, or
+    /// `own`.
+    flags: u8,
+    key: [u8; 8],
+    /// `at_ms − start_ms`, wrapping (a window without a start begins at `i64::MIN`).
+    back_ms: i64,
+    own: Option<PackedDecimal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PackedLocation {
+    /// None: the merchant's location in the request.
+    point: Option<(f64, f64)>,
+    /// `at_ms − location_at_ms`.
+    back_ms: i64,
+}
+
+/// Each field None when it is what the request and the shared amount say (always, as
+/// `decide` builds it; kept explicit so a record never depends on that staying true).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PackedActivity {
+    amount: Option<PackedDecimal>,
+    country: Option<Country>,
+    merchant: Option<[u8; 8]>,
+}
+
+fn merchant_key(txn: &Authorization) -> u64 {
+    key_hash(&[txn.merchant.id.as_bytes()])
+}
+
+fn scope_bits(s: VelocityScope) -> u8 {
+    match s {
+        VelocityScope::Card => 0,
+        VelocityScope::Cardholder => 1,
+        VelocityScope::Program => 2,
+        VelocityScope::CardMerchant => 3,
+    }
+}
+
+fn scope_of(bits: u8) -> VelocityScope {
+    match bits & SCOPE_BITS {
+        0 => VelocityScope::Card,
+        1 => VelocityScope::Cardholder,
+        2 => VelocityScope::Program,
+        _ => VelocityScope::CardMerchant,
+    }
+}
+
+impl PackedEffects {
+    fn of(e: &Effects, txn: &Authorization) -> PackedEffects {
+        let shared = e
+            .activity
+            .as_ref()
+            .map(|a| a.amount)
+            .or_else(|| e.velocity.iter().map(|v| v.amount).find(|a| !a.is_zero()))
+            .unwrap_or_default();
+        let velocity = e
+            .velocity
+            .iter()
+            .map(|v| {
+                let mut flags = scope_bits(v.scope);
+                if v.counts == Counts::Declined {
+                    flags |= DECLINED;
+                }
+                // Bit-identical (scale included), so the window's sums print the same.
+                let same = |a: Decimal, b: Decimal| a == b && a.scale() == b.scale();
+                let own = if same(v.amount, shared) {
+                    flags |= SHARED_AMOUNT;
+                    None
+                } else if same(v.amount, Decimal::ZERO) {
+                    flags |= ZERO_AMOUNT;
+                    None
+                } else {
+                    Some(PackedDecimal::of(v.amount))
+                };
+                PackedVelocity {
+                    flags,
+                    key: v.key.to_le_bytes(),
+                    back_ms: e.at_ms.wrapping_sub(v.start_ms),
+                    own,
+                }
+            })
+            .collect();
+        PackedEffects {
+            amount: PackedDecimal::of(shared),
+            velocity,
+            location: e.location.map(|l| PackedLocation {
+                point: (txn.merchant.location != Some(l)).then_some((l.lat, l.lon)),
+                back_ms: e.at_ms.wrapping_sub(e.location_at_ms),
+            }),
+            activity: e.activity.as_ref().map(|a| PackedActivity {
+                amount: (a.amount != shared || a.amount.scale() != shared.scale())
+                    .then(|| PackedDecimal::of(a.amount)),
+                country: (a.country != txn.merchant.country).then_some(a.country),
+                merchant: (a.merchant != merchant_key(txn)).then(|| a.merchant.to_le_bytes()),
+            }),
+        }
+    }
+
+    fn unpack(self, at_ms: i64, txn: &Authorization) -> Result<Effects, CodecError> {
+        let auth_key = key_hash(&[txn.id.as_bytes()]);
+        let shared = self.amount.unpack()?;
+        let velocity = self
+            .velocity
+            .into_iter()
+            .map(|v| {
+                let amount = match v.own {
+                    Some(own) => own.unpack()?,
+                    None if v.flags & SHARED_AMOUNT != 0 => shared,
+                    None if v.flags & ZERO_AMOUNT != 0 => Decimal::ZERO,
+                    None => return Err(CodecError::Syntax("velocity entry without amount".into())),
+                };
+                Ok(VelocityEffect {
+                    scope: scope_of(v.flags),
+                    key: u64::from_le_bytes(v.key),
+                    start_ms: at_ms.wrapping_sub(v.back_ms),
+                    amount,
+                    counts: if v.flags & DECLINED != 0 {
+                        Counts::Declined
+                    } else {
+                        Counts::Approved
+                    },
+                })
+            })
+            .collect::<Result<_, CodecError>>()?;
+        let activity = match self.activity {
+            Some(a) => Some(Activity {
+                at_ms,
+                amount: match a.amount {
+                    Some(own) => own.unpack()?,
+                    None => shared,
+                },
+                approved: false,
+                country: a.country.unwrap_or(txn.merchant.country),
+                merchant: a
+                    .merchant
+                    .map_or_else(|| merchant_key(txn), u64::from_le_bytes),
+            }),
+            None => None,
+        };
+        Ok(Effects {
+            velocity,
+            auth_key,
+            at_ms,
+            location: match &self.location {
+                Some(PackedLocation {
+                    point: Some((lat, lon)),
+                    ..
+                }) => Some(LatLon {
+                    lat: *lat,
+                    lon: *lon,
+                }),
+                Some(PackedLocation { point: None, .. }) => {
+                    Some(txn.merchant.location.ok_or_else(|| {
+                        CodecError::Syntax("location without a merchant location".into())
+                    })?)
+                }
+                None => None,
+            },
+            location_at_ms: self
+                .location
+                .as_ref()
+                .map_or(at_ms, |l| at_ms.wrapping_sub(l.back_ms)),
+            activity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::TraceLine;
+    use crate::domain::{Channel, Mcc, Merchant, TxnType};
+
+    fn txn() -> Authorization {
+        Authorization {
+            id: "auth_7f3a".into(),
+            card_id: "card_7b1dc38e9d5345f3bf892f4c".into(),
+            amount: Decimal::new(45000, 2),
+            currency: Currency::NGN,
+            merchant: Merchant {
+                id: "m-1".into(),
+                name: "Shoprite Lekki".into(),
+                mcc: Mcc::parse("5411").unwrap(),
+                country: Country::parse("NG").unwrap(),
+                location: Some(LatLon {
+                    lat: 6.44,
+                    lon: 3.47,
+                }),
+            },
+            channel: Channel::Pos,
+            txn_type: TxnType::Purchase,
+            timestamp: Some("2026-06-03T09:12:00Z".parse().unwrap()),
+            partial_ok: true,
+        }
+    }
+
+    fn effects(t: &Authorization) -> Effects {
+        let at_ms = 1_795_808_555_976;
+        let mut e = Effects {
+            auth_key: key_hash(&[t.id.as_bytes()]),
+            at_ms,
+            location: Some(LatLon {
+                lat: 6.44,
+                lon: 3.47,
+            }),
+            location_at_ms: at_ms - 5_000,
+            activity: Some(Activity {
+                at_ms,
+                amount: Decimal::new(30, 2),
+                approved: false,
+                country: Country::parse("NG").unwrap(),
+                merchant: u64::MAX - 3,
+            }),
+            ..Effects::default()
+        };
+        for (scope, amount, counts) in [
+            (VelocityScope::Card, Decimal::new(30, 2), Counts::Approved),
+            (
+                VelocityScope::Cardholder,
+                Decimal::new(3, 1),
+                Counts::Approved,
+            ),
+            (VelocityScope::Program, Decimal::ZERO, Counts::Declined),
+            (
+                VelocityScope::CardMerchant,
+                Decimal::new(77, 0),
+                Counts::Approved,
+            ),
+        ] {
+            e.velocity.push(VelocityEffect {
+                scope,
+                key: key_hash(&[format!("{scope:?}").as_bytes()]),
+                start_ms: at_ms - 86_400_000 + 1,
+                amount,
+                counts,
+            });
+        }
+        e
+    }
+
+    fn response(t: &Authorization) -> AuthorizationResponse {
+        AuthorizationResponse {
+            authorization_id: t.id.clone(),
+            card_id: t.card_id.clone(),
+            approved: false,
+            response_code: "61".into(),
+            reason: "exceeds_amount_limit".into(),
+            rule: Some("single_purchase_cap".into()),
+            amount_approved: "0.00".into(),
+            currency: Currency::NGN,
+            fx_rate: Some("0.00066".into()),
+            available_after: Some("998650.00".into()),
+            flags: vec!["new_merchant".into()],
+            score: 15,
+            policy_version: "c6d91bceede5".into(),
+            trace: vec![TraceLine {
+                rule: "single_purchase_cap".into(),
+                outcome: "declined 61".into(),
+                detail: "450.00 > 400.00".into(),
+            }],
+            latency_us: 29,
+        }
+    }
+
+    #[test]
+    fn a_decision_decodes_to_the_exact_answer_request_hash_and_effects() {
+        let t = txn();
+        let e = effects(&t);
+        let r = response(&t);
+        let w = encode(&t, "a07e4d44c3e144f68e46eb7d86643d9d", &e, &r);
+        let d = decode(&StoredDecision::Record {
+            answer: w.answer,
+            body: w.body,
+        })
+        .unwrap();
+        assert_eq!(d.response(), serde_json::to_string(&r).unwrap());
+        assert_eq!(
+            d.request_hash(),
+            request_hash(&serde_json::to_vec(&t).unwrap())
+        );
+        assert_eq!(d.request_id, "a07e4d44c3e144f68e46eb7d86643d9d");
+        assert_eq!(
+            (d.auth_id.as_str(), d.card_id.as_str()),
+            (&*t.id, &*t.card_id)
+        );
+        assert_eq!(d.effects.velocity.as_slice(), e.velocity.as_slice());
+        // Scales survive: 0.30 and 0.3 are the same number but print differently.
+        assert_eq!(d.effects.velocity[1].amount.to_string(), "0.3");
+        assert_eq!(d.effects.velocity[0].amount.to_string(), "0.30");
+        assert_eq!(d.effects.activity, e.activity);
+        assert_eq!(
+            (
+                d.effects.location,
+                d.effects.location_at_ms,
+                d.effects.auth_key
+            ),
+            (e.location, e.location_at_ms, e.auth_key)
+        );
+        assert_eq!(d.history().amount, "450.00");
+        assert_eq!(d.history().rule.as_deref(), Some("single_purchase_cap"));
+        assert_eq!(
+            at_ms(&StoredDecision::Record {
+                answer: vec![],
+                body: encode(&t, "", &e, &r).body
+            })
+            .unwrap(),
+            e.at_ms
+        );
+    }
+
+    #[test]
+    fn request_ids_that_are_not_hex_keep_their_text() {
+        for id in [
+            "",
+            "req-1",
+            "A07E4D44C3E144F68E46EB7D86643D9D",
+            "0x7e4d44c3e144f68e46eb7d86643d9d",
+        ] {
+            assert_eq!(RequestId::of(id).text(), id);
+        }
+        assert!(matches!(
+            RequestId::of("00000000000000000000000000000001"),
+            RequestId::Hex(_)
+        ));
+        assert_eq!(
+            RequestId::of("00000000000000000000000000000001").text(),
+            "00000000000000000000000000000001"
+        );
+    }
+
+    #[test]
+    fn an_approval_with_nine_windows_takes_a_few_hundred_bytes() {
+        let t = txn();
+        let mut e = effects(&t);
+        e.velocity = (0..9)
+            .map(|i| VelocityEffect {
+                scope: VelocityScope::Card,
+                key: key_hash(&[&[i]]),
+                start_ms: e.at_ms - 86_400_000 + 1,
+                amount: Decimal::new(30, 2),
+                counts: Counts::Approved,
+            })
+            .collect();
+        if let Some(a) = e.activity.as_mut() {
+            a.merchant = merchant_key(&t);
+        }
+        let mut r = response(&t);
+        (r.approved, r.response_code, r.reason) = (true, "00".into(), "approved".into());
+        (r.rule, r.fx_rate, r.amount_approved) = (None, None, "450.00".into());
+        r.trace.clear();
+        r.flags.clear();
+        let w = encode(&t, "a07e4d44c3e144f68e46eb7d86643d9d", &e, &r);
+        let bytes = w.answer.len() + w.body.len();
+        // The JSON answer and effects this replaces took ≈ 1 460 bytes; here the request
+        // is ≈ 120 bytes, the nine windows ≈ 126 (a 64-bit key each).
+        assert!(bytes <= 340, "{bytes} bytes");
+    }
+
+    #[test]
+    fn an_unknown_format_is_an_error_not_a_guess() {
+        let t = txn();
+        let w = encode(&t, "", &effects(&t), &response(&t));
+        let mut body = w.body.clone();
+        body[0] = 9;
+        assert!(decode(&StoredDecision::Record {
+            answer: w.answer.clone(),
+            body
+        })
+        .is_err());
+        assert!(decode(&StoredDecision::Record {
+            answer: w.answer,
+            body: w.body[..w.body.len() - 3].to_vec()
+        })
+        .is_err());
+    }
+}
