@@ -7,6 +7,7 @@
 //! - [`service::CardState::apply`] applies the decision's effects (velocity windows,
 //!   location, funds) before the lock is released.
 
+pub mod analysis;
 pub mod clock;
 pub mod decision;
 pub mod domain;

@@ -40,6 +40,17 @@ pub struct DecodedDecision {
     source: Source,
 }
 
+/// See [`DecodedDecision::outcome`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOutcome {
+    pub approved: bool,
+    pub response_code: String,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub amount_approved: String,
+    pub available_after: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 enum Source {
     Record {
@@ -169,6 +180,32 @@ impl DecodedDecision {
         match &self.source {
             Source::Record { request, .. } => Some(request),
             Source::Legacy(_) => None,
+        }
+    }
+
+    /// What was answered, in short: (approved, response code, rule, amount approved in
+    /// the card currency, available balance afterwards).
+    pub fn outcome(&self) -> StoredOutcome {
+        match &self.source {
+            Source::Record { answer, .. } => StoredOutcome {
+                approved: answer.approved,
+                response_code: answer.response_code.clone(),
+                reason: answer.reason.clone(),
+                rule: answer.rule.clone(),
+                amount_approved: answer.amount_approved.clone(),
+                available_after: answer.available_after.clone(),
+            },
+            Source::Legacy(l) => {
+                let r: Option<AuthorizationResponse> = serde_json::from_str(&l.response).ok();
+                StoredOutcome {
+                    approved: l.approved,
+                    response_code: l.response_code.clone(),
+                    reason: l.reason.clone(),
+                    rule: l.rule.clone(),
+                    amount_approved: l.amount_approved.clone(),
+                    available_after: r.and_then(|r| r.available_after),
+                }
+            }
         }
     }
 

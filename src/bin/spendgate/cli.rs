@@ -70,6 +70,26 @@ pub enum Command {
         #[arg(long, env = "SPENDGATE_DATA", default_value = "data")]
         data: PathBuf,
     },
+    /// Replay authorizations (a store's, or a stream) through candidate policies and report
+    /// what changes: codes, approval rate, amounts, rules, shadow rules, every flip.
+    Replay(crate::analyst::ReplayArgs),
+    /// Print a store's authorizations as JSON lines (request, card, balance before, what
+    /// was decided): the stream `replay --input` reads.
+    Decisions {
+        #[arg(long, env = "SPENDGATE_DATA", default_value = "data")]
+        data: PathBuf,
+        /// Only this card's.
+        #[arg(long)]
+        card: Option<String>,
+    },
+    /// Rule-by-rule difference of two policy files or directories.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a durable authorization load against a store until killed (crash tests).
     #[command(hide = true)]
     Stress {
@@ -114,7 +134,7 @@ fn print_errors(errors: &[PolicyError]) {
     );
 }
 
-fn open_snapshot(data: &Path) -> Result<spendgate::store::Snapshot, String> {
+pub fn open_snapshot(data: &Path) -> Result<spendgate::store::Snapshot, String> {
     let path = data.join(spendgate::store::DB_FILE);
     if !path.exists() {
         return Err(format!("no store at {}", path.display()));
@@ -238,6 +258,9 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Loadgen(args) => crate::loadgen::run(args),
+        Command::Replay(args) => crate::analyst::replay_cmd(args),
+        Command::Decisions { data, card } => crate::analyst::decisions_cmd(&data, card.as_deref()),
+        Command::Diff { old, new, json } => crate::analyst::diff_cmd(&old, &new, json),
         Command::Ledger {
             command: LedgerCommand::Verify { data },
         } => ledger_verify(&data),

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod analyst;
 mod cli;
 mod loadgen;
 mod stress;

@@ -1,0 +1,259 @@
+//! The analyst's replay against a real store and the shipped rules: a changed limit
+//! flips exactly the authorizations a hand count predicts; the HTML report is
+//! self-contained and renders in headless Chromium.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Duration;
+use common::{at, fresh_clock, rules, t0, txn};
+use rusqlite::{Connection, OpenFlags};
+use spendgate::analysis::replay::{replay, ReplayFilter, ReplayReport};
+use spendgate::analysis::{history, report};
+use spendgate::policy::load_policy_dir;
+use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
+use spendgate::store::{load_snapshot, Durability, Store, DB_FILE};
+
+/// The shipped rules with `daily_spend` allowing `count_max` approvals in 24 h.
+fn candidate(dir: &Path, count_max: u32) -> spendgate::policy::PolicySet {
+    copy_dir(Path::new("rules"), dir);
+    let file = dir.join("consumer_prepaid.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let old = "velocity: { window: 24h, amount_max: 1000.00, count_max: 20 }";
+    assert!(text.contains(old), "the shipped daily_spend rule changed");
+    std::fs::write(
+        &file,
+        text.replace(
+            old,
+            &format!("velocity: {{ window: 24h, amount_max: 1000.00, count_max: {count_max} }}"),
+        ),
+    )
+    .unwrap();
+    load_policy_dir(dir).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// One card, 25 purchases of 10.00 USD a minute apart (a0 … a24), and a reversal of a3
+/// between a22 and a23. Under the shipped rules (20 approvals in 24 h) a0–a19 are
+/// approved, a20–a22 declined 65, a23 approved (the reversal gave one back), a24
+/// declined 65.
+fn history_store(dir: &Path) {
+    let (store, snapshot) = Store::open(dir, Durability::Full).unwrap();
+    let e = Engine::open(rules(), Arc::new(store), snapshot, EngineConfig::default())
+        .unwrap()
+        .with_clock(fresh_clock());
+    let card = common::issue_cards(
+        &e,
+        "p",
+        "consumer-prepaid-africa",
+        1,
+        1,
+        "5000.00".parse().unwrap(),
+    )
+    .remove(0);
+    let mut codes = Vec::new();
+    for i in 0..25 {
+        let when = t0() + Duration::minutes(i);
+        let a = at(when, || {
+            e.authorize(
+                &txn(&format!("a{i}"), &card, "10.00", "USD"),
+                &AuthContext::default(),
+            )
+            .map(Pending::wait)
+            .unwrap()
+        });
+        codes.push(a.response_code);
+        if i == 22 {
+            at(when + Duration::seconds(30), || {
+                e.reverse("p", "rev-a3", "a3", None)
+                    .map(Pending::wait)
+                    .unwrap()
+            });
+        }
+    }
+    let expected: Vec<&str> = (0..25)
+        .map(|i| match i {
+            20..=22 | 24 => "65",
+            _ => "00",
+        })
+        .collect();
+    assert_eq!(codes, expected, "the history the test is built on");
+    e.store().unwrap().close();
+}
+
+fn replay_store(dir: &Path, policies: &spendgate::policy::PolicySet) -> ReplayReport {
+    let conn =
+        Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let h = history::from_snapshot(load_snapshot(&conn).unwrap()).unwrap();
+    assert_eq!(h.records.len(), 25);
+    replay(
+        policies,
+        &h.controls,
+        h.records,
+        h.releases,
+        &ReplayFilter::default(),
+        |_| {},
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_raised_daily_count_lets_through_exactly_the_authorizations_it_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    history_store(&data);
+    // Hand count with 22 allowed: a20 and a21 now pass, a22 is the 23rd and declines,
+    // the reversal gives one back so a23 still passes, a24 declines.
+    let r = replay_store(&data, &candidate(&dir.path().join("rules22"), 22));
+    let flips: Vec<(&str, &str, &str, Option<&str>)> = r
+        .flips
+        .iter()
+        .map(|f| {
+            (
+                f.authorization_id.as_str(),
+                f.before.as_str(),
+                f.after.as_str(),
+                f.rule.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flips,
+        [
+            ("a20", "65", "00", Some("daily_spend")),
+            ("a21", "65", "00", Some("daily_spend")),
+        ]
+    );
+    assert_eq!((r.decisions, r.compared), (25, 25));
+    assert_eq!((r.approved_before, r.approved_after), (21, 23));
+    assert_eq!(r.codes_before["65"], 4);
+    assert_eq!(r.codes_after["65"], 2);
+    assert_eq!(
+        (r.rules["daily_spend"].before, r.rules["daily_spend"].after),
+        (4, 2)
+    );
+    let usd = &r.amounts["USD"];
+    assert_eq!(
+        (
+            usd.approved_before.to_string(),
+            usd.approved_after.to_string()
+        ),
+        ("210.00".into(), "230.00".into())
+    );
+    // The same rules reproduce history: no flips, no code changes.
+    let same = replay_store(&data, &rules());
+    assert!(same.flips.is_empty(), "{:?}", same.flips);
+    assert_eq!(same.code_changes, 0);
+    // A lower limit declines a18–a22 (five declines within the hour), so `card_testing`
+    // declines a23 with 59 although the reversal freed a count: the knock-on effect a
+    // replay is for.
+    let lower = replay_store(&data, &candidate(&dir.path().join("rules18"), 18));
+    let flips: Vec<(&str, &str, Option<&str>)> = lower
+        .flips
+        .iter()
+        .map(|f| {
+            (
+                f.authorization_id.as_str(),
+                f.after.as_str(),
+                f.rule.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flips,
+        [
+            ("a18", "65", Some("daily_spend")),
+            ("a19", "65", Some("daily_spend")),
+            ("a23", "59", Some("card_testing")),
+        ]
+    );
+}
+
+#[test]
+fn the_html_report_is_one_self_contained_page_with_its_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    history_store(&data);
+    let r = replay_store(&data, &candidate(&dir.path().join("rules22"), 22));
+    let page = report::html(&r);
+    for chart in ["codes", "approval-by-day", "flips-by-rule"] {
+        assert!(
+            page.contains(&format!(r#"<svg id="{chart}""#)),
+            "chart {chart}"
+        );
+    }
+    assert!(page.contains(r#"<rect class="bar""#));
+    assert!(page.contains("<td>a20</td>"), "the flips are listed");
+    for external in ["http://", "https://", "<script", "<link", "src="] {
+        assert!(
+            !page.contains(external),
+            "`{external}` in a self-contained page"
+        );
+    }
+    // Rendered by a real browser where one is installed (CI installs Debian's chromium
+    // and sets SPENDGATE_TEST_CHROMIUM=1, which makes it required).
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let required = std::env::var_os("SPENDGATE_TEST_CHROMIUM").is_some();
+    let Some(browser) = chromium else {
+        assert!(
+            !required,
+            "SPENDGATE_TEST_CHROMIUM is set but no chromium was found"
+        );
+        eprintln!("NOT RUN: the HTML report's render in headless Chromium (no chromium here)");
+        return;
+    };
+    let file = dir.path().join("report.html");
+    std::fs::write(&file, &page).unwrap();
+    let shot = dir.path().join("report.png");
+    let common_args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,1600",
+    ];
+    let out = std::process::Command::new(browser)
+        .args(common_args)
+        .arg("--dump-dom")
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(r#"<svg id="flips-by-rule""#) && dom.contains("daily_spend"),
+        "Chromium's DOM: {dom:.400}"
+    );
+    let status = std::process::Command::new(browser)
+        .args(common_args)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a rendered page ({} bytes; {})",
+        png.len(),
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
