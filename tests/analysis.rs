@@ -95,10 +95,14 @@ fn history_store(dir: &Path) {
 }
 
 fn replay_store(dir: &Path, policies: &spendgate::policy::PolicySet) -> ReplayReport {
+    replay_store_n(dir, policies, 25)
+}
+
+fn replay_store_n(dir: &Path, policies: &spendgate::policy::PolicySet, n: usize) -> ReplayReport {
     let conn =
         Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let h = history::from_snapshot(load_snapshot(&conn).unwrap()).unwrap();
-    assert_eq!(h.records.len(), 25);
+    assert_eq!(h.records.len(), n);
     replay(
         policies,
         &h.controls,
@@ -256,4 +260,50 @@ fn the_html_report_is_one_self_contained_page_with_its_charts() {
         png.len(),
         String::from_utf8_lossy(&status.stderr)
     );
+}
+
+/// Regression: a reversal recorded in the same millisecond as its authorization was
+/// replayed before it (and so released nothing), which left its count in the window
+/// and declined later authorizations that history approved.
+#[test]
+fn a_reversal_in_the_same_millisecond_as_its_authorization_is_replayed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (store, snapshot) = Store::open(&data, Durability::Full).unwrap();
+    let e = Engine::open(rules(), Arc::new(store), snapshot, EngineConfig::default())
+        .unwrap()
+        .with_clock(fresh_clock());
+    let card = common::issue_cards(
+        &e,
+        "p",
+        "consumer-prepaid-africa",
+        1,
+        1,
+        "5000.00".parse().unwrap(),
+    )
+    .remove(0);
+    // Everything in one instant: 10 approvals reversed at once, then 20 more approvals
+    // (the daily count of 20 is free again after each reversal).
+    let approved = at(t0(), || {
+        let mut approved = 0;
+        for i in 0..30 {
+            let id = format!("s{i}");
+            let a = e
+                .authorize(&txn(&id, &card, "1.00", "USD"), &AuthContext::default())
+                .map(Pending::wait)
+                .unwrap();
+            approved += usize::from(a.approved);
+            if i < 10 {
+                e.reverse("p", &format!("rev-{id}"), &id, None)
+                    .map(Pending::wait)
+                    .unwrap();
+            }
+        }
+        approved
+    });
+    assert_eq!(approved, 30, "history: the reversals freed the count");
+    e.store().unwrap().close();
+    let r = replay_store_n(&data, &rules(), 30);
+    assert!(r.flips.is_empty(), "{:?}", r.flips);
+    assert_eq!(r.approved_after, 30);
 }

@@ -460,7 +460,8 @@ rules:
             "- p: list gone",
             "- p: rule old_rule",
             "+ p: rule fresh (at position 3)",
-            "~ p: rule daily: velocity.amount_max: 1000.00 → 800.00",
+            // YAML numbers print as numbers (1000.00 is 1000.0).
+            "~ p: rule daily: velocity.amount_max: 1000.0 → 800.0",
             "~ p: rule daily moved from position 2 to 1",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in\n{text}");

@@ -217,8 +217,33 @@ pub fn replay(
     mut progress: impl FnMut(u64),
 ) -> Result<ReplayReport, ReplayError> {
     records.retain(|r| filter.keeps(r));
+    // Stable: within one millisecond, the store's commit order.
     records.sort_by_key(|r| r.at);
-    releases.sort_by_key(|r| r.at_ms);
+    // A release goes right after its own authorization when both fall in the same
+    // millisecond (a reversal never precedes what it reverses); otherwise at the start
+    // of its millisecond.
+    let index: HashMap<(&str, &str), (usize, i64)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                (r.request.card_id.as_str(), r.request.id.as_str()),
+                (i, r.at.timestamp_millis()),
+            )
+        })
+        .collect();
+    let mut ordered: Vec<(i64, i64, Release)> = releases
+        .drain(..)
+        .map(|rel| {
+            let after = match index.get(&(rel.card_id.as_str(), rel.auth_id.as_str())) {
+                Some(&(i, at)) if at == rel.at_ms => i as i64,
+                _ => -1,
+            };
+            (rel.at_ms, after, rel)
+        })
+        .collect();
+    drop(index);
+    ordered.sort_by_key(|(at, after, _)| (*at, *after));
     let mut report = ReplayReport {
         policies: policies
             .policies
@@ -239,8 +264,10 @@ pub fn replay(
     let mut next_release = 0;
     for (done, r) in records.into_iter().enumerate() {
         let at_ms = r.at.timestamp_millis();
-        while next_release < releases.len() && releases[next_release].at_ms <= at_ms {
-            let rel = &releases[next_release];
+        while next_release < ordered.len()
+            && (ordered[next_release].0, ordered[next_release].1) < (at_ms, done as i64)
+        {
+            let rel = &ordered[next_release].2;
             next_release += 1;
             let Some(card) = cards.get_mut(&rel.card_id) else {
                 continue;

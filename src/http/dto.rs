@@ -162,6 +162,20 @@ impl CallerIds for crate::decision::Authorization {
     const FORMAT_ERRORS_ARE_DECISIONS: bool = true;
 }
 
+/// `POST /v1/policies/{id}/rollback`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackPolicy {
+    /// A stored version of the policy (`GET /v1/policies/{id}/versions`).
+    pub version: String,
+}
+
+impl CallerIds for RollbackPolicy {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        vec![("version", self.version.as_str())]
+    }
+}
+
 impl CallerIds for CreateProgram {
     fn ids(&self) -> Vec<(&'static str, &str)> {
         vec![("id", self.id.as_str())]

@@ -104,6 +104,8 @@ impl From<Rejection> for Problem {
             R::UnknownProgram(_) => (S::NOT_FOUND, "program_not_found"),
             R::UnknownAuthorization(_) => (S::NOT_FOUND, "authorization_not_found"),
             R::UnknownPolicy(_) => (S::UNPROCESSABLE_ENTITY, "policy_not_found"),
+            R::UnknownPolicyVersion { .. } => (S::NOT_FOUND, "policy_version_not_found"),
+            R::InvalidPolicy(_) => (S::UNPROCESSABLE_ENTITY, "invalid_policy"),
             R::AlreadyExists { .. } => (S::CONFLICT, "already_exists"),
             R::IdempotencyConflict => (S::CONFLICT, "idempotency_conflict"),
             R::InvalidRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),

@@ -117,6 +117,10 @@ pub fn build_state(config: Config) -> anyhow::Result<Shared> {
     let wal_bytes_max = config.wal_mib_max.max(1).saturating_mul(1024 * 1024);
     let engine = Engine::open_dir(policies, &config.data_dir, config.engine, wal_bytes_max)?
         .with_clock(Arc::new(SystemClock));
+    // Every version that goes live is kept (a restart on changed files is a new one).
+    engine
+        .record_policy_activations("startup")
+        .map_err(|e| anyhow::anyhow!("recording policy versions: {e}"))?;
     let secrets = config
         .hook_secrets
         .iter()

@@ -63,6 +63,46 @@ pub fn compile_policy(
     fx: Arc<FxTable>,
     read_script: &dyn Fn(&Path) -> io::Result<String>,
 ) -> Result<CompiledPolicy, Vec<PolicyError>> {
+    // Every script read is kept with the version (see `PolicySource`).
+    let scripts = std::cell::RefCell::new(BTreeMap::new());
+    let recording = |rel: &Path| -> io::Result<String> {
+        let t = read_script(rel)?;
+        scripts
+            .borrow_mut()
+            .insert(rel.to_string_lossy().into_owned(), t.clone());
+        Ok(t)
+    };
+    let mut p = compile_policy_text(path, text, fx, &recording)?;
+    p.source = Arc::new(PolicySource {
+        file: path
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+        text: text.to_string(),
+        scripts: scripts.into_inner(),
+    });
+    Ok(p)
+}
+
+/// Compiles a stored version (a rollback): the same validation, its own scripts.
+pub fn compile_source(
+    source: &PolicySource,
+    fx: Arc<FxTable>,
+) -> Result<CompiledPolicy, Vec<PolicyError>> {
+    compile_policy(Path::new(&source.file), &source.text, fx, &|rel: &Path| {
+        source
+            .scripts
+            .get(rel.to_string_lossy().as_ref())
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the stored version"))
+    })
+}
+
+fn compile_policy_text(
+    path: &Path,
+    text: &str,
+    fx: Arc<FxTable>,
+    read_script: &dyn Fn(&Path) -> io::Result<String>,
+) -> Result<CompiledPolicy, Vec<PolicyError>> {
     if text.len() > POLICY_BYTES_MAX {
         return Err(vec![plain_error(
             path,
@@ -302,6 +342,7 @@ pub fn compile_policy(
         fx,
         uses_rhai,
         history_windows,
+        source: Arc::default(),
     })
 }
 

@@ -28,7 +28,7 @@ use crate::geo::{CountrySet, Shape};
 use crate::money::{Currency, FxTable};
 use crate::velocity::WindowSpec;
 
-pub use compile::compile_policy;
+pub use compile::{compile_policy, compile_source};
 pub use load::{load_policy_dir, load_policy_file, PolicySet};
 
 /// Largest policy file accepted.
@@ -225,6 +225,21 @@ pub struct CompiledPolicy {
     /// Rolling windows the policy's Rhai code reads through `history.count/sum/declined`,
     /// kept as real velocity windows of each card so the answers are exact.
     pub history_windows: Vec<HistoryWindow>,
+    /// What this version was compiled from.
+    pub source: Arc<PolicySource>,
+}
+
+/// What a policy version was compiled from: its file's text and the scripts it read (by
+/// their path relative to the file), so a version can be stored, shown and compiled
+/// again (a rollback) without the files. The FX table is the rules directory's, shared.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct PolicySource {
+    /// The policy file's name.
+    pub file: String,
+    pub text: String,
+    pub scripts: BTreeMap<String, String>,
 }
 
 /// A `history` window declared by a string literal in a script or condition.

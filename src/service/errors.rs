@@ -21,6 +21,13 @@ pub enum Rejection {
     UnknownPolicy(String),
     #[error("no authorization `{0}`")]
     UnknownAuthorization(String),
+    #[error("policy `{policy}` has no stored version{}", version.as_ref().map(|v| format!(" `{v}`")).unwrap_or_default())]
+    UnknownPolicyVersion {
+        policy: String,
+        version: Option<String>,
+    },
+    #[error("the policy version was refused:\n{0}")]
+    InvalidPolicy(String),
     #[error("{what} `{id}` already exists")]
     AlreadyExists { what: &'static str, id: String },
     #[error("this idempotency key was used with a different request")]

@@ -20,11 +20,14 @@ mod errors;
 mod funds;
 mod holds;
 mod idempotency;
+mod policies;
 mod recovery;
 mod recovery_point;
 pub mod responses;
 
-pub use crate::store::{CardHistory, DecisionHistory, StoreCounters, TransferHistory};
+pub use crate::store::{
+    CardHistory, DecisionHistory, PolicyActivation, StoreCounters, TransferHistory,
+};
 pub use authorize::{AuthContext, Authorized};
 pub use card::CardState;
 pub use cards::NewCard;

@@ -17,7 +17,9 @@ pub use load::{
     id_hash, load_live, load_snapshot, DecisionWrite, LegacyDecision, Snapshot, StoredDecision,
     IDEMPOTENCY_ROWS_AT_START_MAX,
 };
-pub use query::{CardHistory, DecisionHistory, TransferHistory, HISTORY_ROWS_MAX};
+pub use query::{
+    CardHistory, DecisionHistory, PolicyActivation, TransferHistory, HISTORY_ROWS_MAX,
+};
 pub use recovery_point::{Cut, LoadedPoint, SavedState, RECOVERY_POINT_FORMAT};
 
 use std::path::{Path, PathBuf};
@@ -96,6 +98,15 @@ pub enum Write {
         format: u32,
         at_ms: i64,
         states: Vec<SavedState>,
+    },
+    /// A policy version went live: its source (JSON of `PolicySource`), stored once per
+    /// version, and the activation.
+    PolicyActivated {
+        policy: String,
+        version: String,
+        source: String,
+        at_ms: i64,
+        by: String,
     },
     /// An API key, stored only as its SHA-256.
     ApiKey {
@@ -312,54 +323,6 @@ impl Store {
     pub fn commit(&self, writes: Vec<Write>) {
         let seq = self.submit(writes);
         self.wait(seq);
-    }
-
-    /// A card's latest decisions (still encoded, newest first) and transfers (blocking:
-    /// call off the async runtime).
-    pub fn card_history(
-        &self,
-        card_id: &str,
-    ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
-        match self.reader.lock().as_ref() {
-            Some(c) => query::card_history(c, card_id),
-            None => Err(StoreError::Closed),
-        }
-    }
-
-    /// The stored decisions of an authorization id, on any card (the caller checks the
-    /// program and the id: a hash names them).
-    pub fn decisions_of_authorization(
-        &self,
-        auth_id: &str,
-    ) -> Result<Vec<StoredDecision>, StoreError> {
-        match self.reader.lock().as_ref() {
-            Some(c) => query::decisions_of_authorization(c, auth_id),
-            None => Err(StoreError::Closed),
-        }
-    }
-
-    /// The stored answer of an idempotent operation (see [`query::stored_answer`]).
-    pub fn stored_answer(
-        &self,
-        scope: &str,
-        key: &str,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        match self.reader.lock().as_ref() {
-            Some(c) => query::stored_answer(c, scope, key),
-            None => Err(StoreError::Closed),
-        }
-    }
-
-    /// The card an authorization of `program` placed its hold on.
-    pub fn card_of_authorization(
-        &self,
-        program: &str,
-        auth_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        match self.reader.lock().as_ref() {
-            Some(c) => query::card_of_authorization(c, program, auth_id),
-            None => Err(StoreError::Closed),
-        }
     }
 
     /// The highest sequence whose writes are durable.
@@ -636,6 +599,22 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
             at_ms,
             states,
         } => recovery_point::write(c, *format, *at_ms, states)?,
+        Write::PolicyActivated {
+            policy,
+            version,
+            source,
+            at_ms,
+            by,
+        } => {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO policy_versions (policy, version, source) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![policy, version, source])?;
+            c.prepare_cached(
+                "INSERT INTO policy_activations (policy, version, at_ms, by) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![policy, version, at_ms, by])?;
+        }
         Write::ApiKey {
             hash,
             program,

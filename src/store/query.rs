@@ -5,7 +5,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::load::{id_hash, legacy_row, record_row, LEGACY_COLUMNS};
-use super::{StoreError, StoredDecision};
+use super::{Store, StoreError, StoredDecision};
 
 /// Rows returned per listing.
 pub const HISTORY_ROWS_MAX: usize = 100;
@@ -150,4 +150,112 @@ pub fn card_history(
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((decisions, transfers))
+}
+
+/// One time a policy version went live.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PolicyActivation {
+    pub version: String,
+    pub at_ms: i64,
+    /// `startup`, `admin` (reload) or `admin rollback`.
+    pub by: String,
+}
+
+pub fn policy_activations(
+    c: &Connection,
+    policy: &str,
+) -> Result<Vec<PolicyActivation>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT version, at_ms, by FROM policy_activations WHERE policy = ?1
+             ORDER BY seq DESC LIMIT ?2",
+    )?
+    .query_map(rusqlite::params![policy, HISTORY_ROWS_MAX as i64], |r| {
+        Ok(PolicyActivation {
+            version: r.get(0)?,
+            at_ms: r.get(1)?,
+            by: r.get(2)?,
+        })
+    })?
+    .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn policy_source(
+    c: &Connection,
+    policy: &str,
+    version: &str,
+) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(
+        c.prepare_cached("SELECT source FROM policy_versions WHERE policy = ?1 AND version = ?2")?
+            .query_row(rusqlite::params![policy, version], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+/// Reads on the store's own read-only connection (blocking: call them off the async
+/// runtime). They never wait behind the writer.
+impl Store {
+    /// A card's latest decisions (still encoded, newest first) and transfers (blocking:
+    /// call off the async runtime).
+    pub fn card_history(
+        &self,
+        card_id: &str,
+    ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => card_history(c, card_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The stored decisions of an authorization id, on any card (the caller checks the
+    /// program and the id: a hash names them).
+    pub fn decisions_of_authorization(
+        &self,
+        auth_id: &str,
+    ) -> Result<Vec<StoredDecision>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => decisions_of_authorization(c, auth_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// A policy's activations, newest first (at most [`HISTORY_ROWS_MAX`]).
+    pub fn policy_activations(&self, policy: &str) -> Result<Vec<PolicyActivation>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => policy_activations(c, policy),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// A stored policy version's source (JSON of `PolicySource`).
+    pub fn policy_source(&self, policy: &str, version: &str) -> Result<Option<String>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => policy_source(c, policy, version),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The stored answer of an idempotent operation (see [`query::stored_answer`]).
+    pub fn stored_answer(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => stored_answer(c, scope, key),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The card an authorization of `program` placed its hold on.
+    pub fn card_of_authorization(
+        &self,
+        program: &str,
+        auth_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => card_of_authorization(c, program, auth_id),
+            None => Err(StoreError::Closed),
+        }
+    }
 }

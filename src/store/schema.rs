@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS decision_log (
     answer BLOB NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS decision_log_auth ON decision_log(auth_hash);
 CREATE INDEX IF NOT EXISTS decision_log_card ON decision_log(card_hash);
+CREATE TABLE IF NOT EXISTS policy_versions (
+    policy TEXT NOT NULL, version TEXT NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (policy, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policy_activations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, policy TEXT NOT NULL, version TEXT NOT NULL,
+    at_ms INTEGER NOT NULL, by TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS policy_activations_policy ON policy_activations(policy, seq);
 ";
 
 /// Decisions as versions 2 to 4 wrote them: text columns, the answer as JSON. A store
@@ -70,7 +77,8 @@ CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
 pub const SCHEMA_VERSION: i64 = 5;
 // Version 3 → 4 only adds tables and an index (`recovery_point`, `recovery_states`,
 // `holds_live`): `SCHEMA` creates them. Version 4 → 5 writes decisions as compact records
-// to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`.
+// to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`; and keeps
+// every policy version that went live (`policy_versions`, `policy_activations`).
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.

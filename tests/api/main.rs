@@ -12,3 +12,4 @@ mod ops;
 mod reload;
 mod signatures;
 mod tenancy;
+mod versions;
