@@ -153,6 +153,8 @@ fn constraint(field: &str) -> Option<Value> {
         "name" => json!({"minLength": 1, "maxLength": 128}),
         "policy" => json!({"minLength": 1, "maxLength": crate::domain::ID_LEN_MAX}),
         "timestamp" => json!({"format": "date-time"}),
+        "version" => json!({"pattern": "^[0-9a-f]{12}$",
+            "description": "a policy version: 12 lowercase hex digits of its content hash"}),
         _ => return None,
     })
 }
@@ -218,8 +220,9 @@ fn constrain_requests(doc: &mut Value) {
                 .into_iter()
                 .flatten()
             {
-                if p["in"] == "path" && p["name"] == "id" {
-                    if let Some(c) = constraint("id") {
+                let name = p["name"].as_str().unwrap_or_default().to_string();
+                if p["in"] == "path" && (name == "id" || name == "version") {
+                    if let Some(c) = constraint(&name) {
                         constrain(&mut p["schema"], &c);
                     }
                 }
