@@ -31,6 +31,14 @@ use crate::velocity::WindowSpec;
 pub use compile::{compile_policy, compile_source};
 pub use load::{load_policy_dir, load_policy_file, PolicySet};
 
+/// The JSON Schema of a policy file (for editors' YAML language servers), generated from
+/// the types the compiler reads.
+pub fn json_schema() -> serde_json::Value {
+    let mut s = serde_json::to_value(schemars::schema_for!(raw::RawPolicy)).unwrap_or_default();
+    s["title"] = "spendgate policy".into();
+    s
+}
+
 /// Largest policy file accepted.
 pub const POLICY_BYTES_MAX: usize = 256 * 1024;
 pub const RULES_MAX: usize = 256;

@@ -49,7 +49,31 @@ impl Scalar {
     }
 }
 
-#[derive(Debug, Deserialize)]
+impl schemars::JsonSchema for Scalar {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Scalar".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "number", "boolean"],
+            "description": "a value written plain or quoted: 5411 or \"5411\", 500.00 or \"500.00\""
+        })
+    }
+}
+
+/// What `when:` and `unless:` accept (for the JSON Schema; the compiler reads them as YAML
+/// values and checks each form).
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum Condition {
+    Matchers(RawMatcher),
+    /// A Rhai expression over `txn`, `card` and `history`.
+    Expression(String),
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub policy: String,
@@ -74,7 +98,7 @@ pub struct RawPolicy {
     pub tests: Vec<RawTest>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub id: String,
@@ -82,9 +106,13 @@ pub struct RawRule {
     pub description: Option<String>,
     #[serde(default)]
     pub mode: Option<String>,
+    /// The rule applies when this holds: matchers, or a Rhai expression.
     #[serde(default)]
+    #[schemars(with = "Option<Condition>")]
     pub when: Option<serde_norway::Value>,
+    /// The rule does not apply when this holds: matchers, or a Rhai expression.
     #[serde(default)]
+    #[schemars(with = "Option<Condition>")]
     pub unless: Option<serde_norway::Value>,
     #[serde(default)]
     pub limit: Option<RawLimit>,
@@ -110,7 +138,7 @@ pub struct RawRule {
 
 /// Structured matchers. Keys AND together; a list matches any of its values. A value
 /// may name a list with `$name`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatcher {
     pub mcc: Option<ListRef>,
@@ -125,14 +153,14 @@ pub struct RawMatcher {
 }
 
 /// Either `$list_name` or inline values.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ListRef {
     Values(Vec<Scalar>),
     One(Scalar),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRange {
     pub gt: Option<Scalar>,
@@ -141,21 +169,21 @@ pub struct RawRange {
     pub lte: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeRange {
     pub from: String,
     pub to: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {
     pub amount_max: Option<Scalar>,
     pub amount_min: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawVelocity {
     pub window: String,
@@ -165,14 +193,14 @@ pub struct RawVelocity {
     pub counts: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCountries {
     pub allow: Option<ListRef>,
     pub deny: Option<ListRef>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGeofence {
     pub circle: Option<RawCircle>,
@@ -182,20 +210,20 @@ pub struct RawGeofence {
     pub fires: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCircle {
     pub center: [f64; 2],
     pub radius_km: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTravel {
     pub speed_kmh_max: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
     pub name: String,
@@ -209,7 +237,7 @@ pub struct RawTest {
     pub expect: RawExpect,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestTxn {
     pub amount: Option<Scalar>,
@@ -226,7 +254,7 @@ pub struct RawTestTxn {
     pub partial_ok: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestHistory {
     /// How long before the test transaction, e.g. `2h`.
@@ -235,7 +263,7 @@ pub struct RawTestHistory {
     pub txn: RawTestTxn,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestCard {
     pub status: Option<String>,
@@ -247,7 +275,7 @@ pub struct RawTestCard {
     pub expiry: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RawExpect {
     /// `approve`, `decline`, `flag`
@@ -255,7 +283,7 @@ pub enum RawExpect {
     Detail(RawExpectDetail),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawExpectDetail {
     pub approve: Option<bool>,

@@ -82,6 +82,9 @@ pub enum Command {
         #[arg(long)]
         card: Option<String>,
     },
+    /// Print the JSON Schema of policy files (wire it into an editor's YAML language
+    /// server: see README).
+    Schema,
     /// Rule-by-rule difference of two policy files or directories.
     Diff {
         old: PathBuf,
@@ -261,6 +264,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => crate::analyst::replay_cmd(args),
         Command::Decisions { data, card } => crate::analyst::decisions_cmd(&data, card.as_deref()),
         Command::Diff { old, new, json } => crate::analyst::diff_cmd(&old, &new, json),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&spendgate::policy::json_schema()).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Ledger {
             command: LedgerCommand::Verify { data },
         } => ledger_verify(&data),
