@@ -80,6 +80,26 @@ impl WindowSpec {
     }
 
     /// Earliest event time (ms since epoch) that still counts at `now`.
+    /// When a calendar window's period ends (the next one's start), in the policy time
+    /// zone; None for rolling and lifetime windows.
+    pub fn next_start_ms(&self, now: DateTime<Utc>, tz: Tz) -> Option<i64> {
+        let WindowSpec::Calendar(unit) = *self else {
+            return None;
+        };
+        let local = now.with_timezone(&tz).date_naive();
+        let next = match unit {
+            CalendarUnit::Day => local.succ_opt(),
+            CalendarUnit::Week => local.checked_add_signed(Duration::days(
+                7 - i64::from(local.weekday().num_days_from_monday()),
+            )),
+            CalendarUnit::Month => local
+                .with_day(1)
+                .and_then(|d| d.checked_add_months(chrono::Months::new(1))),
+            CalendarUnit::Year => NaiveDate::from_ymd_opt(local.year() + 1, 1, 1),
+        };
+        next.map(|d| local_midnight_ms(d, tz))
+    }
+
     pub fn start_ms(&self, now: DateTime<Utc>, tz: Tz) -> i64 {
         let now_ms = now.timestamp_millis();
         match *self {
@@ -182,6 +202,14 @@ impl Window {
         t
     }
 
+    /// The oldest event at or after `start_ms`: (time, amount, count).
+    pub fn oldest_since(&self, start_ms: i64) -> Option<(i64, Decimal, u32)> {
+        self.events
+            .iter()
+            .find(|e| e.at_ms >= start_ms)
+            .map(|e| (e.at_ms, e.amount, e.count))
+    }
+
     fn prune(&mut self, start_ms: i64) {
         while let Some(e) = self.events.front() {
             if e.at_ms >= start_ms {
@@ -280,6 +308,11 @@ impl VelocityState {
             .map_or(Totals::default(), |w| w.totals_since(start_ms))
     }
 
+    /// The oldest event of a rule's window still in it: (time, amount, count).
+    pub fn oldest(&self, key: u64, start_ms: i64) -> Option<(i64, Decimal, u32)> {
+        self.window(key).and_then(|w| w.oldest_since(start_ms))
+    }
+
     /// Records an event in a rule's window (never evicted).
     pub fn record(&mut self, key: u64, start_ms: i64, at_ms: i64, amount: Decimal, auth: u64) {
         self.record_in(key, start_ms, at_ms, amount, auth, false);
@@ -365,6 +398,23 @@ pub fn key_hash(parts: &[&[u8]]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calendar_windows_reset_at_the_next_local_period() {
+        let tz: Tz = "Africa/Lagos".parse().unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap(); // a Wednesday
+        let next = |u| {
+            let ms = WindowSpec::Calendar(u).next_start_ms(now, tz).unwrap();
+            DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339()
+        };
+        assert_eq!(next(CalendarUnit::Day), "2026-06-03T23:00:00+00:00");
+        assert_eq!(next(CalendarUnit::Week), "2026-06-07T23:00:00+00:00");
+        assert_eq!(next(CalendarUnit::Month), "2026-06-30T23:00:00+00:00");
+        assert_eq!(next(CalendarUnit::Year), "2026-12-31T23:00:00+00:00");
+        assert_eq!(WindowSpec::Lifetime.next_start_ms(now, tz), None);
+    }
 
     fn d(v: i64) -> Decimal {
         Decimal::new(v, 0)

@@ -38,7 +38,10 @@ fn the_schema_rejects_what_the_compiler_rejects() {
             "a misspelt rule field",
             base.replace("velocity: { window: 24h,", "velocty: { window: 24h,"),
         ),
-        ("an unknown top-level key", format!("{base}\nowner: risk-team\n")),
+        (
+            "an unknown top-level key",
+            format!("{base}\nowner: risk-team\n"),
+        ),
         (
             "a count that is not a number",
             base.replace("count_max: 20 }", "count_max: twenty }"),

@@ -11,7 +11,9 @@ mod types;
 // The vocabulary lives in `domain`; re-exported so `decision::Country` etc. still read well.
 pub use crate::domain::*;
 pub use engine::decide;
-pub use trace::{Detail, RuleRef, TraceEntry, TraceLine, TraceOutcome};
+pub use trace::{
+    velocity_reset, Detail, RuleRef, TraceEntry, TraceLine, TraceOutcome, VelocityReset,
+};
 pub use types::*;
 
 use std::borrow::Cow;

@@ -305,6 +305,8 @@ impl<'a> Evaluator<'a> {
                         Detail::Velocity {
                             used,
                             amount: self.amount,
+                            oldest: self.state(v.scope).oldest(key, start_ms),
+                            now_ms: self.now_ms,
                         },
                     )
                 }

@@ -94,6 +94,10 @@ pub enum Detail {
     Velocity {
         used: Totals,
         amount: Decimal,
+        /// The oldest event still in the window: (time, amount, count).
+        oldest: Option<(i64, Decimal, u32)>,
+        /// The decision's time (a calendar window resets at its period's end).
+        now_ms: i64,
     },
     Country(Country),
     Location(LatLon),
@@ -217,19 +221,30 @@ impl TraceEntry {
                 }
                 parts.join("; ")
             }
-            (Detail::Velocity { used, amount }, Some(Check::Velocity(v))) => {
+            (
+                Detail::Velocity {
+                    used,
+                    amount,
+                    oldest,
+                    now_ms,
+                },
+                Some(Check::Velocity(v)),
+            ) => {
                 let mut parts = Vec::new();
                 if let Some(max) = v.amount_max {
                     let total = used.amount + amount;
                     let op = if total > max { ">" } else { "<=" };
+                    let left = (max - used.amount).max(Decimal::ZERO);
                     parts.push(format!(
-                        "{} + {} {op} {} {currency}",
+                        "{} + {} {op} {} {currency} ({} left)",
                         fmt(used.amount),
                         fmt(*amount),
-                        fmt(max)
+                        fmt(max),
+                        fmt(left)
                     ));
                 }
                 if let Some(max) = v.count_max {
+                    let left = u64::from(max).saturating_sub(used.count);
                     match v.counts {
                         crate::policy::Counts::Approved => {
                             let op = if used.count + 1 > u64::from(max) {
@@ -237,7 +252,10 @@ impl TraceEntry {
                             } else {
                                 "<="
                             };
-                            parts.push(format!("{} + 1 {op} {max} transactions", used.count));
+                            parts.push(format!(
+                                "{} + 1 {op} {max} transactions ({left} left)",
+                                used.count
+                            ));
                         }
                         crate::policy::Counts::Declined => {
                             let op = if used.count >= u64::from(max) {
@@ -249,12 +267,17 @@ impl TraceEntry {
                         }
                     }
                 }
-                format!(
+                let mut text = format!(
                     "{} in {} ({} scope)",
                     parts.join(", "),
                     v.window,
                     v.scope.as_str()
-                )
+                );
+                if let Some(reset) = velocity_reset(v, *used, *oldest, *now_ms, policy.timezone) {
+                    text.push_str("; ");
+                    text.push_str(&reset.render(v, currency));
+                }
+                text
             }
             (Detail::Country(c), Some(Check::Countries { allow, list, .. })) => {
                 let verb = if *allow { "allow" } else { "deny" };
@@ -301,5 +324,70 @@ impl TraceEntry {
             outcome: self.outcome.label(),
             detail,
         }
+    }
+}
+
+/// When a velocity window gives capacity back: a rolling window when its oldest event
+/// leaves (that event's amount and count), a calendar window at its period's end
+/// (everything); a lifetime window never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VelocityReset {
+    pub at_ms: i64,
+    pub amount: Decimal,
+    pub count: u64,
+}
+
+impl VelocityReset {
+    fn render(&self, v: &crate::policy::VelocityCheck, currency: crate::money::Currency) -> String {
+        let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.at_ms)
+            .map_or_else(String::new, |t| t.format("%Y-%m-%dT%H:%MZ").to_string());
+        let mut what = Vec::new();
+        if v.amount_max.is_some() {
+            what.push(format!(
+                "{} {currency}",
+                format_amount(self.amount, currency)
+            ));
+        }
+        if v.count_max.is_some() {
+            let noun = match (v.counts, self.count) {
+                (crate::policy::Counts::Declined, 1) => "decline",
+                (crate::policy::Counts::Declined, _) => "declines",
+                (_, 1) => "transaction",
+                _ => "transactions",
+            };
+            what.push(format!("{} {noun}", self.count));
+        }
+        format!("frees {} at {at}", what.join(" and "))
+    }
+}
+
+/// See [`VelocityReset`]; None when nothing is used.
+pub fn velocity_reset(
+    v: &crate::policy::VelocityCheck,
+    used: Totals,
+    oldest: Option<(i64, Decimal, u32)>,
+    now_ms: i64,
+    tz: chrono_tz::Tz,
+) -> Option<VelocityReset> {
+    if used.count == 0 {
+        return None;
+    }
+    match v.window {
+        crate::velocity::WindowSpec::Rolling { length_ms } => {
+            oldest.map(|(at_ms, amount, count)| VelocityReset {
+                at_ms: at_ms + length_ms,
+                amount,
+                count: u64::from(count),
+            })
+        }
+        crate::velocity::WindowSpec::Calendar(_) => {
+            let now = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms)?;
+            v.window.next_start_ms(now, tz).map(|at_ms| VelocityReset {
+                at_ms,
+                amount: used.amount,
+                count: used.count,
+            })
+        }
+        crate::velocity::WindowSpec::Lifetime => None,
     }
 }

@@ -34,6 +34,7 @@ use super::Shared;
         funding::fund_card,
         funding::withdraw_card,
         cards::balance,
+        cards::limits,
         cards::transactions,
         authorizations::authorize,
         authorizations::simulate,
@@ -185,6 +186,12 @@ pub fn routes() -> Vec<Route> {
             "get",
             "/v1/cards/{id}/balance",
             get(cards::balance),
+            Contract::new(Program).path_id(),
+        ),
+        r(
+            "get",
+            "/v1/cards/{id}/limits",
+            get(cards::limits),
             Contract::new(Program).path_id(),
         ),
         r(

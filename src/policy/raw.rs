@@ -68,7 +68,7 @@ impl schemars::JsonSchema for Scalar {
 #[serde(untagged)]
 #[allow(dead_code)]
 pub enum Condition {
-    Matchers(RawMatcher),
+    Matchers(Box<RawMatcher>),
     /// A Rhai expression over `txn`, `card` and `history`.
     Expression(String),
 }

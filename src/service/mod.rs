@@ -20,6 +20,7 @@ mod errors;
 mod funds;
 mod holds;
 mod idempotency;
+mod limits;
 mod policies;
 mod recovery;
 mod recovery_point;
@@ -34,6 +35,7 @@ pub use cards::NewCard;
 pub use effects::{CodecError, EffectsRecord};
 pub use errors::Rejection;
 pub use idempotency::{request_hash, Begin, Idempotency};
+pub use limits::CardLimit;
 pub use recovery::RecoveryError;
 pub use recovery_point::{PointError, PointSaved};
 

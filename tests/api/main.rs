@@ -7,6 +7,7 @@ mod deadline;
 mod errors;
 mod idempotency;
 mod lifecycle;
+mod limits;
 mod money;
 mod ops;
 mod reload;

@@ -11,7 +11,7 @@ use crate::http::problem::{Problem, ProblemBody};
 use crate::http::Shared;
 use crate::issuing::{CardAction, Cardholder, SpendingControls};
 use crate::service::responses::{Balance, CardResponse};
-use crate::service::NewCard;
+use crate::service::{CardLimit, NewCard};
 
 fn no_cardholder(id: &str) -> Problem {
     Problem::not_found("cardholder_not_found", format!("unknown cardholder `{id}`"))
@@ -141,6 +141,15 @@ pub async fn set_controls(
     responses((status = 200, body = Balance), (status = 404, body = ProblemBody)))]
 pub async fn balance(State(s): State<Shared>, card: OwnedCard) -> ApiResult {
     Ok(to_json(StatusCode::OK, &s.engine.balance(&card.id)?))
+}
+
+#[utoipa::path(get, path = "/v1/cards/{id}/limits", tag = "cards", params(("id" = String, Path)),
+    responses((status = 200, description = "every velocity rule on the card: used, left, and when capacity comes back", body = Vec<CardLimit>), (status = 404, body = ProblemBody)))]
+pub async fn limits(State(s): State<Shared>, card: OwnedCard) -> ApiResult {
+    Ok(to_json(
+        StatusCode::OK,
+        &s.engine.card_limits(None, &card.id)?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/cards/{id}/transactions", tag = "cards", params(("id" = String, Path)),
