@@ -3,6 +3,7 @@
 //! (`report.rs`) and comparing two policy versions (`diff.rs`).
 
 pub mod diff;
+pub mod generate;
 pub mod history;
 pub mod replay;
 pub mod report;

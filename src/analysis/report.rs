@@ -24,10 +24,14 @@ pub fn summary(r: &ReplayReport, flips_shown: usize) -> String {
     for (name, version) in &r.policies {
         let _ = writeln!(s, "candidate policy {name} version {version}");
     }
+    let before = if r.compared == 0 {
+        "no recorded decisions".to_string()
+    } else {
+        format!("{} before", pct(r.approval_rate_before()))
+    };
     let _ = writeln!(
         s,
-        "approval rate: {} before, {} after; {} flips, {} other code changes",
-        pct(r.approval_rate_before()),
+        "approval rate: {before}, {} after; {} flips, {} other code changes",
         pct(r.approval_rate_after()),
         r.flips.len(),
         r.code_changes

@@ -1,4 +1,4 @@
-//! The analyst's commands: `replay`, `decisions`, `diff`.
+//! The analyst's commands: `replay`, `decisions`, `gen`, `diff`.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -141,6 +141,68 @@ pub fn replay_cmd(a: ReplayArgs) -> ExitCode {
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             eprintln!("HTML report: {}", path.display());
         }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spendgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// The generator's seed: the same seed gives the same stream.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 1000)]
+    cards: usize,
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// Authorizations per card per day, on average.
+    #[arg(long, default_value_t = 4.0)]
+    per_card_day: f64,
+    /// The first day (UTC), YYYY-MM-DD.
+    #[arg(long, default_value = "2026-06-01")]
+    start: String,
+    #[arg(long, default_value = "gen")]
+    program: String,
+    /// The policy governing the generated cards.
+    #[arg(long, default_value = "consumer-prepaid-africa")]
+    policy: String,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `spendgate gen`: a seeded stream for `replay --input`.
+pub fn gen_cmd(a: GenArgs) -> ExitCode {
+    let run = || -> Result<(), String> {
+        let o = spendgate::analysis::generate::GenOptions {
+            seed: a.seed,
+            cards: a.cards,
+            days: a.days,
+            per_card_day: a.per_card_day,
+            start: time(&a.start)?,
+            program: a.program.clone(),
+            policy: a.policy.clone(),
+        };
+        let records = spendgate::analysis::generate::generate(&o);
+        let sink: Box<dyn Write> = match &a.out {
+            Some(p) => {
+                Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let mut out = std::io::BufWriter::new(sink);
+        for r in &records {
+            let line = serde_json::to_string(r).map_err(|e| e.to_string())?;
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        eprintln!("{} authorizations on {} cards", records.len(), a.cards);
         Ok(())
     };
     match run() {

@@ -82,6 +82,9 @@ pub enum Command {
         #[arg(long)]
         card: Option<String>,
     },
+    /// Generate a seeded stream of realistic authorizations (NG/GH/KE cards, bursts of
+    /// card testing and impossible travel) for `replay --input`.
+    Gen(crate::analyst::GenArgs),
     /// Print the JSON Schema of policy files (wire it into an editor's YAML language
     /// server: see README).
     Schema,
@@ -264,6 +267,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => crate::analyst::replay_cmd(args),
         Command::Decisions { data, card } => crate::analyst::decisions_cmd(&data, card.as_deref()),
         Command::Diff { old, new, json } => crate::analyst::diff_cmd(&old, &new, json),
+        Command::Gen(args) => crate::analyst::gen_cmd(args),
         Command::Schema => {
             println!(
                 "{}",
