@@ -238,7 +238,7 @@ fn trace_explains_the_velocity_decline() {
     assert_eq!(
         line.detail,
         "940.00 + 80.00 > 1000.00 USD (60.00 left), 2 + 1 <= 20 transactions (18 left) in 24h \
-         (card scope); frees 470.00 USD and 1 transaction at 2026-06-04T11:00Z"
+         (card scope); frees 470.00 USD and 1 transaction at 2026-06-04T11:00:00Z"
     );
     assert_eq!(
         sim.trace

@@ -305,7 +305,13 @@ impl<'a> Evaluator<'a> {
                         Detail::Velocity {
                             used,
                             amount: self.amount,
-                            oldest: self.state(v.scope).oldest(key, start_ms),
+                            // Only a line that fires says when capacity frees (a walk
+                            // of the window per rule would cost every decision ≈ 10 %).
+                            oldest: if amount_over || count_over {
+                                self.state(v.scope).oldest(key, start_ms)
+                            } else {
+                                None
+                            },
                             now_ms: self.now_ms,
                         },
                     )

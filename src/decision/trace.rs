@@ -340,7 +340,9 @@ pub struct VelocityReset {
 impl VelocityReset {
     fn render(&self, v: &crate::policy::VelocityCheck, currency: crate::money::Currency) -> String {
         let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.at_ms)
-            .map_or_else(String::new, |t| t.format("%Y-%m-%dT%H:%MZ").to_string());
+            .map_or_else(String::new, |t| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            });
         let mut what = Vec::new();
         if v.amount_max.is_some() {
             what.push(format!(
