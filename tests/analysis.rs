@@ -307,3 +307,88 @@ fn a_reversal_in_the_same_millisecond_as_its_authorization_is_replayed_after_it(
     assert!(r.flips.is_empty(), "{:?}", r.flips);
     assert_eq!(r.approved_after, 30);
 }
+
+/// Issue 11: the analyst's loop end to end with the real binaries — `spendgate gen`
+/// writes a stream, `spendgate loadgen --input` sends it to a real server, and `replay`
+/// over that server's store reproduces every decision with the same rules; raising the
+/// daily count from 20 to 25 flips only `daily_spend` declines to approvals, at most five
+/// more per card.
+#[test]
+fn generated_traffic_sent_by_loadgen_replays_exactly_and_a_raised_limit_flips_only_its_declines() {
+    use std::collections::HashMap;
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_spendgate");
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("stream.jsonl");
+    let ok = Command::new(bin)
+        .args(["gen", "--seed", "11", "--cards", "16", "--days", "1"])
+        .args(["--per-card-day", "35", "--out"])
+        .arg(&stream)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let lines = std::fs::read_to_string(&stream).unwrap().lines().count();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let admin = "analysis-test-admin-key-0123456789";
+    let mut server = Command::new(bin)
+        .args(["serve", "--addr", &addr, "--rules", "rules", "--data"])
+        .arg(&data)
+        .env("SPENDGATE_ADMIN_KEY", admin)
+        .env("SPENDGATE_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // loadgen waits for the server's health before it starts.
+    let sent = Command::new(bin)
+        .args([
+            "loadgen",
+            "--addr",
+            &addr,
+            "--admin-key",
+            admin,
+            "--connections",
+            "4",
+        ])
+        .arg("--input")
+        .arg(&stream)
+        .output()
+        .unwrap();
+    // Every answer was durable before it was sent: a kill loses none of them.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let same = replay_store_n(&data, &rules(), lines);
+    assert!(same.flips.is_empty(), "{:?}", same.flips);
+    assert_eq!(same.code_changes, 0);
+    assert!(
+        same.codes_before.get("65").copied().unwrap_or(0) > 0,
+        "{:?}",
+        same.codes_before
+    );
+
+    let raised = replay_store_n(&data, &candidate(&dir.path().join("rules25"), 25), lines);
+    assert!(!raised.flips.is_empty());
+    let mut per_card: HashMap<&str, usize> = HashMap::new();
+    for f in &raised.flips {
+        assert_eq!(
+            (f.before.as_str(), f.after.as_str(), f.rule.as_deref()),
+            ("65", "00", Some("daily_spend")),
+            "{f:?}"
+        );
+        *per_card.entry(f.card_id.as_str()).or_default() += 1;
+    }
+    assert!(per_card.values().all(|n| *n <= 5), "{per_card:?}");
+    assert_eq!(
+        raised.approved_after - raised.approved_before,
+        raised.flips.len() as u64
+    );
+}
