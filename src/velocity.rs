@@ -370,6 +370,21 @@ impl VelocityState {
             .sum()
     }
 
+    /// `reverse`, in the windows of `keys` only (rebuilt windows catch up on history's
+    /// releases without releasing the others twice).
+    pub fn reverse_in(
+        &mut self,
+        keys: &std::collections::HashSet<u64>,
+        auth: u64,
+        ratio: Decimal,
+    ) -> usize {
+        self.windows
+            .iter_mut()
+            .filter(|(k, w, _)| keys.contains(k) && !w.is_empty())
+            .map(|(_, w, _)| w.reverse(auth, ratio) as usize)
+            .sum()
+    }
+
     pub fn window_count(&self) -> usize {
         self.windows.len()
     }

@@ -19,6 +19,7 @@ use spendgate::issuing::{
 use spendgate::ledger::verify::verify;
 use spendgate::ledger::TransferKind;
 use spendgate::money::Currency;
+use spendgate::policy::load_policy_dir;
 use spendgate::service::responses::{
     AuthorizationResponse, Balance, CardResponse, HoldResponse, ReversalResponse,
 };
@@ -1395,4 +1396,88 @@ fn captures_beyond_the_authorization_index_bound_find_their_card_in_the_store() 
     );
     e.store().unwrap().close();
     verify_store(dir.path());
+}
+
+/// Issue 11.5: a redefined velocity rule starts from the stored decisions it covers, not
+/// from zero. A changed limit keeps its window (the key is what is counted); a changed
+/// window (24 h → 48 h) is a new one: with 10 approvals (one reversed) it holds 9, so a
+/// count of 12 leaves room for 3 more — also after a restart. Without the rebuild the
+/// card could make 12 more (failing first: that is what happened before).
+#[test]
+fn a_redefined_velocity_rule_rebuilds_its_window_from_stored_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), Durability::Full);
+    let card = issue(&e, 1, "5000.00").remove(0);
+    for i in 0..10 {
+        let when = t0() + Duration::minutes(i);
+        assert!(authorize(&e, &format!("d{i}"), &card, "10.00", when).approved);
+    }
+    // A reversal gives one back in the old window and, replayed, in the new one.
+    at(t0() + Duration::minutes(10), || {
+        e.reverse("p", "rev-d0", "d0", None)
+            .map(Pending::wait)
+            .unwrap()
+    });
+    let rules_dir = dir.path().join("rules12");
+    let tightened = redefined_rules(&rules_dir);
+    let updates = at(t0() + Duration::minutes(20), || e.swap_policies(tightened)).unwrap();
+    assert!(updates >= 10, "{updates} window updates");
+    // 9 count (10 approvals, one reversed): 3 more fit under 12.
+    let codes: Vec<String> = (0..5)
+        .map(|i| {
+            authorize(
+                &e,
+                &format!("n{i}"),
+                &card,
+                "10.00",
+                t0() + Duration::minutes(30 + i),
+            )
+            .response_code
+        })
+        .collect();
+    assert_eq!(codes, ["00", "00", "00", "65", "65"]);
+    e.store().unwrap().close();
+    drop(e);
+    // After a restart on the tightened rules, the window is still full.
+    let (store, snapshot) = Store::open(dir.path(), Durability::Full).unwrap();
+    let e = Engine::open(
+        load_policy_dir(&rules_dir).unwrap(),
+        Arc::new(store),
+        snapshot,
+        EngineConfig::default(),
+    )
+    .unwrap()
+    .with_clock(fresh_clock());
+    let a = authorize(&e, "after", &card, "10.00", t0() + Duration::minutes(40));
+    assert_eq!(a.response_code, "65");
+    e.store().unwrap().close();
+}
+
+/// The shipped rules with `daily_spend` redefined: 12 approvals in 48 h (a new window).
+fn redefined_rules(dir: &Path) -> spendgate::policy::PolicySet {
+    for sub in ["scripts", "fx"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    for f in [
+        "consumer_prepaid.yaml",
+        "corporate_expense.yaml",
+        "scripts/night_owl.rhai",
+        "scripts/new_merchant_burst.rhai",
+        "fx/rates.yaml",
+    ] {
+        std::fs::copy(Path::new("rules").join(f), dir.join(f)).unwrap();
+    }
+    let file = dir.join("consumer_prepaid.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let old = "velocity: { window: 24h, amount_max: 1000.00, count_max: 20 }";
+    assert!(text.contains(old));
+    std::fs::write(
+        &file,
+        text.replace(
+            old,
+            "velocity: { window: 48h, amount_max: 1000.00, count_max: 12 }",
+        ),
+    )
+    .unwrap();
+    load_policy_dir(dir).unwrap()
 }

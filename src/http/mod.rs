@@ -52,14 +52,22 @@ impl AppState {
     }
 
     /// Reloads the rules: validated and tested first; the old policies stay on failure.
-    pub fn reload(&self) -> Result<Vec<(String, String)>, Vec<String>> {
+    /// Loads and tests the rules directory and puts it live (velocity windows of added
+    /// or redefined rules rebuilt from stored decisions first); records the versions as
+    /// activated `by`. Blocking: call it off the async runtime.
+    pub fn reload(&self, by: &str) -> Result<Vec<(String, String)>, Vec<String>> {
         let set = server::load_and_test_policies(&self.config.rules_dir)?;
         let versions = set
             .policies
             .values()
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect();
-        self.engine.replace_policies(set);
+        self.engine
+            .swap_policies(set)
+            .map_err(|e| vec![e.to_string()])?;
+        self.engine
+            .record_policy_activations(by)
+            .map_err(|e| vec![e.to_string()])?;
         Ok(versions)
     }
 }

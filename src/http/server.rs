@@ -236,7 +236,11 @@ pub fn run_server(config: Config) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
                 while hup.recv().await.is_some() {
-                    match state.reload() {
+                    let s = state.clone();
+                    let Ok(result) = tokio::task::spawn_blocking(move || s.reload("sighup")).await else {
+                        continue;
+                    };
+                    match result {
                         Ok(v) => tracing::info!(policies = ?v, "policies reloaded"),
                         Err(e) => tracing::error!(errors = ?e, "reload refused; the old policies stay live"),
                     }

@@ -22,6 +22,7 @@ mod holds;
 mod idempotency;
 mod limits;
 mod policies;
+mod rebuild;
 mod recovery;
 mod recovery_point;
 pub mod responses;

@@ -113,11 +113,11 @@ impl Engine {
         );
         let mut policies = current.policies.clone();
         policies.insert(compiled.name.clone(), Arc::new(compiled));
-        self.replace_policies(PolicySet {
+        self.swap_policies(PolicySet {
             dir: current.dir.clone(),
             policies,
             fx: current.fx.clone(),
-        });
+        })?;
         if let Some(store) = &self.store {
             store.commit(vec![write]);
         }

@@ -192,6 +192,74 @@ pub fn policy_source(
     )
 }
 
+/// Stored decisions, newest first, while `keep` accepts them (the scan stops at the first
+/// it refuses), with their sequence numbers.
+pub fn recent_decisions(
+    c: &Connection,
+    mut keep: impl FnMut(&StoredDecision) -> bool,
+) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
+    let mut st =
+        c.prepare_cached("SELECT seq, answer, body FROM decision_log ORDER BY seq DESC")?;
+    let mut rows = st.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let d = StoredDecision::Record {
+            answer: r.get(1)?,
+            body: r.get(2)?,
+        };
+        if !keep(&d) {
+            break;
+        }
+        out.push((r.get(0)?, d));
+    }
+    Ok(out)
+}
+
+/// Stored decisions after `seq`, in commit order.
+pub fn decisions_after(c: &Connection, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT seq, answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq")?
+            .query_map([seq], |r| {
+                Ok((
+                    r.get(0)?,
+                    StoredDecision::Record {
+                        answer: r.get(1)?,
+                        body: r.get(2)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    )
+}
+
+/// Velocity releases at or after `at_ms`: (card, authorization, ratio, at_ms).
+pub fn releases_since(
+    c: &Connection,
+    at_ms: i64,
+) -> Result<Vec<(String, String, rust_decimal::Decimal, i64)>, StoreError> {
+    let rows = c
+        .prepare_cached(
+            "SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases WHERE at_ms >= ?1 ORDER BY seq",
+        )?
+        .query_map([at_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(card, auth, ratio, at)| {
+            ratio
+                .parse()
+                .map(|r| (card, auth, r, at))
+                .map_err(|_| StoreError::Corrupt(format!("release ratio `{ratio}`")))
+        })
+        .collect()
+}
+
 /// Reads on the store's own read-only connection (blocking: call them off the async
 /// runtime). They never wait behind the writer.
 impl Store {
@@ -255,6 +323,37 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         match self.reader.lock().as_ref() {
             Some(c) => card_of_authorization(c, program, auth_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Stored decisions newest first while `keep` accepts them (see
+    /// [`recent_decisions`]).
+    pub fn recent_decisions(
+        &self,
+        keep: impl FnMut(&StoredDecision) -> bool,
+    ) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => recent_decisions(c, keep),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Stored decisions after `seq`, in commit order.
+    pub fn decisions_after(&self, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => decisions_after(c, seq),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Velocity releases at or after `at_ms`.
+    pub fn releases_since(
+        &self,
+        at_ms: i64,
+    ) -> Result<Vec<(String, String, rust_decimal::Decimal, i64)>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => releases_since(c, at_ms),
             None => Err(StoreError::Closed),
         }
     }

@@ -36,18 +36,8 @@ pub async fn list_policies(State(s): State<Shared>, _: AnyKey) -> ApiResult {
     responses((status = 200, description = "validated, tested and swapped in"), (status = 422, description = "refused; the old policies stay live", body = ProblemBody)))]
 pub async fn reload(State(s): State<Shared>, _: Admin) -> ApiResult {
     let state = s.clone();
-    match tokio::task::spawn_blocking(move || state.reload()).await {
+    match tokio::task::spawn_blocking(move || state.reload("admin")).await {
         Ok(Ok(versions)) => {
-            let state = s.clone();
-            tokio::task::spawn_blocking(move || state.engine.record_policy_activations("admin"))
-                .await
-                .map_err(|_| {
-                    Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "reload failed",
-                    )
-                })??;
             let v: Vec<_> = versions
                 .into_iter()
                 .map(|(name, version)| serde_json::json!({"name": name, "version": version}))
