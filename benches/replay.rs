@@ -21,7 +21,7 @@ use spendgate::analysis::history;
 use spendgate::analysis::replay::{replay, ReplayFilter};
 use spendgate::clock::ManualClock;
 use spendgate::policy::load_policy_dir;
-use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
+use spendgate::service::{Engine, EngineConfig};
 use spendgate::store::{load_snapshot, Durability, Store, DB_FILE};
 
 mod common;
@@ -49,20 +49,7 @@ fn build(dir: &Path, n: usize) {
         }
         let card = &cards[(i * 7919) % cards.len()];
         let t = common::txn(i as u64, card);
-        let id = t.id.clone();
-        let approved = e
-            .authorize(&t, &AuthContext::default())
-            .map(Pending::wait)
-            .is_ok_and(|a| a.approved);
-        if approved && i % 3 == 0 {
-            let _ = e
-                .capture("p", &format!("c{id}"), &id, t.amount, true)
-                .map(Pending::wait);
-        } else if approved && i % 10 == 1 {
-            let _ = e
-                .reverse("p", &format!("r{id}"), &id, None)
-                .map(Pending::wait);
-        }
+        common::authorize_and_settle(&e, &t, i);
     }
     e.store().unwrap().close();
     println!(

@@ -24,7 +24,7 @@ use spendgate::money::Currency;
 use spendgate::policy::load_policy_dir;
 use spendgate::service::decision_record::{self, DecodedDecision};
 use spendgate::service::responses::AuthorizationResponse;
-use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
+use spendgate::service::{Engine, EngineConfig};
 use spendgate::store::{Durability, Store, StoredDecision, DB_FILE};
 use spendgate::velocity::key_hash;
 
@@ -86,19 +86,7 @@ fn traffic(e: &Engine, clock: &ManualClock, cards: &[String], prefix: &str, n: u
         let card = &cards[(i * 7919) % cards.len()];
         let id = format!("{prefix}{i}");
         let t = purchase(id.clone(), card, 100 + (i as i64 * 37) % 9_000, i % 3 == 0);
-        let approved = e
-            .authorize(&t, &AuthContext::default())
-            .map(Pending::wait)
-            .is_ok_and(|a| a.approved);
-        if approved && i % 3 == 0 {
-            let _ = e
-                .capture("p", &format!("c{id}"), &id, t.amount, true)
-                .map(Pending::wait);
-        } else if approved && i % 10 == 1 {
-            let _ = e
-                .reverse("p", &format!("r{id}"), &id, None)
-                .map(Pending::wait);
-        }
+        common::authorize_and_settle(e, &t, i);
     }
 }
 

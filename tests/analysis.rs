@@ -12,38 +12,15 @@ use common::{at, fresh_clock, rules, t0, txn};
 use rusqlite::{Connection, OpenFlags};
 use spendgate::analysis::replay::{replay, ReplayFilter, ReplayReport};
 use spendgate::analysis::{history, report};
-use spendgate::policy::load_policy_dir;
 use spendgate::service::{AuthContext, Engine, EngineConfig, Pending};
 use spendgate::store::{load_snapshot, Durability, Store, DB_FILE};
 
 /// The shipped rules with `daily_spend` allowing `count_max` approvals in 24 h.
 fn candidate(dir: &Path, count_max: u32) -> spendgate::policy::PolicySet {
-    copy_dir(Path::new("rules"), dir);
-    let file = dir.join("consumer_prepaid.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let old = "velocity: { window: 24h, amount_max: 1000.00, count_max: 20 }";
-    assert!(text.contains(old), "the shipped daily_spend rule changed");
-    std::fs::write(
-        &file,
-        text.replace(
-            old,
-            &format!("velocity: {{ window: 24h, amount_max: 1000.00, count_max: {count_max} }}"),
-        ),
+    common::rules_with_daily_spend(
+        dir,
+        &common::DAILY_SPEND.replace("count_max: 20", &format!("count_max: {count_max}")),
     )
-    .unwrap();
-    load_policy_dir(dir).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// One card, 25 purchases of 10.00 USD a minute apart (a0 … a24), and a reversal of a3

@@ -1455,29 +1455,8 @@ fn a_redefined_velocity_rule_rebuilds_its_window_from_stored_decisions() {
 
 /// The shipped rules with `daily_spend` redefined: 12 approvals in 48 h (a new window).
 fn redefined_rules(dir: &Path) -> spendgate::policy::PolicySet {
-    for sub in ["scripts", "fx"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    for f in [
-        "consumer_prepaid.yaml",
-        "corporate_expense.yaml",
-        "scripts/night_owl.rhai",
-        "scripts/new_merchant_burst.rhai",
-        "fx/rates.yaml",
-    ] {
-        std::fs::copy(Path::new("rules").join(f), dir.join(f)).unwrap();
-    }
-    let file = dir.join("consumer_prepaid.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let old = "velocity: { window: 24h, amount_max: 1000.00, count_max: 20 }";
-    assert!(text.contains(old));
-    std::fs::write(
-        &file,
-        text.replace(
-            old,
-            "velocity: { window: 48h, amount_max: 1000.00, count_max: 12 }",
-        ),
+    common::rules_with_daily_spend(
+        dir,
+        "velocity: { window: 48h, amount_max: 1000.00, count_max: 12 }",
     )
-    .unwrap();
-    load_policy_dir(dir).unwrap()
 }

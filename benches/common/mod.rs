@@ -136,3 +136,22 @@ pub fn issue_cards(
         })
         .collect()
 }
+
+/// Authorizes `t` (the `i`th of a run) and settles some approvals as traffic does: a
+/// third captured in full, a tenth of the rest reversed.
+pub fn authorize_and_settle(e: &spendgate::service::Engine, t: &Authorization, i: usize) {
+    use spendgate::service::{AuthContext, Pending};
+    let approved = e
+        .authorize(t, &AuthContext::default())
+        .map(Pending::wait)
+        .is_ok_and(|a| a.approved);
+    if approved && i % 3 == 0 {
+        let _ = e
+            .capture("p", &format!("c{}", t.id), &t.id, t.amount, true)
+            .map(Pending::wait);
+    } else if approved && i % 10 == 1 {
+        let _ = e
+            .reverse("p", &format!("r{}", t.id), &t.id, None)
+            .map(Pending::wait);
+    }
+}

@@ -7,20 +7,6 @@ use super::support::*;
 const POLICY: &str = "consumer-prepaid-africa";
 const DAILY: &str = "velocity: { window: 24h, amount_max: 1000.00, count_max: 20 }";
 
-fn rules_copy(rules: &Path) {
-    std::fs::create_dir_all(rules.join("scripts")).unwrap();
-    std::fs::create_dir_all(rules.join("fx")).unwrap();
-    for f in [
-        "consumer_prepaid.yaml",
-        "corporate_expense.yaml",
-        "scripts/night_owl.rhai",
-        "scripts/new_merchant_burst.rhai",
-        "fx/rates.yaml",
-    ] {
-        std::fs::copy(Path::new("rules").join(f), rules.join(f)).unwrap();
-    }
-}
-
 async fn live_version(s: &Server) -> String {
     let (_, _, p) = s
         .call(Method::GET, "/v1/policies", Some(ADMIN), None, None)
@@ -61,8 +47,7 @@ async fn versions(s: &Server) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_kept_shown_and_rolled_back_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    rules_copy(&rules);
+    let rules = rules_with(dir.path(), &[]);
     let data = dir.path().join("data");
     let mut s = Server::start_with(config(&data, &rules), None).await;
     let v1 = live_version(&s).await;

@@ -16,6 +16,34 @@ pub fn rules() -> PolicySet {
     load_policy_dir(Path::new("rules")).expect("shipped rules load")
 }
 
+/// The shipped `daily_spend` velocity line.
+pub const DAILY_SPEND: &str = "velocity: { window: 24h, amount_max: 1000.00, count_max: 20 }";
+
+/// A copy of the shipped rules (scripts and FX included) in `dir`, with `daily_spend`'s
+/// velocity line replaced by `velocity`, loaded.
+pub fn rules_with_daily_spend(dir: &Path, velocity: &str) -> PolicySet {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    copy(Path::new("rules"), dir);
+    let file = dir.join("consumer_prepaid.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(DAILY_SPEND),
+        "the shipped daily_spend rule changed"
+    );
+    std::fs::write(&file, text.replace(DAILY_SPEND, velocity)).unwrap();
+    load_policy_dir(dir).unwrap()
+}
+
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 3, 11, 0, 0).unwrap()
 }
