@@ -207,7 +207,28 @@ impl Engine {
         txn: &Authorization,
         tenant: Option<&str>,
     ) -> Result<DecisionSummary, Rejection> {
-        let card = self.card_for(tenant, &txn.card_id)?;
+        self.read_card(tenant, &txn.card_id, |c, policy, holder, program, now| {
+            let d = crate::decision::decide(policy, &c.view(holder, program), txn, now);
+            DecisionSummary::new(&d, policy, c.controls.as_deref())
+        })
+    }
+
+    /// Runs `f` on a card (of `tenant`, when given) under its lock, with its policy, its
+    /// holder's and program's shared windows and the time: reads that change nothing
+    /// (`simulate`, `limits`).
+    pub(super) fn read_card<R>(
+        &self,
+        tenant: Option<&str>,
+        card_id: &str,
+        f: impl FnOnce(
+            &super::CardState,
+            &crate::policy::CompiledPolicy,
+            Option<&crate::velocity::VelocityState>,
+            Option<&crate::velocity::VelocityState>,
+            chrono::DateTime<chrono::Utc>,
+        ) -> R,
+    ) -> Result<R, Rejection> {
+        let card = self.card_for(tenant, card_id)?;
         let policies = self.policies.load();
         let mut c = card.lock();
         let now = self.now_for(&mut c);
@@ -222,8 +243,7 @@ impl Engine {
         let program = self.program_velocity.get(&c.program).map(|p| p.clone());
         let hg = holder.as_ref().map(|h| h.lock());
         let pg = program.as_ref().map(|p| p.lock());
-        let d = crate::decision::decide(&policy, &c.view(hg.as_deref(), pg.as_deref()), txn, now);
-        Ok(DecisionSummary::new(&d, &policy, c.controls.as_deref()))
+        Ok(f(&c, &policy, hg.as_deref(), pg.as_deref(), now))
     }
 }
 

@@ -5,10 +5,11 @@
 
 use serde::Serialize;
 
-use super::{Engine, Rejection};
+use super::{CardState, Engine, Rejection};
 use crate::decision::velocity_reset;
 use crate::money::format_amount;
 use crate::policy::{Check, CompiledPolicy, Counts, VelocityScope};
+use crate::velocity::VelocityState;
 
 /// One velocity rule's standing on a card.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -45,73 +46,70 @@ impl Engine {
         tenant: Option<&str>,
         card_id: &str,
     ) -> Result<Vec<CardLimit>, Rejection> {
-        let card = self.card_for(tenant, card_id)?;
-        let policies = self.policies.load();
-        let mut c = card.lock();
-        let now = self.now_for(&mut c);
-        let policy = policies
-            .get(&c.policy)
-            .cloned()
-            .ok_or_else(|| Rejection::UnknownPolicy(c.policy.clone()))?;
-        let holder = self
-            .holder_velocity
-            .get(&c.cardholder_id)
-            .map(|h| h.clone());
-        let program = self.program_velocity.get(&c.program).map(|p| p.clone());
-        let hg = holder.as_ref().map(|h| h.lock());
-        let pg = program.as_ref().map(|p| p.lock());
-        let mut out = Vec::new();
-        let sources: [(&str, Option<&CompiledPolicy>); 2] = [
-            ("policy", Some(&policy)),
-            ("controls", c.controls.as_deref()),
-        ];
-        for (source, p) in sources {
-            let Some(p) = p else { continue };
-            for rule in &p.rules {
-                let Check::Velocity(v) = &rule.check else {
-                    continue;
-                };
-                let state = match v.scope {
-                    VelocityScope::Card => Some(&c.velocity),
-                    VelocityScope::Cardholder => hg.as_deref(),
-                    VelocityScope::Program => pg.as_deref(),
-                    // Per merchant: no single standing to report.
-                    VelocityScope::CardMerchant => continue,
-                };
-                let start_ms = v.window.start_ms(now, p.timezone);
-                let (used, oldest) = state.map_or((Default::default(), None), |s| {
-                    (s.totals(v.key, start_ms), s.oldest(v.key, start_ms))
-                });
-                let reset = velocity_reset(v, used, oldest, now.timestamp_millis(), p.timezone);
-                let money = |d| format_amount(d, p.currency);
-                out.push(CardLimit {
-                    rule: rule.id.clone(),
-                    source: source.into(),
-                    scope: v.scope.as_str().into(),
-                    window: v.window.to_string(),
-                    counts: match v.counts {
-                        Counts::Approved => "approved".into(),
-                        Counts::Declined => "declined".into(),
-                    },
-                    conditional: rule.when.is_some() || rule.unless.is_some(),
-                    currency: p.currency.code().into(),
-                    amount_max: v.amount_max.map(money),
-                    amount_used: money(used.amount),
-                    amount_left: v
-                        .amount_max
-                        .map(|m| money((m - used.amount).max(rust_decimal::Decimal::ZERO))),
-                    count_max: v.count_max,
-                    count_used: used.count,
-                    count_left: v.count_max.map(|m| u64::from(m).saturating_sub(used.count)),
-                    frees_at: reset.and_then(|r| {
-                        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(r.at_ms)
-                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                    }),
-                    frees_amount: reset.map(|r| money(r.amount)),
-                    frees_count: reset.map(|r| r.count),
-                });
-            }
-        }
-        Ok(out)
+        self.read_card(tenant, card_id, |c, policy, hg, pg, now| {
+            limits(c, policy, hg, pg, now)
+        })
     }
+}
+
+fn limits(
+    c: &CardState,
+    policy: &CompiledPolicy,
+    hg: Option<&VelocityState>,
+    pg: Option<&VelocityState>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<CardLimit> {
+    let mut out = Vec::new();
+    let sources: [(&str, Option<&CompiledPolicy>); 2] = [
+        ("policy", Some(policy)),
+        ("controls", c.controls.as_deref()),
+    ];
+    for (source, p) in sources {
+        let Some(p) = p else { continue };
+        for rule in &p.rules {
+            let Check::Velocity(v) = &rule.check else {
+                continue;
+            };
+            let state = match v.scope {
+                VelocityScope::Card => Some(&c.velocity),
+                VelocityScope::Cardholder => hg,
+                VelocityScope::Program => pg,
+                // Per merchant: no single standing to report.
+                VelocityScope::CardMerchant => continue,
+            };
+            let start_ms = v.window.start_ms(now, p.timezone);
+            let (used, oldest) = state.map_or((Default::default(), None), |s| {
+                (s.totals(v.key, start_ms), s.oldest(v.key, start_ms))
+            });
+            let reset = velocity_reset(v, used, oldest, now.timestamp_millis(), p.timezone);
+            let money = |d| format_amount(d, p.currency);
+            out.push(CardLimit {
+                rule: rule.id.clone(),
+                source: source.into(),
+                scope: v.scope.as_str().into(),
+                window: v.window.to_string(),
+                counts: match v.counts {
+                    Counts::Approved => "approved".into(),
+                    Counts::Declined => "declined".into(),
+                },
+                conditional: rule.when.is_some() || rule.unless.is_some(),
+                currency: p.currency.code().into(),
+                amount_max: v.amount_max.map(money),
+                amount_used: money(used.amount),
+                amount_left: v
+                    .amount_max
+                    .map(|m| money((m - used.amount).max(rust_decimal::Decimal::ZERO))),
+                count_max: v.count_max,
+                count_used: used.count,
+                count_left: v.count_max.map(|m| u64::from(m).saturating_sub(used.count)),
+                frees_at: reset.and_then(|r| {
+                    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(r.at_ms)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                }),
+                frees_amount: reset.map(|r| money(r.amount)),
+                frees_count: reset.map(|r| r.count),
+            });
+        }
+    }
+    out
 }

@@ -149,8 +149,10 @@ impl Engine {
     ) -> Result<(), Rejection> {
         for (seq, stored) in decisions {
             plan.max_seq = plan.max_seq.max(seq);
-            let d = decision_record::decode(&stored)
-                .map_err(|e| Rejection::InvalidPolicy(format!("a stored decision: {e}")))?;
+            let d = decision_record::decode(&stored).map_err(|e| {
+                tracing::error!(seq, error = %e, "a stored decision cannot be read");
+                Rejection::HistoryUnavailable
+            })?;
             let Some(request) = d.request() else {
                 continue;
             };

@@ -328,15 +328,16 @@ impl Store {
     }
 
     /// Stored decisions newest first while `keep` accepts them (see
-    /// [`recent_decisions`]).
+    /// [`recent_decisions`]). A long scan, so on a connection of its own: the shared
+    /// reader answers idempotency lookups of retries meanwhile.
     pub fn recent_decisions(
         &self,
         keep: impl FnMut(&StoredDecision) -> bool,
     ) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-        match self.reader.lock().as_ref() {
-            Some(c) => recent_decisions(c, keep),
-            None => Err(StoreError::Closed),
+        if self.reader.lock().is_none() {
+            return Err(StoreError::Closed);
         }
+        recent_decisions(&open_reader(&self.path)?, keep)
     }
 
     /// Stored decisions after `seq`, in commit order.

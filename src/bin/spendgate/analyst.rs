@@ -143,13 +143,7 @@ pub fn replay_cmd(a: ReplayArgs) -> ExitCode {
         }
         Ok(())
     };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spendgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(run())
 }
 
 #[derive(Debug, Args)]
@@ -205,13 +199,7 @@ pub fn gen_cmd(a: GenArgs) -> ExitCode {
         eprintln!("{} authorizations on {} cards", records.len(), a.cards);
         Ok(())
     };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spendgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(run())
 }
 
 /// `spendgate decisions`: a store's authorizations as JSON lines, oldest first.
@@ -230,13 +218,7 @@ pub fn decisions_cmd(data: &Path, card: Option<&str>) -> ExitCode {
         }
         out.flush().map_err(|e| e.to_string())
     };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spendgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(run())
 }
 
 pub fn diff_cmd(old: &Path, new: &Path, json: bool) -> ExitCode {
@@ -252,7 +234,12 @@ pub fn diff_cmd(old: &Path, new: &Path, json: bool) -> ExitCode {
         }
         Ok(())
     };
-    match run() {
+    exit(run())
+}
+
+/// A command's exit: its error, if any, on standard error.
+fn exit(r: Result<(), String>) -> ExitCode {
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spendgate: {e}");
