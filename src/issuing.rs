@@ -51,6 +51,10 @@ pub struct CardRecord {
     pub status: CardStatus,
     #[serde(default)]
     pub controls: Option<SpendingControls>,
+    /// The processor's token for this card (Lithic `card.token`, Stripe `ic_…`, Marqeta
+    /// `card_token`, Adyen payment instrument id): unique within the program.
+    #[serde(default)]
+    pub processor_card_token: Option<String>,
 }
 
 /// Lifecycle actions on a card.

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod money;
 pub mod policy;
 pub mod policy_tests;
+pub mod processors;
 pub mod reconcile;
 pub mod service;
 pub mod store;

@@ -56,6 +56,7 @@ fn setup(currency: Currency, funds: &str) -> (Engine, String) {
                 controls: None,
                 active: true,
                 expiry: None,
+                processor_card_token: None,
             },
         )
         .map(Pending::wait)

@@ -654,6 +654,7 @@ fn partial_approval_cross_currency_and_forced_posts() {
                 controls: None,
                 active: true,
                 expiry: None,
+                processor_card_token: None,
             },
         )
         .map(Pending::wait)
@@ -1008,6 +1009,7 @@ fn card_expiry_at_issue_is_validated_and_a_debt_blocks_termination() {
         controls: None,
         active: true,
         expiry: Some(expiry.into()),
+        processor_card_token: None,
     };
     let ok: CardResponse = serde_json::from_str(
         &e.issue_card("exp-ok", new("2027-01"))
@@ -1115,6 +1117,7 @@ fn recovery_replays_releases_in_time_order_with_decisions() {
         controls: None,
         active: true,
         expiry: None,
+        processor_card_token: None,
     };
     let c: CardResponse =
         serde_json::from_str(&e.issue_card("c", new).map(Pending::wait).unwrap()).unwrap();

@@ -123,6 +123,7 @@ pub fn issue_cards(
                         controls: None,
                         active: true,
                         expiry: None,
+                        processor_card_token: None,
                     },
                 )
                 .map(Pending::wait)

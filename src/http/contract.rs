@@ -19,6 +19,10 @@ pub enum Access {
     Hook,
     /// Either key.
     AnyKey,
+    /// A processor's own authentication, configured per program and processor: Lithic's
+    /// Standard Webhooks signature, `Stripe-Signature`, HTTP Basic (Marqeta), HTTP Basic
+    /// and `HmacSignature` (Adyen).
+    Processor,
 }
 
 /// A route's requirements.
@@ -107,6 +111,15 @@ impl Contract {
                 422,
                 "a business rule refused it (`invalid_amount`, `insufficient_funds`, `capture_exceeds_hold`, `card_number_in_id`, …)",
             ));
+        }
+        if self.access == Access::Processor {
+            return vec![
+                (400, "unreadable hook body (`invalid_hook_payload`); Stripe: bad signature (`invalid_signature`)"),
+                (401, "the processor's authentication does not match, or no such hook (`invalid_signature`)"),
+                (404, "no such processor (`route_not_found`)"),
+                (413, "body larger than allowed (`body_too_large`)"),
+                (429, "the program's request rate is over its quota (`rate_limited`)"),
+            ];
         }
         if matches!(self.access, Access::Program | Access::Hook) {
             p.push((
@@ -319,7 +332,9 @@ pub fn complete(doc: &mut Value, routes: &[(&str, &str, Contract)]) {
     add_links(doc);
     doc["components"]["securitySchemes"] = json!({
         "admin": {"type": "http", "scheme": "bearer", "description": "The operator's admin key (`SPENDGATE_ADMIN_KEY`)."},
-        "program": {"type": "http", "scheme": "bearer", "description": "A program's API key (`POST /v1/programs/{id}/api_keys`)."}
+        "program": {"type": "http", "scheme": "bearer", "description": "A program's API key (`POST /v1/programs/{id}/api_keys`)."},
+        "processor_basic": {"type": "http", "scheme": "basic", "description": "Marqeta and Adyen: the HTTP Basic credentials set with `PUT /v1/programs/{id}/hooks/{processor}` (Adyen also signs the body: `HmacSignature`)."},
+        "processor_signature": {"type": "apiKey", "in": "header", "name": "webhook-signature", "description": "Lithic: Standard Webhooks `webhook-id`/`webhook-timestamp`/`webhook-signature`; Stripe: `Stripe-Signature` (`t=…,v1=…`). Secrets set with `PUT /v1/programs/{id}/hooks/{processor}`."}
     });
     if let Some(t) = doc["components"]["schemas"]["ProblemBody"]["properties"].get_mut("type") {
         t["pattern"] = json!("^/problems/[a-z_]+$");
@@ -360,6 +375,7 @@ pub fn complete(doc: &mut Value, routes: &[(&str, &str, Contract)]) {
             Access::Admin => json!([{"admin": []}]),
             Access::Program | Access::Hook => json!([{"program": []}]),
             Access::AnyKey => json!([{"admin": []}, {"program": []}]),
+            Access::Processor => json!([{"processor_basic": []}, {"processor_signature": []}]),
         };
         op.insert("security".into(), security);
         let params = op

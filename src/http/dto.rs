@@ -68,6 +68,9 @@ pub struct CreateCard {
     /// Defaults to three years from the month of issue.
     #[schema(example = "2029-06")]
     pub expiry: Option<String>,
+    /// The processor's token for this card (Lithic `card.token`, Stripe `ic_…`, Marqeta
+    /// `card_token`, Adyen `paymentInstrument.id`); unique within the program.
+    pub processor_card_token: Option<String>,
 }
 
 fn yes() -> bool {
@@ -190,7 +193,27 @@ impl CallerIds for CreateCardholder {
 
 impl CallerIds for CreateCard {
     fn ids(&self) -> Vec<(&'static str, &str)> {
-        vec![("cardholder_id", self.cardholder_id.as_str())]
+        let mut ids = vec![("cardholder_id", self.cardholder_id.as_str())];
+        if let Some(t) = &self.processor_card_token {
+            ids.push(("processor_card_token", t.as_str()));
+        }
+        ids
+    }
+}
+
+/// A card's processor token; `null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorCardToken {
+    pub processor_card_token: Option<String>,
+}
+
+impl CallerIds for ProcessorCardToken {
+    fn ids(&self) -> Vec<(&'static str, &str)> {
+        self.processor_card_token
+            .as_deref()
+            .map(|t| vec![("processor_card_token", t)])
+            .unwrap_or_default()
     }
 }
 

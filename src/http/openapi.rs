@@ -2,11 +2,11 @@
 //! router is built from; the document is generated from the handlers' annotations, and a
 //! test checks that both name the same (method, path) pairs.
 
-use axum::routing::{get, patch, post, put, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use utoipa::OpenApi;
 
 use super::contract::{complete, Access, Contract};
-use super::handlers::{authorizations, cards, funding, ops, policies, programs};
+use super::handlers::{authorizations, cards, funding, hooks, ops, policies, programs};
 use super::problem::ProblemBody;
 use super::Shared;
 
@@ -19,6 +19,9 @@ use super::Shared;
     paths(
         programs::create_program,
         programs::create_api_key,
+        hooks::put_hook,
+        hooks::list_hooks,
+        hooks::delete_hook,
         funding::deposit,
         cards::create_cardholder,
         cards::update_cardholder,
@@ -31,6 +34,7 @@ use super::Shared;
         cards::report_lost,
         cards::report_stolen,
         cards::set_controls,
+        hooks::set_card_token,
         funding::fund_card,
         funding::withdraw_card,
         cards::balance,
@@ -42,6 +46,7 @@ use super::Shared;
         authorizations::reversal,
         authorizations::advice,
         authorizations::refund,
+        hooks::processor_hook,
         policies::list_policies,
         policies::reload,
         policies::versions,
@@ -96,6 +101,24 @@ pub fn routes() -> Vec<Route> {
             "post",
             "/v1/programs/{id}/api_keys",
             post(programs::create_api_key),
+            Contract::new(Admin).path_id(),
+        ),
+        r(
+            "put",
+            "/v1/programs/{id}/hooks/{processor}",
+            put(hooks::put_hook),
+            Contract::new(Admin).json().path_id(),
+        ),
+        r(
+            "get",
+            "/v1/programs/{id}/hooks",
+            get(hooks::list_hooks),
+            Contract::new(Admin).path_id(),
+        ),
+        r(
+            "delete",
+            "/v1/programs/{id}/hooks/{processor}",
+            delete(hooks::delete_hook),
             Contract::new(Admin).path_id(),
         ),
         r(
@@ -171,6 +194,12 @@ pub fn routes() -> Vec<Route> {
             Contract::new(Program).idempotent().json().path_id(),
         ),
         r(
+            "put",
+            "/v1/cards/{id}/processor_card_token",
+            put(hooks::set_card_token),
+            Contract::new(Program).idempotent().json().path_id(),
+        ),
+        r(
             "post",
             "/v1/cards/{id}/fund",
             post(funding::fund_card),
@@ -235,6 +264,14 @@ pub fn routes() -> Vec<Route> {
             "/v1/refunds",
             post(authorizations::refund),
             Contract::new(Hook).json(),
+        ),
+        r(
+            "post",
+            "/v1/hooks/{program}/{processor}",
+            post(hooks::processor_hook).layer(axum::extract::DefaultBodyLimit::max(
+                hooks::HOOK_BODY_BYTES_MAX,
+            )),
+            Contract::new(Processor),
         ),
         r(
             "get",

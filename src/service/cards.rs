@@ -30,6 +30,8 @@ pub struct NewCard {
     pub active: bool,
     /// `YYYY-MM`; defaults to three years from the month of issue.
     pub expiry: Option<String>,
+    /// The processor's token for the card, unique within the program.
+    pub processor_card_token: Option<String>,
 }
 
 /// A card is issued for at most this many months.
@@ -236,8 +238,12 @@ impl Engine {
                     CardStatus::Inactive
                 },
                 controls: new.controls.clone().filter(|c| !c.is_empty()),
+                processor_card_token: new.processor_card_token.clone(),
             };
             let state = self.state_for(&r)?;
+            if let Some(t) = &r.processor_card_token {
+                self.claim_card_token(&r.program, t, &r.id)?;
+            }
             let response = card_response(&r, &state);
             self.records.insert(r.id.clone(), r.clone());
             self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
@@ -360,7 +366,7 @@ impl Engine {
     }
 }
 
-fn card_response(r: &CardRecord, s: &CardState) -> CardResponse {
+pub(super) fn card_response(r: &CardRecord, s: &CardState) -> CardResponse {
     CardResponse {
         id: r.id.clone(),
         program: r.program.clone(),
@@ -371,6 +377,7 @@ fn card_response(r: &CardRecord, s: &CardState) -> CardResponse {
         expiry: format!("{:04}-{:02}", r.expiry.year, r.expiry.month),
         status: s.status.as_str().to_string(),
         controls: r.controls.clone(),
+        processor_card_token: r.processor_card_token.clone(),
         balance: balance(s),
     }
 }
@@ -425,6 +432,7 @@ mod tests {
             controls: None,
             active: true,
             expiry: None,
+            processor_card_token: None,
         };
         let json = e.issue_card("c", new).unwrap().wait();
         let card: CardResponse = serde_json::from_str(&json).unwrap();

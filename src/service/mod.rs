@@ -22,6 +22,7 @@ mod holds;
 mod idempotency;
 mod limits;
 mod policies;
+mod processors;
 mod rebuild;
 mod recovery;
 mod recovery_point;
@@ -176,6 +177,10 @@ pub struct Engine {
     auth_order: Mutex<std::collections::VecDeque<String>>,
     /// SHA-256 of each API key → its program.
     api_keys: DashMap<String, String>,
+    /// `program/processor card token` → card id; one entry per card that has a token.
+    card_tokens: DashMap<String, String>,
+    /// `program/processor` → that program's hook configuration (at most four per program).
+    hook_configs: DashMap<String, Arc<crate::processors::HookConfig>>,
     /// Authorizations reversed before they arrived (out-of-order messages), as
     /// `program/authorization id`; at most [`EARLY_REVERSALS_MAX`], oldest dropped first
     /// (a dropped one only means a late authorization keeps its hold until it expires).
@@ -210,6 +215,8 @@ impl Engine {
             auth_index: DashMap::new(),
             auth_order: Mutex::new(std::collections::VecDeque::new()),
             api_keys: DashMap::new(),
+            card_tokens: DashMap::new(),
+            hook_configs: DashMap::new(),
             early_reversals: DashMap::new(),
             early_reversal_order: Mutex::new(std::collections::VecDeque::new()),
             house: Mutex::new(BTreeMap::new()),

@@ -42,6 +42,8 @@ pub enum RecoveryError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Point(#[from] super::PointError),
+    #[error("stored configuration cannot be read: {0}")]
+    Corrupt(String),
 }
 
 impl Engine {
@@ -72,6 +74,9 @@ impl Engine {
         }
         for r in s.cards {
             let state = self.state_for(&r)?;
+            if let Some(t) = &r.processor_card_token {
+                self.restore_card_token(&r.program, t, &r.id);
+            }
             self.records.insert(r.id.clone(), r.clone());
             self.cards.insert(r.id.clone(), Arc::new(Mutex::new(state)));
         }
@@ -168,6 +173,10 @@ impl Engine {
         }
         for (hash, program) in s.api_keys {
             self.api_keys.insert(hash, program);
+        }
+        for (program, json) in &s.hook_configs {
+            self.restore_hook_config(program, json)
+                .map_err(|e| RecoveryError::Corrupt(format!("hook of {program}: {e}")))?;
         }
         for (_, key, _, response) in s
             .idempotency

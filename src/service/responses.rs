@@ -59,6 +59,8 @@ pub struct CardResponse {
     pub expiry: String,
     pub status: String,
     pub controls: Option<SpendingControls>,
+    /// The processor's token for the card (processor hooks find the card by it).
+    pub processor_card_token: Option<String>,
     pub balance: Balance,
 }
 

@@ -79,6 +79,8 @@ pub struct Snapshot {
     pub idempotency: Vec<(String, String, String, String)>,
     /// (SHA-256 of the key, program).
     pub api_keys: Vec<(String, String)>,
+    /// (program, hook configuration as JSON).
+    pub hook_configs: Vec<(String, String)>,
     /// The recovery point the transfers, decisions and releases above follow (live loads
     /// only; a full load has none and holds everything).
     pub point: Option<super::LoadedPoint>,
@@ -209,7 +211,7 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
         });
     }
 
-    let mut st = conn.prepare("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls FROM cards ORDER BY id")?;
+    let mut st = conn.prepare("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls, processor_card_token FROM cards ORDER BY id")?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -221,10 +223,11 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
             r.get::<_, String>(6)?,
             r.get::<_, String>(7)?,
             r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<String>>(9)?,
         ))
     })?;
     for row in rows {
-        let (id, program, cardholder_id, kind, c, last4, expiry, status, controls) = row?;
+        let (id, program, cardholder_id, kind, c, last4, expiry, status, controls, token) = row?;
         let kind: CardKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
             .map_err(|_| corrupt(format!("kind `{kind}`")))?;
         let (y, m) = expiry
@@ -249,6 +252,7 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
             expiry,
             status,
             controls,
+            processor_card_token: token,
         });
     }
 
@@ -256,6 +260,12 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     for row in rows {
         s.api_keys.push(row?);
+    }
+    let mut st =
+        conn.prepare("SELECT program, config FROM processor_hooks ORDER BY program, processor")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    for row in rows {
+        s.hook_configs.push(row?);
     }
     Ok(())
 }

@@ -115,6 +115,12 @@ pub enum Write {
         prefix: String,
         at_ms: i64,
     },
+    /// A program's configuration of a processor's hook (JSON), or its removal (`None`).
+    HookConfig {
+        program: String,
+        processor: String,
+        config: Option<String>,
+    },
 }
 
 struct Job {
@@ -487,8 +493,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 .as_ref()
                 .map(|c| serde_json::to_string(c).unwrap_or_default());
             c.prepare_cached(
-                "INSERT OR REPLACE INTO cards (id, program, cardholder_id, kind, currency, last4, expiry, status, controls)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO cards (id, program, cardholder_id, kind, currency, last4, expiry, status, controls, processor_card_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 r.id,
@@ -499,7 +505,8 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 r.last4,
                 format!("{:04}-{:02}", r.expiry.year, r.expiry.month),
                 r.status.as_str(),
-                controls
+                controls,
+                r.processor_card_token
             ])?;
         }
         Write::Transfer(t) => {
@@ -625,6 +632,24 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
                 "INSERT INTO api_keys (hash, program, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![hash, program, prefix, at_ms])?;
+        }
+        Write::HookConfig {
+            program,
+            processor,
+            config: Some(config),
+        } => {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO processor_hooks (program, processor, config) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![program, processor, config])?;
+        }
+        Write::HookConfig {
+            program,
+            processor,
+            config: None,
+        } => {
+            c.prepare_cached("DELETE FROM processor_hooks WHERE program = ?1 AND processor = ?2")?
+                .execute(params![program, processor])?;
         }
     }
     Ok(())

@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS cardholders (
 CREATE TABLE IF NOT EXISTS cards (
     id TEXT PRIMARY KEY, program TEXT NOT NULL, cardholder_id TEXT NOT NULL, kind TEXT NOT NULL,
     currency TEXT NOT NULL, last4 TEXT NOT NULL, expiry TEXT NOT NULL, status TEXT NOT NULL,
-    controls TEXT);
+    controls TEXT, processor_card_token TEXT);
 CREATE TABLE IF NOT EXISTS transfers (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
     reference TEXT NOT NULL, fx_rate TEXT, forced INTEGER NOT NULL, at_ms INTEGER NOT NULL);
@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS policy_activations (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, policy TEXT NOT NULL, version TEXT NOT NULL,
     at_ms INTEGER NOT NULL, by TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS policy_activations_policy ON policy_activations(policy, seq);
+CREATE TABLE IF NOT EXISTS processor_hooks (
+    program TEXT NOT NULL, processor TEXT NOT NULL, config TEXT NOT NULL,
+    PRIMARY KEY (program, processor)) WITHOUT ROWID;
 ";
 
 /// Decisions as versions 2 to 4 wrote them: text columns, the answer as JSON. A store
@@ -74,11 +77,13 @@ CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 // Version 3 → 4 only adds tables and an index (`recovery_point`, `recovery_states`,
 // `holds_live`): `SCHEMA` creates them. Version 4 → 5 writes decisions as compact records
 // to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`; and keeps
 // every policy version that went live (`policy_versions`, `policy_activations`).
+// Version 5 → 6: cards carry their processor's card token (unique per program) and
+// programs their processor hooks (`processor_hooks`).
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.
@@ -127,6 +132,19 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                 "ALTER TABLE holds ADD COLUMN captured_txn TEXT NOT NULL DEFAULT '0'",
             )?;
         }
+        // Version 5 → 6: a card's processor token, unique within its program.
+        let has_token: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('cards') WHERE name = 'processor_card_token'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_token {
+            conn.execute_batch("ALTER TABLE cards ADD COLUMN processor_card_token TEXT")?;
+        }
+        conn.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS cards_processor_token ON cards(program, processor_card_token)
+             WHERE processor_card_token IS NOT NULL",
+        )?;
         // Version 4 → 5: older decisions stay where they are (their rows lack the request
         // a compact record keeps); new ones continue their sequence in `decision_log`, so
         // recovery points and the log tail keep one order. An empty old table goes.

@@ -79,6 +79,7 @@ pub fn run(data: &Path, rules: &Path, cards: usize, threads: usize, policy: &str
                     controls: None,
                     active: true,
                     expiry: None,
+                    processor_card_token: None,
                 };
                 let json = engine.issue_card(&format!("card-{i}"), new)?.wait();
                 let card: spendgate::service::responses::CardResponse = serde_json::from_str(&json)

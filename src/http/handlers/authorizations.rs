@@ -1,6 +1,7 @@
 //! The processor-facing hooks: authorizations (with the decision deadline), simulate,
 //! captures, reversals, stand-in advices, refunds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -10,7 +11,7 @@ use super::{json, respond, to_json, ApiResult};
 use crate::decision::{Authorization, DecisionSummary};
 use crate::http::dto::{AdviceBody, CallerIds, CaptureBody, RefundBody, ReversalBody};
 use crate::http::extract::{amount, own_auth, own_card, Body, Hook, IdemKey, PathId, Tenant};
-use crate::http::problem::ProblemBody;
+use crate::http::problem::{Problem, ProblemBody};
 use crate::http::{RequestId, Shared};
 use crate::service::responses::{
     format_error, AuthorizationResponse, HoldResponse, ReversalResponse, TransferResponse,
@@ -27,22 +28,37 @@ pub async fn authorize(
 ) -> ApiResult {
     let arrival = Instant::now();
     let request_id = rid.map(|r| r.0 .0).unwrap_or_default();
-    let txn = hook.body;
-    // Malformed ids get a format-error decision (30) before any lookup, log or write.
+    let budget = Duration::from_millis(s.config.deadline_ms);
+    let answer = decide_within(&s, &hook.body, &hook.program, &request_id, budget, arrival).await?;
+    Ok(json(StatusCode::OK, answer))
+}
+
+/// Decides `txn` for `program` within `budget` from `arrival` and answers the decision's
+/// JSON once durable (or, past the budget, a durable 91). Malformed ids are a
+/// format-error decision (30) before any lookup, log or write; a decision that is not
+/// durable in time is answered 91 and its hold voided, durably. Shared by our own hook
+/// and the processor adapters.
+pub async fn decide_within(
+    s: &Shared,
+    txn: &Authorization,
+    program: &str,
+    request_id: &str,
+    budget: Duration,
+    arrival: Instant,
+) -> Result<Arc<str>, Problem> {
     for (field, id) in txn.ids() {
         if let Err(e) = crate::domain::check_id(id) {
-            let r = format_error(&txn, &format!("{field} {e}"));
+            let r = format_error(txn, &format!("{field} {e}"));
             metrics::counter!("spendgate_decisions_total", "code" => "30", "rule" => "")
                 .increment(1);
-            return Ok(to_json(StatusCode::OK, &r));
+            return Ok(serde_json::to_string(&r).unwrap_or_default().into());
         }
     }
-    let budget = Duration::from_millis(s.config.deadline_ms);
     let ctx = AuthContext {
-        tenant: Some(&hook.program),
-        request_id: &request_id,
+        tenant: Some(program),
+        request_id,
     };
-    let pending = s.engine.authorize(&txn, &ctx)?;
+    let pending = s.engine.authorize(txn, &ctx)?;
     let replayed = pending.peek().replayed;
     let remaining = budget.saturating_sub(arrival.elapsed());
     let on_time = if replayed {
@@ -59,7 +75,7 @@ pub async fn authorize(
         None => {
             // Too late: answer 91 and void whatever hold the decision placed, durably.
             metrics::counter!("spendgate_deadline_missed_total").increment(1);
-            let json = s.engine.abandon_authorization(&txn, &ctx).durable().await;
+            let json = s.engine.abandon_authorization(txn, &ctx).durable().await;
             (json, "91".to_string(), None)
         }
     };
@@ -67,7 +83,7 @@ pub async fn authorize(
     metrics::counter!("spendgate_decisions_total", "code" => code.clone(), "rule" => rule.clone().unwrap_or_default()).increment(1);
     metrics::histogram!("spendgate_decision_latency_seconds").record(latency.as_secs_f64());
     tracing::info!(request_id = %request_id, card = %txn.card_id, authorization = %txn.id, code = %code, rule = ?rule, replayed, latency_us = latency.as_micros() as u64, "decision");
-    Ok(json(StatusCode::OK, body))
+    Ok(body)
 }
 
 #[utoipa::path(post, path = "/v1/simulate", tag = "authorizations", request_body = Authorization,

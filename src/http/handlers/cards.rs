@@ -72,6 +72,7 @@ pub async fn create_card(
         controls: b.controls,
         active: b.active,
         expiry: b.expiry,
+        processor_card_token: b.processor_card_token,
     };
     respond(StatusCode::CREATED, s.engine.issue_card(&key, new)).await
 }

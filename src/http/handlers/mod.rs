@@ -5,6 +5,7 @@
 pub mod authorizations;
 pub mod cards;
 pub mod funding;
+pub mod hooks;
 pub mod ops;
 pub mod policies;
 pub mod programs;

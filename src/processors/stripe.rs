@@ -1,0 +1,174 @@
+//! Stripe Issuing real-time authorizations: the `issuing_authorization.request` event in,
+//! `{"approved": …}` with a `Stripe-Version` header out (processor-hooks.md §2;
+//! stripe/stripe-python `issuing/_authorization.py`). Amounts are integer minor units of
+//! the card currency in `pending_request`; currencies are lowercase; countries alpha-2.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    currency, from_minor, to_minor, txn_type, Answer, AuthRequest, HookError, MerchantFields,
+    Message, Outcome, Parsed,
+};
+use crate::decision::Authorization;
+use crate::domain::Channel;
+
+/// Answered when neither the event nor the hook's configuration names a version.
+pub const STRIPE_VERSION_DEFAULT: &str = "2024-06-20";
+
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    api_version: Option<String>,
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    object: Value,
+}
+
+#[derive(Deserialize)]
+struct IssuingAuthorization {
+    id: String,
+    card: CardRef,
+    pending_request: Option<PendingRequest>,
+    merchant_data: Option<MerchantData>,
+    authorization_method: Option<String>,
+    card_presence: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CardRef {
+    Object { id: String },
+    Id(String),
+}
+
+#[derive(Deserialize)]
+struct PendingRequest {
+    amount: i64,
+    currency: String,
+    #[serde(default)]
+    is_amount_controllable: bool,
+}
+
+#[derive(Deserialize)]
+struct MerchantData {
+    category_code: Option<String>,
+    country: Option<String>,
+    name: Option<String>,
+    network_id: Option<String>,
+}
+
+const REQUEST: &str = "issuing_authorization.request";
+
+pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
+    let e: Event = serde_json::from_slice(body)?;
+    let echo = e.api_version.clone().map_or(Value::Null, Value::String);
+    if e.kind != REQUEST {
+        return Ok(Parsed {
+            message: Message::Informational { kind: e.kind },
+            echo,
+        });
+    }
+    let object = e
+        .data
+        .ok_or_else(|| HookError("`data.object` is required".into()))?
+        .object;
+    let a: IssuingAuthorization = serde_json::from_value(object).map_err(|err| {
+        HookError(format!(
+            "`data.object` is not an issuing authorization: {err}"
+        ))
+    })?;
+    let p = a
+        .pending_request
+        .ok_or_else(|| HookError("`pending_request` is null: nothing to decide".into()))?;
+    if p.amount < 0 {
+        return Err(HookError(
+            "`pending_request.amount` must not be negative".into(),
+        ));
+    }
+    let cur = currency(&p.currency)?;
+    let amount = from_minor(p.amount, cur);
+    let m = a.merchant_data.as_ref();
+    let merchant = MerchantFields {
+        id: m.and_then(|m| m.network_id.as_deref()),
+        name: m.and_then(|m| m.name.as_deref()),
+        mcc: m.and_then(|m| m.category_code.as_deref()),
+        country: m.and_then(|m| m.country.as_deref()),
+    }
+    .to_merchant()?;
+    let channel = channel(
+        a.authorization_method.as_deref(),
+        a.card_presence.as_deref(),
+        merchant.mcc.value(),
+    );
+    let card_token = match a.card {
+        CardRef::Object { id } | CardRef::Id(id) => id,
+    };
+    Ok(Parsed {
+        message: Message::Authorize(AuthRequest {
+            card_token,
+            authorization: Authorization {
+                id: a.id,
+                card_id: String::new(),
+                amount,
+                currency: cur,
+                txn_type: txn_type(amount, channel, merchant.mcc),
+                merchant,
+                channel,
+                timestamp: None,
+                partial_ok: p.is_amount_controllable,
+            },
+            capture_on_approval: false,
+        }),
+        echo,
+    })
+}
+
+/// `authorization_method` (`chip`, `contactless`, `keyed_in`, `online`, `swipe`) and
+/// `card_presence`; cash at an ATM by its MCC.
+fn channel(method: Option<&str>, presence: Option<&str>, mcc: u16) -> Channel {
+    match method {
+        _ if mcc == 6011 => Channel::Atm,
+        Some("contactless") => Channel::Contactless,
+        Some("chip") | Some("swipe") => Channel::Pos,
+        Some("keyed_in") if presence == Some("present") => Channel::Pos,
+        Some("keyed_in") => Channel::Moto,
+        _ => Channel::Ecommerce,
+    }
+}
+
+pub fn answer(parsed: &Parsed, outcome: &Outcome) -> Answer {
+    let version = parsed.echo.as_str().map(str::to_string);
+    let mut a = match outcome {
+        Outcome::Decision {
+            approved,
+            code,
+            rule,
+            amount_approved,
+            currency,
+            ..
+        } => {
+            // Stripe takes no reason; metadata keeps ours on the authorization.
+            let mut metadata = json!({"spendgate_code": code});
+            if let Some(r) = rule {
+                metadata["spendgate_rule"] = json!(r);
+            }
+            let mut body = json!({"approved": approved, "metadata": metadata});
+            let controllable =
+                matches!(&parsed.message, Message::Authorize(r) if r.authorization.partial_ok);
+            if *approved && code == "10" && controllable {
+                body["amount"] = json!(to_minor(*amount_approved, *currency));
+            }
+            Answer::ok(body)
+        }
+        Outcome::Balance { .. } | Outcome::Done => Answer::ok(json!({"received": true})),
+    };
+    if let Some(v) = version {
+        a.headers.push(("Stripe-Version", v));
+    }
+    a
+}
