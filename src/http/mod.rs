@@ -117,6 +117,10 @@ async fn request_context(req: Request, next: Next) -> Response {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Marks a response written in a processor's format.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessorAnswer;
+
 async fn fallback() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
 }
@@ -128,7 +132,8 @@ async fn framework_problems(req: Request, next: Next) -> Response {
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem {
+    // A processor's own answer (Marqeta's 402 decline) is not ours to rewrite.
+    if is_problem || res.extensions().get::<ProcessorAnswer>().is_some() {
         return res;
     }
     match res.status() {

@@ -138,12 +138,12 @@ pub fn answer(parsed: &Parsed, outcome: &Outcome) -> Answer {
         Outcome::Decision { approved: true, .. } => {
             json!({"authorisationDecision": {"status": "Authorised"}})
         }
-        Outcome::Decision {
-            code, reason, rule, ..
-        } => {
+        Outcome::Decision { code, rule, .. } => {
+            let meaning =
+                crate::domain::ResponseCode::parse(code).map_or("declined", |c| c.meaning());
             let why = match rule {
-                Some(r) => format!("{code} {reason} (rule {r})"),
-                None => format!("{code} {reason}"),
+                Some(r) => format!("{code} {meaning} (rule {r})"),
+                None => format!("{code} {meaning}"),
             };
             json!({"authorisationDecision": {"status": "Refused", "refusalReason": why}})
         }

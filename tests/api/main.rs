@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod money;
 mod ops;
+mod processors;
 mod reload;
 mod signatures;
 mod tenancy;

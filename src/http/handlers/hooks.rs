@@ -18,7 +18,7 @@ use super::{respond, to_json, ApiResult};
 use crate::http::dto::{CallerIds, ProcessorCardToken};
 use crate::http::extract::{checked_id, Admin, Body, IdemKey, OwnedCard};
 use crate::http::problem::{Problem, ProblemBody};
-use crate::http::{RequestId, Shared};
+use crate::http::{ProcessorAnswer, RequestId, Shared};
 use crate::money::Currency;
 use crate::processors::{
     stripe, unknown_card_id, Answer, Credentials, HookConfig, Message, Outcome, Parsed, Processor,
@@ -122,6 +122,7 @@ fn render(a: Answer) -> Response {
         a.body.to_string(),
     )
         .into_response();
+    r.extensions_mut().insert(ProcessorAnswer);
     for (name, value) in a.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
             r.headers_mut().insert(name, v);
