@@ -3,46 +3,25 @@
 
 use std::num::NonZeroU32;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use super::problem::Problem;
+use crate::processors::auth;
 use axum::http::{HeaderMap, StatusCode};
 
 /// Signatures older or newer than this are refused.
-pub const SIGNATURE_TOLERANCE_S: i64 = 300;
+pub const SIGNATURE_TOLERANCE_S: i64 = auth::SIGNATURE_TOLERANCE_S;
 
 /// A hook secret in Standard Webhooks form: `whsec_` + base64 of the key bytes.
 pub fn parse_secret(s: &str) -> Result<Vec<u8>, String> {
-    let b64 = s.trim().strip_prefix("whsec_").unwrap_or(s.trim());
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "hook secret must be whsec_ + base64".to_string())?;
-    if bytes.len() < 16 {
-        return Err("hook secret must be at least 16 bytes".into());
-    }
-    Ok(bytes)
+    auth::parse_whsec(s)
 }
 
 /// Computes the `v1,<base64>` signature of `id.timestamp.body`.
 pub fn sign(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
+    auth::standard_webhooks_sign(secret, id, timestamp, body)
 }
 
-/// Verifies Standard Webhooks signatures. (The `standardwebhooks` crate reads the system
-/// clock itself, takes one secret, refuses non-UTF-8 bodies and copies each body into a
-/// string; this verifier takes the time as an argument, tries the current and previous
-/// secret and works on raw bytes. Its output is checked against that crate's in the tests.)
+/// Verifies Standard Webhooks signatures on our own hook (the same scheme Lithic uses:
+/// `processors::auth::verify_standard_webhooks`).
 ///
 /// The signature covers `webhook-id.webhook-timestamp.body`. A request seen again within
 /// the tolerance is a retry, not an attack: every hook operation is idempotent by a
@@ -68,45 +47,8 @@ impl HookVerifier {
         if !self.enabled() {
             return Ok(());
         }
-        let bad =
-            |d: &str| Problem::new(StatusCode::UNAUTHORIZED, "invalid_signature", d.to_string());
-        let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-        let id = get("webhook-id").ok_or_else(|| bad("missing webhook-id header"))?;
-        let ts: i64 = get("webhook-timestamp")
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| bad("missing or invalid webhook-timestamp header"))?;
-        let sigs =
-            get("webhook-signature").ok_or_else(|| bad("missing webhook-signature header"))?;
-        // Checked: a crafted timestamp (i64::MIN) must not overflow the subtraction.
-        let skew_s = now_s.checked_sub(ts).map(i64::unsigned_abs);
-        if skew_s.is_none_or(|s| s > SIGNATURE_TOLERANCE_S.unsigned_abs()) {
-            return Err(bad("webhook-timestamp is outside the 5-minute tolerance"));
-        }
-        if id.is_empty() || id.len() > 128 {
-            return Err(bad("webhook-id must be 1 to 128 characters"));
-        }
-        let valid = self.secrets.iter().any(|secret| {
-            sigs.split_whitespace().any(|candidate| {
-                let Some(b64) = candidate.strip_prefix("v1,") else {
-                    return false;
-                };
-                let Ok(given) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-                    return false;
-                };
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-                mac.update(id.as_bytes());
-                mac.update(b".");
-                mac.update(ts.to_string().as_bytes());
-                mac.update(b".");
-                mac.update(body);
-                mac.verify_slice(&given).is_ok()
-            })
-        });
-        if !valid {
-            return Err(bad("no webhook-signature matches"));
-        }
-        Ok(())
+        auth::verify_standard_webhooks(&self.secrets, headers, body, now_s)
+            .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.0))
     }
 }
 

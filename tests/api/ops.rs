@@ -121,14 +121,18 @@ async fn every_route_answers_the_problems_its_contract_declares() {
     let mut checked = 0;
     for r in spendgate::http::routes() {
         let c = r.contract;
-        let path = r.path.replace(
-            "{id}",
-            if r.path.starts_with("/v1/programs") {
-                "ng"
-            } else {
-                &card
-            },
-        );
+        let path = r
+            .path
+            .replace(
+                "{id}",
+                if r.path.starts_with("/v1/programs") {
+                    "ng"
+                } else {
+                    &card
+                },
+            )
+            .replace("{program}", "ng")
+            .replace("{processor}", "lithic");
         let method = Method::from_bytes(r.method.to_uppercase().as_bytes()).unwrap();
         let op = &doc["paths"][r.path][r.method];
         let declared = |status: StatusCode| {
