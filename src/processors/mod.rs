@@ -217,6 +217,36 @@ impl Answer {
     }
 }
 
+/// The fields of our decision an adapter answers with.
+#[derive(Deserialize)]
+struct DecisionFields {
+    approved: bool,
+    response_code: String,
+    reason: String,
+    rule: Option<String>,
+    amount_approved: String,
+    currency: Currency,
+    available_after: Option<String>,
+}
+
+/// Our decision's JSON answer (`AuthorizationResponse`) as an adapter's [`Outcome`].
+pub fn decision_outcome(json: &str) -> Result<Outcome, HookError> {
+    let d: DecisionFields = serde_json::from_str(json)?;
+    let dec = |s: &str| {
+        s.parse::<Decimal>()
+            .map_err(|_| HookError(format!("decision amount `{s}`")))
+    };
+    Ok(Outcome::Decision {
+        approved: d.approved,
+        code: d.response_code,
+        reason: d.reason,
+        rule: d.rule,
+        amount_approved: dec(&d.amount_approved)?,
+        currency: d.currency,
+        available: d.available_after.as_deref().map(dec).transpose()?,
+    })
+}
+
 /// Integer minor units (Lithic, Stripe, Adyen) to an exact amount in `currency`.
 pub fn from_minor(minor: i64, currency: Currency) -> Decimal {
     Decimal::new(minor, currency.exponent())

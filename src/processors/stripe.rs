@@ -16,17 +16,19 @@ use crate::domain::Channel;
 /// Answered when neither the event nor the hook's configuration names a version.
 pub const STRIPE_VERSION_DEFAULT: &str = "2024-06-20";
 
+/// The event envelope; `T` is what `data.object` is read as (skipped first, to learn
+/// the type without building a tree of the whole body).
 #[derive(Deserialize)]
-struct Event {
+struct Event<T> {
     #[serde(rename = "type")]
     kind: String,
     api_version: Option<String>,
-    data: Option<Data>,
+    data: Option<Data<T>>,
 }
 
 #[derive(Deserialize)]
-struct Data {
-    object: Value,
+struct Data<T> {
+    object: T,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +67,7 @@ struct MerchantData {
 const REQUEST: &str = "issuing_authorization.request";
 
 pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
-    let e: Event = serde_json::from_slice(body)?;
+    let e: Event<serde::de::IgnoredAny> = serde_json::from_slice(body)?;
     let echo = e.api_version.clone().map_or(Value::Null, Value::String);
     if e.kind != REQUEST {
         return Ok(Parsed {
@@ -73,15 +75,15 @@ pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
             echo,
         });
     }
-    let object = e
-        .data
-        .ok_or_else(|| HookError("`data.object` is required".into()))?
-        .object;
-    let a: IssuingAuthorization = serde_json::from_value(object).map_err(|err| {
+    let e: Event<IssuingAuthorization> = serde_json::from_slice(body).map_err(|err| {
         HookError(format!(
             "`data.object` is not an issuing authorization: {err}"
         ))
     })?;
+    let a = e
+        .data
+        .ok_or_else(|| HookError("`data.object` is required".into()))?
+        .object;
     let p = a
         .pending_request
         .ok_or_else(|| HookError("`pending_request` is null: nothing to decide".into()))?;

@@ -11,7 +11,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
-use serde::Deserialize;
 
 use super::authorizations::decide_within;
 use super::{respond, to_json, ApiResult};
@@ -131,33 +130,6 @@ fn render(a: Answer) -> Response {
     r
 }
 
-/// The fields of our decision an adapter answers with.
-#[derive(Deserialize)]
-struct DecisionFields {
-    approved: bool,
-    response_code: String,
-    reason: String,
-    rule: Option<String>,
-    amount_approved: String,
-    currency: Currency,
-    available_after: Option<String>,
-}
-
-fn decision_outcome(json: &str) -> Result<Outcome, Problem> {
-    let d: DecisionFields = serde_json::from_str(json)
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let dec = |s: &str| s.parse::<Decimal>().unwrap_or(Decimal::ZERO);
-    Ok(Outcome::Decision {
-        approved: d.approved,
-        code: d.response_code,
-        reason: d.reason,
-        rule: d.rule,
-        amount_approved: dec(&d.amount_approved),
-        currency: d.currency,
-        available: d.available_after.as_deref().map(dec),
-    })
-}
-
 /// A follow-up (capture, reversal, refund, advice) is applied and made durable, never
 /// declined: the processor has already moved the money. One the engine refuses (an
 /// unknown authorization, a capture beyond its hold) is counted and logged for
@@ -197,7 +169,8 @@ async fn run(
             txn.card_id = card(&req.card_token).unwrap_or_else(|| unknown_card_id(&req.card_token));
             let budget = Duration::from_millis(cfg.deadline_ms);
             let answered = decide_within(s, &txn, program, request_id, budget, arrival).await?;
-            let outcome = decision_outcome(&answered)?;
+            let outcome = crate::processors::decision_outcome(&answered)
+                .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.0))?;
             if let Outcome::Decision {
                 approved: true,
                 amount_approved,
