@@ -415,6 +415,224 @@ mod tests {
         assert!(country("").is_none());
     }
 
+    const LITHIC_DECLINES: [&str; 8] = [
+        "AVS_INVALID",
+        "CARD_PAUSED",
+        "INSUFFICIENT_FUNDS",
+        "UNAUTHORIZED_MERCHANT",
+        "VELOCITY_EXCEEDED",
+        "DRIVER_NUMBER_INVALID",
+        "VEHICLE_NUMBER_INVALID",
+        "SUSPECTED_FRAUD",
+    ];
+    /// Marqeta's swagger (2024-01-19) `decline_reason` enum.
+    const MARQETA_DECLINES: [&str; 21] = [
+        "INVALID_AMOUNT",
+        "INSUFFICIENT_FUNDS",
+        "TRANSACTION_NOT_PERMITTED",
+        "SUSPECTED_FRAUD",
+        "AMOUNT_LIMIT_EXCEEDED",
+        "TRANSACTION_COUNT_LIMIT_EXCEEDED",
+        "DUPLICATE_TRANSACTION",
+        "INVALID_MERCHANT",
+        "INVALID_CARD",
+        "NO_CREDIT_ACCOUNT",
+        "EXPIRED_CARD",
+        "NO_CHECKING_ACCOUNT",
+        "NO_SAVINGS_ACCOUNT",
+        "STOP_PAYMENT",
+        "REVOCATION_AUTHORIZATION_ORDER",
+        "REVOCATION_ALL_AUTHORIZATION_ORDER",
+        "SOFT_DECLINE_AUTHENTICATION_REQUIRED",
+        "CLOSED_ACCOUNT",
+        "SOFT_DECLINE_PIN_REQUIRED",
+        "CARD_NOT_ACTIVE",
+        "CARDHOLDER_NOT_ACTIVE",
+    ];
+
+    fn declines() -> impl Iterator<Item = (&'static str, &'static str)> {
+        crate::domain::KNOWN_CODES
+            .iter()
+            .copied()
+            .filter(|(c, _)| !matches!(*c, "00" | "10"))
+    }
+
+    fn declined(code: &str) -> Outcome {
+        Outcome::Decision {
+            approved: false,
+            code: code.into(),
+            reason: "r".into(),
+            rule: None,
+            amount_approved: Decimal::ZERO,
+            currency: Currency::USD,
+            available: None,
+        }
+    }
+
+    fn informational() -> Parsed {
+        Parsed {
+            message: Message::Informational { kind: "x".into() },
+            echo: serde_json::json!({"token": "j1", "method": "pgfs.authorization", "amount": 1}),
+        }
+    }
+
+    #[test]
+    fn every_decline_code_is_answered_in_each_processors_own_vocabulary() {
+        for (code, meaning) in declines() {
+            let lithic = lithic::decline_result(code);
+            assert!(LITHIC_DECLINES.contains(&lithic), "{code} → {lithic}");
+            let marqeta = marqeta::decline_reason(code);
+            assert!(MARQETA_DECLINES.contains(&marqeta), "{code} → {marqeta}");
+            let p = informational();
+            let a = Processor::Lithic.answer(&p, &declined(code));
+            assert_eq!(a.body["result"], lithic);
+            let a = Processor::Marqeta.answer(&p, &declined(code));
+            assert_eq!(
+                (a.status, a.body["jit_funding"]["decline_reason"].as_str()),
+                (402, Some(marqeta))
+            );
+            assert_eq!(
+                a.body["jit_funding"]["token"], "j1",
+                "the request's jit_funding is echoed"
+            );
+            let a = Processor::Stripe.answer(&p, &declined(code));
+            assert_eq!(a.body["approved"], false);
+            assert_eq!(a.body["metadata"]["spendgate_code"], code);
+            let a = Processor::Adyen.answer(&p, &declined(code));
+            assert_eq!(a.body["authorisationDecision"]["status"], "Refused");
+            assert_eq!(
+                a.body["authorisationDecision"]["refusalReason"],
+                format!("{code} {meaning}")
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_table_shows_every_decline_code_as_the_code_answers_it() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (code, meaning) in declines() {
+            let row = format!(
+                "| {code} | {meaning} | `{}` | `approved: false` | `{}` | `Refused`, \"{code} {meaning}\" |",
+                lithic::decline_result(code),
+                marqeta::decline_reason(code)
+            );
+            assert!(readme.contains(&row), "README lacks the row: {row}");
+        }
+    }
+
+    #[test]
+    fn channels_and_types_follow_each_processors_point_of_sale_fields() {
+        let lithic = |pos: serde_json::Value| {
+            let mut a: serde_json::Value = serde_json::from_str(include_str!(
+                "../../tests/fixtures/processors/lithic_asa.json"
+            ))
+            .unwrap();
+            a["pos"] = pos;
+            match Processor::Lithic
+                .parse_message(a.to_string().as_bytes())
+                .unwrap()
+                .message
+            {
+                Message::Authorize(r) => (r.authorization.channel, r.authorization.txn_type),
+                m => panic!("{m:?}"),
+            }
+        };
+        use crate::domain::{Channel as C, TxnType as T};
+        assert_eq!(lithic(serde_json::json!(null)), (C::Ecommerce, T::Purchase));
+        assert_eq!(
+            lithic(serde_json::json!({"entry_mode": {"pan": "CONTACTLESS", "card": "PRESENT"}})),
+            (C::Contactless, T::Purchase)
+        );
+        assert_eq!(
+            lithic(serde_json::json!({"entry_mode": {"pan": "ICC", "card": "PRESENT"}})),
+            (C::Pos, T::Purchase)
+        );
+        assert_eq!(
+            lithic(serde_json::json!({"entry_mode": {"cardholder": "MAIL_ORDER"}})),
+            (C::Moto, T::Purchase)
+        );
+        assert_eq!(
+            lithic(serde_json::json!({"terminal": {"type": "ATM"}})),
+            (C::Atm, T::Withdrawal)
+        );
+        let adyen: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/processors/adyen_relayed.json"
+        ))
+        .unwrap();
+        match Processor::Adyen
+            .parse_message(adyen.to_string().as_bytes())
+            .unwrap()
+            .message
+        {
+            Message::Authorize(r) => {
+                assert_eq!(r.authorization.channel, C::Contactless);
+                assert_eq!(r.authorization.amount.to_string(), "27.00");
+                assert_eq!(r.authorization.merchant.country.as_str(), "NL");
+                assert_eq!(r.card_token, "PI123ABCDEFGHIJKLMN456789");
+            }
+            m => panic!("{m:?}"),
+        }
+        let mut credit = adyen.clone();
+        credit["amount"]["value"] = serde_json::json!(2700);
+        let p = Processor::Adyen
+            .parse_message(credit.to_string().as_bytes())
+            .unwrap();
+        let a = Processor::Adyen.answer(&p, &Outcome::Done);
+        assert_eq!(
+            a.body["authorisationDecision"]["status"], "Authorised",
+            "a credit is never refused"
+        );
+    }
+
+    #[test]
+    fn marqeta_methods_map_to_decisions_follow_ups_and_informational_messages() {
+        let jit: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/processors/marqeta_jit_authorization.json"
+        ))
+        .unwrap();
+        let kind = |method: &str| {
+            let mut m = jit.clone();
+            m["gpa_order"]["jit_funding"]["method"] = serde_json::json!(method);
+            m["gpa_order"]["jit_funding"]["original_jit_funding_token"] = serde_json::json!("orig");
+            match Processor::Marqeta
+                .parse_message(m.to_string().as_bytes())
+                .unwrap()
+                .message
+            {
+                Message::Authorize(r) if r.capture_on_approval => "decide+capture",
+                Message::Authorize(_) => "decide",
+                Message::Capture {
+                    authorization_id, ..
+                } => {
+                    assert_eq!(authorization_id, "orig");
+                    "capture"
+                }
+                Message::Reversal { .. } => "reversal",
+                Message::Refund { .. } => "refund",
+                Message::Advice { .. } => "advice",
+                Message::BalanceInquiry { .. } => "balance",
+                Message::Informational { .. } => "informational",
+            }
+        };
+        for (method, expected) in [
+            ("pgfs.authorization", "decide"),
+            ("pgfs.authorization.incremental", "decide"),
+            ("pgfs.pindebit.atm.withdrawal", "decide"),
+            ("pgfs.auth_plus_capture", "decide+capture"),
+            ("pgfs.authorization.clearing", "capture"),
+            ("pgfs.atm.clearing.withdrawal", "capture"),
+            ("pgfs.authorization.reversal", "reversal"),
+            ("pgfs.refund", "refund"),
+            ("pgfs.authorization.standin", "advice"),
+            ("pgfs.balanceinquiry", "balance"),
+            ("pgfs.dispute.credit", "informational"),
+            ("pgfs.directdeposit.credit", "informational"),
+        ] {
+            assert_eq!(kind(method), expected, "{method}");
+        }
+    }
+
     #[test]
     fn currencies_in_any_case() {
         assert_eq!(currency("usd").unwrap(), Currency::USD);
