@@ -157,7 +157,7 @@ fn constraint(field: &str) -> Option<Value> {
         .map(|c| c.as_str().to_string())
         .collect();
     Some(match field {
-        "id" | "card_id" | "cardholder_id" | "authorization_id" => id,
+        "id" | "card_id" | "cardholder_id" | "authorization_id" | "processor_card_token" => id,
         "amount" | "amount_max" => amount,
         "currency" => json!({"enum": currencies}),
         "country" | "allowed_countries" | "blocked_countries" => json!({"enum": countries}),

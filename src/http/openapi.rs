@@ -57,7 +57,7 @@ use super::Shared;
         ops::metrics_endpoint,
         ops::openapi_json
     ),
-    components(schemas(ProblemBody))
+    components(schemas(ProblemBody, crate::processors::Processor))
 )]
 pub struct ApiDoc;
 
@@ -335,6 +335,34 @@ mod tests {
                 .iter()
                 .for_each(|(k, x)| nulls(x, &format!("{at}/{k}"), out)),
             _ => {}
+        }
+    }
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+                    out.push(r.to_string());
+                }
+                o.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let doc: Value = serde_json::from_str(&super::openapi()).unwrap();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let name = r.trim_start_matches("#/components/schemas/");
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} does not resolve"
+            );
         }
     }
 
