@@ -607,6 +607,26 @@ async fn marqeta_jit_funding_is_echoed_declined_with_402_and_its_follow_ups_post
     );
 
     // Declines are HTTP 402 with Marqeta's decline_reason.
+    // A partial-approval terminal gets what the card has, as a lower `amount`.
+    let mut partial = jit.clone();
+    partial["gpa_order"]["jit_funding"]["token"] = json!("auth-partial");
+    partial["gpa_order"]["jit_funding"]["amount"] = json!(20);
+    partial["pos"]["partial_approval_capable"] = json!(true);
+    let r = hook(&s, "mq", "marqeta", auth(), &partial.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["jit_funding"]["amount"], json!(9.09));
+    let rev = clearing(
+        "rev-partial",
+        "auth-partial",
+        "pgfs.authorization.reversal",
+        9.09,
+    );
+    assert_eq!(
+        hook(&s, "mq", "marqeta", auth(), &rev).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(balance(&s, &key, &card).await["available"], "9.09");
+
     let mut broke = jit.clone();
     broke["gpa_order"]["jit_funding"]["token"] = json!("auth-3");
     broke["gpa_order"]["jit_funding"]["amount"] = json!(50);
