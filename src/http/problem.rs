@@ -129,6 +129,8 @@ impl From<Rejection> for Problem {
             R::NegativeBalance(_) => (S::UNPROCESSABLE_ENTITY, "negative_balance"),
             R::InvalidTransition { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_transition"),
             R::HistoryUnavailable => (S::SERVICE_UNAVAILABLE, "history_unavailable"),
+            R::UnknownWebhookEndpoint(_) => (S::NOT_FOUND, "webhook_endpoint_not_found"),
+            R::UnknownDelivery(_) => (S::NOT_FOUND, "delivery_not_found"),
         };
         Problem::new(status, kind, e.to_string())
     }

@@ -32,6 +32,9 @@ pub struct CardState {
     pub velocity: VelocityState,
     pub activity: ActivityLog,
     pub last_seen: Option<LastSeen>,
+    /// Below its program's `balance_low` threshold (a `balance.low` was reported for this
+    /// crossing). Not stored: at start-up a card below is taken as already reported.
+    pub balance_low: bool,
     /// The newest approval in each country (at most one entry per country), for scripts'
     /// `history.countries`.
     pub countries_seen: Vec<(Country, i64)>,
@@ -59,6 +62,7 @@ impl CardState {
             velocity: VelocityState::default(),
             activity: ActivityLog::default(),
             last_seen: None,
+            balance_low: false,
             countries_seen: Vec::new(),
             controls: None,
             clock_ms: i64::MIN,

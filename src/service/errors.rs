@@ -100,6 +100,12 @@ pub enum Rejection {
 
     #[error("the transaction history could not be read")]
     HistoryUnavailable,
+
+    #[error("unknown webhook endpoint `{0}`")]
+    UnknownWebhookEndpoint(String),
+
+    #[error("no delivery of event `{0}` to this endpoint")]
+    UnknownDelivery(String),
 }
 
 impl From<MoneyError> for Rejection {

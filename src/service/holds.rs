@@ -299,7 +299,18 @@ impl Engine {
                     at_ms,
                     &mut writes,
                 );
+                if !self.webhook_endpoints.is_empty() {
+                    let data = serde_json::json!({"authorization_id": e.hold.auth_id, "card_id": c.card_id,
+                        "status": e.hold.status, "currency": c.currency});
+                    let card_id = c.card_id.clone();
+                    writes.extend(self.event(&c.program, Some(&card_id), "authorization.expired", data, at_ms));
+                }
                 expired.push(e.hold.auth_id);
+            }
+            if !self.webhook_endpoints.is_empty() {
+                let mut alerts = Vec::new();
+                self.balance_alert(&mut c, at_ms, &mut alerts);
+                writes.extend(alerts);
             }
             last_seq = self.persist(writes);
         }

@@ -317,8 +317,11 @@ impl super::Engine {
         };
         // No recovery point is taken between this operation's change and its writes.
         let _quiet = self.quiet.read_recursive();
-        let (response, mut writes, guard) = op()?;
+        let (response, mut writes, mut guard) = op()?;
         let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        // What the operation reports goes out in its own commit (the outbox).
+        let events = self.operation_events(scope, &json, guard.as_deref_mut(), &writes);
+        writes.extend(events);
         // A decision's record holds its answer and its request (the hash is derived from
         // it): one row, not two. Every other operation gets an idempotency row.
         let recorded = writes.iter().any(|w| matches!(w, Write::Decision(_)));

@@ -26,6 +26,7 @@ mod processors;
 mod rebuild;
 mod recovery;
 mod recovery_point;
+pub mod webhooks;
 pub mod responses;
 
 pub use crate::store::{
@@ -153,6 +154,15 @@ impl<T> Pending<T> {
         self.value
     }
 
+    /// The same wait, for another answer made from this one.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pending<U> {
+        Pending {
+            value: f(self.value),
+            seq: self.seq,
+            store: self.store,
+        }
+    }
+
     /// The answer before it is durable: for callers that decide what to do if the
     /// commit is late (the deadline path), and that must not send it before `durable`.
     pub fn peek(&self) -> &T {
@@ -181,6 +191,15 @@ pub struct Engine {
     card_tokens: DashMap<String, String>,
     /// `program/processor` → that program's hook configuration (at most four per program).
     hook_configs: DashMap<String, Arc<crate::processors::HookConfig>>,
+    /// Webhook endpoints by id (at most `ENDPOINTS_PER_PROGRAM_MAX` per program).
+    webhook_endpoints: DashMap<String, Arc<webhooks::WebhookEndpoint>>,
+    /// Alert thresholds by program.
+    alerts: DashMap<String, Arc<webhooks::Alerts>>,
+    /// Funding accounts below their program's threshold (at most one per program and
+    /// currency).
+    funding_low: DashMap<String, ()>,
+    /// The last event's sequence number.
+    event_sequence: std::sync::atomic::AtomicI64,
     /// Authorizations reversed before they arrived (out-of-order messages), as
     /// `program/authorization id`; at most [`EARLY_REVERSALS_MAX`], oldest dropped first
     /// (a dropped one only means a late authorization keeps its hold until it expires).
@@ -217,6 +236,10 @@ impl Engine {
             api_keys: DashMap::new(),
             card_tokens: DashMap::new(),
             hook_configs: DashMap::new(),
+            webhook_endpoints: DashMap::new(),
+            alerts: DashMap::new(),
+            funding_low: DashMap::new(),
+            event_sequence: std::sync::atomic::AtomicI64::new(0),
             early_reversals: DashMap::new(),
             early_reversal_order: Mutex::new(std::collections::VecDeque::new()),
             house: Mutex::new(BTreeMap::new()),

@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub api_keys: Vec<(String, String)>,
     /// (program, hook configuration as JSON).
     pub hook_configs: Vec<(String, String)>,
+    /// Webhook endpoints, alert thresholds, the last event sequence.
+    pub outbox: super::outbox::OutboxState,
     /// The recovery point the transfers, decisions and releases above follow (live loads
     /// only; a full load has none and holds everything).
     pub point: Option<super::LoadedPoint>,

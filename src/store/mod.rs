@@ -9,6 +9,7 @@
 //! rebuilds memory from the store.
 
 mod load;
+pub mod outbox;
 mod query;
 mod recovery_point;
 mod schema;
@@ -115,6 +116,8 @@ pub enum Write {
         prefix: String,
         at_ms: i64,
     },
+    /// Events, their deliveries, webhook endpoints and alert thresholds.
+    Outbox(outbox::OutboxWrite),
     /// A program's configuration of a processor's hook (JSON), or its removal (`None`).
     HookConfig {
         program: String,
@@ -633,6 +636,7 @@ fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![hash, program, prefix, at_ms])?;
         }
+        Write::Outbox(o) => outbox::write(c, o)?,
         Write::HookConfig {
             program,
             processor,

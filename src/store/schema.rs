@@ -83,7 +83,8 @@ pub const SCHEMA_VERSION: i64 = 6;
 // to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`; and keeps
 // every policy version that went live (`policy_versions`, `policy_activations`).
 // Version 5 → 6: cards carry their processor's card token (unique per program) and
-// programs their processor hooks (`processor_hooks`).
+// programs their processor hooks (`processor_hooks`); the event outbox
+// (`events`, `deliveries`, `webhook_endpoints`, `program_alerts`).
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.
@@ -121,6 +122,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         } else {
             conn.execute_batch(SCHEMA)?;
         }
+        conn.execute_batch(super::outbox::OUTBOX_SCHEMA)?;
         // Version 2 → 3: holds remember what was captured in the transaction currency.
         let has_captured_txn: bool = conn.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('holds') WHERE name = 'captured_txn'",

@@ -1,0 +1,288 @@
+//! The event outbox: each event is written in the same commit as the change it reports,
+//! with one delivery row per endpoint subscribed at that moment; delivery attempts update
+//! those rows. Also the webhook endpoints and the programs' alert thresholds.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+pub const OUTBOX_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id TEXT PRIMARY KEY, program TEXT NOT NULL, config TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS program_alerts (
+    program TEXT PRIMARY KEY, config TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    sequence INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, program TEXT NOT NULL, card_id TEXT,
+    type TEXT NOT NULL, at_ms INTEGER NOT NULL, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    endpoint_id TEXT NOT NULL, sequence INTEGER NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL, last_status INTEGER,
+    last_error TEXT, latency_ms INTEGER, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, sequence)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(sequence) WHERE status = 'pending';
+";
+
+/// An event and the endpoints it is to be delivered to.
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    pub id: String,
+    pub sequence: i64,
+    pub program: String,
+    pub card_id: Option<String>,
+    pub kind: &'static str,
+    pub at_ms: i64,
+    /// The JSON body delivered.
+    pub payload: String,
+    pub endpoints: Vec<String>,
+}
+
+/// Outbox changes, committed like every other write.
+#[derive(Debug, Clone)]
+pub enum OutboxWrite {
+    Event(Box<EventWrite>),
+    /// An endpoint's configuration (JSON), or its removal.
+    Endpoint {
+        id: String,
+        program: String,
+        config: Option<String>,
+    },
+    /// A program's alert thresholds (JSON).
+    Alerts { program: String, config: String },
+    /// The outcome of one delivery attempt.
+    Attempt {
+        endpoint_id: String,
+        sequence: i64,
+        status: &'static str,
+        attempts: i64,
+        next_attempt_ms: i64,
+        last_status: Option<i64>,
+        last_error: Option<String>,
+        latency_ms: Option<i64>,
+        at_ms: i64,
+    },
+    /// A delivery put back in the queue now (also a dead one).
+    Retry {
+        endpoint_id: String,
+        sequence: i64,
+        at_ms: i64,
+    },
+}
+
+pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
+    match w {
+        OutboxWrite::Event(e) => {
+            c.prepare_cached(
+                "INSERT INTO events (sequence, id, program, card_id, type, at_ms, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![e.sequence, e.id, e.program, e.card_id, e.kind, e.at_ms, e.payload])?;
+            let mut st = c.prepare_cached(
+                "INSERT INTO deliveries (endpoint_id, sequence, status, attempts, next_attempt_ms, updated_ms)
+                 VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+            )?;
+            for endpoint in &e.endpoints {
+                st.execute(params![endpoint, e.sequence, e.at_ms])?;
+            }
+        }
+        OutboxWrite::Endpoint {
+            id,
+            program,
+            config: Some(config),
+        } => {
+            c.prepare_cached("INSERT OR REPLACE INTO webhook_endpoints (id, program, config) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, program, config])?;
+        }
+        OutboxWrite::Endpoint {
+            id, config: None, ..
+        } => {
+            c.prepare_cached("DELETE FROM webhook_endpoints WHERE id = ?1")?
+                .execute(params![id])?;
+            // Nothing more goes to a removed endpoint.
+            c.prepare_cached("DELETE FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending'")?
+                .execute(params![id])?;
+        }
+        OutboxWrite::Alerts { program, config } => {
+            c.prepare_cached("INSERT OR REPLACE INTO program_alerts (program, config) VALUES (?1, ?2)")?
+                .execute(params![program, config])?;
+        }
+        OutboxWrite::Attempt {
+            endpoint_id,
+            sequence,
+            status,
+            attempts,
+            next_attempt_ms,
+            last_status,
+            last_error,
+            latency_ms,
+            at_ms,
+        } => {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, last_status = ?6,
+                 last_error = ?7, latency_ms = ?8, updated_ms = ?9 WHERE endpoint_id = ?1 AND sequence = ?2",
+            )?
+            .execute(params![endpoint_id, sequence, status, attempts, next_attempt_ms, last_status, last_error, latency_ms, at_ms])?;
+        }
+        OutboxWrite::Retry {
+            endpoint_id,
+            sequence,
+            at_ms,
+        } => {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?3, updated_ms = ?3
+                 WHERE endpoint_id = ?1 AND sequence = ?2",
+            )?
+            .execute(params![endpoint_id, sequence, at_ms])?;
+        }
+    }
+    Ok(())
+}
+
+/// A delivery waiting to go out (due or not yet).
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub endpoint_id: String,
+    pub sequence: i64,
+    pub event_id: String,
+    pub card_id: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_ms: i64,
+    /// When the event happened.
+    pub at_ms: i64,
+    pub payload: String,
+}
+
+/// One delivery as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeliveryRow {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sequence: i64,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    pub attempts: i64,
+    /// The receiver's last HTTP status, if it answered.
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub created_ms: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub updated_ms: i64,
+}
+
+/// Pending deliveries in event order, at most `limit`.
+pub fn pending(c: &Connection, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT d.endpoint_id, d.sequence, e.id, e.card_id, d.attempts, d.next_attempt_ms, e.at_ms, e.payload
+         FROM deliveries d JOIN events e ON e.sequence = d.sequence
+         WHERE d.status = 'pending' ORDER BY d.sequence LIMIT ?1",
+    )?;
+    let rows = st.query_map(params![limit as i64], |r| {
+        Ok(PendingDelivery {
+            endpoint_id: r.get(0)?,
+            sequence: r.get(1)?,
+            event_id: r.get(2)?,
+            card_id: r.get(3)?,
+            attempts: r.get(4)?,
+            next_attempt_ms: r.get(5)?,
+            at_ms: r.get(6)?,
+            payload: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// An endpoint's deliveries, newest first, at most `limit`.
+pub fn deliveries(c: &Connection, endpoint_id: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT e.id, e.type, d.sequence, d.status, d.attempts, d.last_status, d.last_error, d.latency_ms,
+                e.at_ms, d.next_attempt_ms, d.updated_ms
+         FROM deliveries d JOIN events e ON e.sequence = d.sequence
+         WHERE d.endpoint_id = ?1 ORDER BY d.sequence DESC LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![endpoint_id, limit as i64], |r| {
+        let status: String = r.get(3)?;
+        let next: i64 = r.get(9)?;
+        Ok(DeliveryRow {
+            event_id: r.get(0)?,
+            kind: r.get(1)?,
+            sequence: r.get(2)?,
+            next_attempt_ms: (status == "pending").then_some(next),
+            status,
+            attempts: r.get(4)?,
+            last_status: r.get(5)?,
+            last_error: r.get(6)?,
+            latency_ms: r.get(7)?,
+            created_ms: r.get(8)?,
+            updated_ms: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The sequence of an event delivered (or to be) to an endpoint.
+pub fn delivery_sequence(c: &Connection, endpoint_id: &str, event_id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT d.sequence FROM deliveries d JOIN events e ON e.sequence = d.sequence
+         WHERE d.endpoint_id = ?1 AND e.id = ?2",
+    )?
+    .query_row(params![endpoint_id, event_id], |r| r.get(0))
+    .optional()?)
+}
+
+/// (pending deliveries, the oldest pending event's time).
+pub fn queue_stats(c: &Connection) -> Result<(i64, Option<i64>), StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT count(*), min(e.at_ms) FROM deliveries d JOIN events e ON e.sequence = d.sequence
+         WHERE d.status = 'pending'",
+    )?
+    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// Endpoints (id, program, config), alerts (program, config) and the last event sequence.
+pub type OutboxState = (Vec<(String, String, String)>, Vec<(String, String)>, i64);
+
+pub fn load(c: &Connection) -> Result<OutboxState, StoreError> {
+    let mut st = c.prepare("SELECT id, program, config FROM webhook_endpoints ORDER BY id")?;
+    let endpoints = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut st = c.prepare("SELECT program, config FROM program_alerts ORDER BY program")?;
+    let alerts = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let last: Option<i64> = c.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0))?;
+    Ok((endpoints, alerts, last.unwrap_or(0)))
+}
+
+/// Outbox reads on the store's read connection (blocking: call off the async runtime).
+impl Store {
+    pub fn pending_deliveries(&self, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => pending(c, limit),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    pub fn deliveries(&self, endpoint_id: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => deliveries(c, endpoint_id, limit),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    pub fn delivery_sequence(&self, endpoint_id: &str, event_id: &str) -> Result<Option<i64>, StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => delivery_sequence(c, endpoint_id, event_id),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    pub fn queue_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
+        match self.reader.lock().as_ref() {
+            Some(c) => queue_stats(c),
+            None => Err(StoreError::Closed),
+        }
+    }
+}
