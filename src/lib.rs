@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod clock;
 pub mod decision;
+pub mod delivery;
 pub mod domain;
 pub mod geo;
 pub mod http;

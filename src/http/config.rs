@@ -39,6 +39,8 @@ pub struct Config {
     pub wal_mib_max: u64,
     /// The engine's own settings (holds, captures, sweeps).
     pub engine: EngineConfig,
+    /// Webhook delivery (timeouts, retries).
+    pub webhooks: crate::delivery::DeliveryConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             workers: 0,
             wal_mib_max: 256,
             engine: EngineConfig::default(),
+            webhooks: crate::delivery::DeliveryConfig::default(),
         }
     }
 }

@@ -182,12 +182,18 @@ pub async fn serve(
             }
         })
     };
+    let dispatcher = tokio::spawn(crate::delivery::run(
+        state.engine.clone(),
+        state.config.webhooks,
+        stop_tx.subscribe(),
+    ));
     let app = app(state.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    let _ = dispatcher.await;
     state
         .ready
         .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -123,10 +123,6 @@ impl Engine {
         }
         Ok(())
     }
-
-    fn now_ms(&self) -> i64 {
-        self.now().timestamp_millis()
-    }
 }
 
 fn activation(policy: &str, version: &str, source: &PolicySource, at_ms: i64, by: &str) -> Write {

@@ -200,6 +200,7 @@ impl Engine {
                 self.idem.restore(sc, key, hash, response);
             }
         }
+        self.arm_alerts();
         Ok(())
     }
 }

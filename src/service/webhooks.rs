@@ -289,6 +289,29 @@ impl Engine {
         Ok(())
     }
 
+    /// After start-up: a card or funding account already below its threshold counts as
+    /// reported, so a restart never repeats (or invents) an alert.
+    pub(super) fn arm_alerts(&self) {
+        if self.alerts.is_empty() {
+            return;
+        }
+        for card in self.cards.iter() {
+            let mut c = card.lock();
+            if let Some(t) = self.alerts(&c.program).balance_low.get(&c.currency) {
+                c.balance_low = c.account.available() < *t;
+            }
+        }
+        let house = self.house.lock();
+        for a in self.alerts.iter() {
+            for (currency, t) in &a.funding_low {
+                let account = AccountId::funding(a.key(), *currency);
+                if house.get(&account).is_some_and(|b| b < t) {
+                    self.funding_low.insert(account.as_str().to_string(), ());
+                }
+            }
+        }
+    }
+
     /// Sets a program's alert thresholds.
     pub fn set_alerts(&self, program: &str, alerts: Alerts) -> Result<Pending<Arc<Alerts>>, Rejection> {
         if self.program(program).is_none() {
@@ -457,9 +480,9 @@ impl Engine {
         last_status: Option<i64>,
         last_error: Option<String>,
         latency_ms: i64,
-    ) {
+    ) -> Pending<()> {
         let at_ms = self.now().timestamp_millis();
-        self.persist(vec![Write::Outbox(OutboxWrite::Attempt {
+        let seq = self.persist(vec![Write::Outbox(OutboxWrite::Attempt {
             endpoint_id: d.endpoint_id.clone(),
             sequence: d.sequence,
             status,
@@ -470,6 +493,7 @@ impl Engine {
             latency_ms: Some(latency_ms),
             at_ms,
         })]);
+        self.pending((), seq)
     }
 
     /// An endpoint's deliveries, newest first.
@@ -501,6 +525,15 @@ impl Engine {
             .as_ref()
             .and_then(|s| s.queue_stats().ok())
             .unwrap_or((0, None))
+    }
+
+    pub fn has_webhook_endpoints(&self) -> bool {
+        !self.webhook_endpoints.is_empty()
+    }
+
+    /// The engine's clock in milliseconds (delivery schedules by it).
+    pub fn now_ms(&self) -> i64 {
+        self.now().timestamp_millis()
     }
 
     /// The endpoint by id, for delivery (any program).
