@@ -63,7 +63,12 @@ pub fn backoff_ms(cfg: &DeliveryConfig, attempts: i64, jitter: f64) -> u64 {
 }
 
 /// The headers of one signed delivery: every valid key signs it (two during a rotation).
-pub fn signature_headers(keys: &[Vec<u8>], event_id: &str, ts_s: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+pub fn signature_headers(
+    keys: &[Vec<u8>],
+    event_id: &str,
+    ts_s: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
     let sigs: Vec<String> = keys
         .iter()
         .map(|k| standard_webhooks_sign(k, event_id, ts_s, body))
@@ -83,7 +88,11 @@ struct InFlight {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(engine: Arc<Engine>, cfg: DeliveryConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    engine: Arc<Engine>,
+    cfg: DeliveryConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .user_agent(concat!("spendgate-webhooks/", env!("CARGO_PKG_VERSION")))
@@ -108,13 +117,16 @@ pub async fn run(engine: Arc<Engine>, cfg: DeliveryConfig, mut stop: tokio::sync
             continue;
         }
         let e = engine.clone();
-        let Ok(pending) = tokio::task::spawn_blocking(move || e.pending_deliveries(1_000)).await else {
+        let Ok(pending) = tokio::task::spawn_blocking(move || e.pending_deliveries(1_000)).await
+        else {
             break;
         };
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
             let e = engine.clone();
-            if let Ok((depth, oldest)) = tokio::task::spawn_blocking(move || e.delivery_queue()).await {
+            if let Ok((depth, oldest)) =
+                tokio::task::spawn_blocking(move || e.delivery_queue()).await
+            {
                 metrics::gauge!("spendgate_webhook_queue_depth").set(depth as f64);
                 let now_ms = engine.now_ms();
                 let age_s = oldest.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1e3);
@@ -134,7 +146,8 @@ pub async fn run(engine: Arc<Engine>, cfg: DeliveryConfig, mut stop: tokio::sync
             let mut f = in_flight.lock();
             let busy = f.deliveries.contains(&(d.endpoint_id.clone(), d.sequence));
             let due = d.next_attempt_ms <= now_ms;
-            let full = f.per_endpoint.get(&d.endpoint_id).copied().unwrap_or(0) >= cfg.per_endpoint_in_flight;
+            let full = f.per_endpoint.get(&d.endpoint_id).copied().unwrap_or(0)
+                >= cfg.per_endpoint_in_flight;
             if busy || !due || full {
                 if ordered {
                     waiting.insert(lane);
@@ -164,7 +177,12 @@ pub async fn run(engine: Arc<Engine>, cfg: DeliveryConfig, mut stop: tokio::sync
 }
 
 /// One attempt, recorded durably before its delivery may be read again.
-async fn attempt(engine: &Engine, client: &reqwest::Client, cfg: &DeliveryConfig, d: &PendingDelivery) {
+async fn attempt(
+    engine: &Engine,
+    client: &reqwest::Client,
+    cfg: &DeliveryConfig,
+    d: &PendingDelivery,
+) {
     let Some(endpoint) = engine.endpoint_for_delivery(&d.endpoint_id) else {
         return;
     };
@@ -185,8 +203,20 @@ async fn attempt(engine: &Engine, client: &reqwest::Client, cfg: &DeliveryConfig
     let latency_ms = started.elapsed().as_millis() as i64;
     metrics::histogram!("spendgate_webhook_delivery_seconds").record(latency_ms as f64 / 1e3);
     let (ok, status, error) = match result {
-        Ok(r) => (r.status().is_success(), Some(i64::from(r.status().as_u16())), None),
-        Err(e) => (false, None, Some(if e.is_timeout() { "timeout".to_string() } else { "connection failed".to_string() })),
+        Ok(r) => (
+            r.status().is_success(),
+            Some(i64::from(r.status().as_u16())),
+            None,
+        ),
+        Err(e) => (
+            false,
+            None,
+            Some(if e.is_timeout() {
+                "timeout".to_string()
+            } else {
+                "connection failed".to_string()
+            }),
+        ),
     };
     let (outcome, next_ms) = if ok {
         ("delivered", now_ms)
@@ -194,7 +224,10 @@ async fn attempt(engine: &Engine, client: &reqwest::Client, cfg: &DeliveryConfig
         ("dead", now_ms)
     } else {
         let jitter = rand::rng().random_range(-0.2..=0.2);
-        ("pending", now_ms + backoff_ms(cfg, d.attempts, jitter) as i64)
+        (
+            "pending",
+            now_ms + backoff_ms(cfg, d.attempts, jitter) as i64,
+        )
     };
     let label = match outcome {
         "pending" => "failed",
@@ -230,7 +263,10 @@ mod tests {
 
     #[test]
     fn a_delivery_is_signed_by_every_valid_key() {
-        let keys = vec![b"0123456789abcdef-new".to_vec(), b"0123456789abcdef-old".to_vec()];
+        let keys = vec![
+            b"0123456789abcdef-new".to_vec(),
+            b"0123456789abcdef-old".to_vec(),
+        ];
         let h = signature_headers(&keys, "evt_1", 1_700_000_000, b"{}");
         let sigs: Vec<&str> = h[2].1.split(' ').collect();
         assert_eq!(sigs.len(), 2);
@@ -250,6 +286,12 @@ mod tests {
             assert!(v.is_ok());
         }
         let other = b"0123456789abcdef-bad".to_vec();
-        assert!(crate::processors::auth::verify_standard_webhooks(&[other], &map, b"{}", 1_700_000_000).is_err());
+        assert!(crate::processors::auth::verify_standard_webhooks(
+            &[other],
+            &map,
+            b"{}",
+            1_700_000_000
+        )
+        .is_err());
     }
 }

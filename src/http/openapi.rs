@@ -6,7 +6,7 @@ use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use utoipa::OpenApi;
 
 use super::contract::{complete, Access, Contract};
-use super::handlers::{authorizations, cards, funding, hooks, ops, policies, programs};
+use super::handlers::{authorizations, cards, funding, hooks, ops, policies, programs, webhooks};
 use super::problem::ProblemBody;
 use super::Shared;
 
@@ -47,6 +47,16 @@ use super::Shared;
         authorizations::advice,
         authorizations::refund,
         hooks::processor_hook,
+        webhooks::create_endpoint,
+        webhooks::list_endpoints,
+        webhooks::get_endpoint,
+        webhooks::update_endpoint,
+        webhooks::delete_endpoint,
+        webhooks::rotate_secret,
+        webhooks::deliveries,
+        webhooks::retry_delivery,
+        webhooks::set_alerts,
+        webhooks::get_alerts,
         policies::list_policies,
         policies::reload,
         policies::versions,
@@ -272,6 +282,66 @@ pub fn routes() -> Vec<Route> {
                 hooks::HOOK_BODY_BYTES_MAX,
             )),
             Contract::new(Processor),
+        ),
+        r(
+            "post",
+            "/v1/webhook_endpoints",
+            post(webhooks::create_endpoint),
+            Contract::new(Program).json(),
+        ),
+        r(
+            "get",
+            "/v1/webhook_endpoints",
+            get(webhooks::list_endpoints),
+            Contract::new(Program),
+        ),
+        r(
+            "get",
+            "/v1/webhook_endpoints/{id}",
+            get(webhooks::get_endpoint),
+            Contract::new(Program).path_id(),
+        ),
+        r(
+            "patch",
+            "/v1/webhook_endpoints/{id}",
+            patch(webhooks::update_endpoint),
+            Contract::new(Program).json().path_id(),
+        ),
+        r(
+            "delete",
+            "/v1/webhook_endpoints/{id}",
+            delete(webhooks::delete_endpoint),
+            Contract::new(Program).path_id(),
+        ),
+        r(
+            "post",
+            "/v1/webhook_endpoints/{id}/rotate_secret",
+            post(webhooks::rotate_secret),
+            Contract::new(Program).path_id(),
+        ),
+        r(
+            "get",
+            "/v1/webhook_endpoints/{id}/deliveries",
+            get(webhooks::deliveries),
+            Contract::new(Program).path_id(),
+        ),
+        r(
+            "post",
+            "/v1/webhook_endpoints/{id}/deliveries/{event_id}/retry",
+            post(webhooks::retry_delivery),
+            Contract::new(Program).path_id(),
+        ),
+        r(
+            "put",
+            "/v1/alerts",
+            put(webhooks::set_alerts),
+            Contract::new(Program).json(),
+        ),
+        r(
+            "get",
+            "/v1/alerts",
+            get(webhooks::get_alerts),
+            Contract::new(Program),
         ),
         r(
             "get",

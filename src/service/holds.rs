@@ -303,7 +303,13 @@ impl Engine {
                     let data = serde_json::json!({"authorization_id": e.hold.auth_id, "card_id": c.card_id,
                         "status": e.hold.status, "currency": c.currency});
                     let card_id = c.card_id.clone();
-                    writes.extend(self.event(&c.program, Some(&card_id), "authorization.expired", data, at_ms));
+                    writes.extend(self.event(
+                        &c.program,
+                        Some(&card_id),
+                        "authorization.expired",
+                        data,
+                        at_ms,
+                    ));
                 }
                 expired.push(e.hold.auth_id);
             }

@@ -26,8 +26,8 @@ mod processors;
 mod rebuild;
 mod recovery;
 mod recovery_point;
-pub mod webhooks;
 pub mod responses;
+pub mod webhooks;
 
 pub use crate::store::{
     CardHistory, DecisionHistory, PolicyActivation, StoreCounters, TransferHistory,

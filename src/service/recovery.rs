@@ -174,7 +174,8 @@ impl Engine {
         for (hash, program) in s.api_keys {
             self.api_keys.insert(hash, program);
         }
-        self.restore_outbox(&s.outbox).map_err(RecoveryError::Corrupt)?;
+        self.restore_outbox(&s.outbox)
+            .map_err(RecoveryError::Corrupt)?;
         for (program, json) in &s.hook_configs {
             self.restore_hook_config(program, json)
                 .map_err(|e| RecoveryError::Corrupt(format!("hook of {program}: {e}")))?;

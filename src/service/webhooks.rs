@@ -184,7 +184,12 @@ impl Engine {
             url,
             event_types: types,
             enabled: input.enabled.unwrap_or(true),
-            description: input.description.unwrap_or_default().chars().take(256).collect(),
+            description: input
+                .description
+                .unwrap_or_default()
+                .chars()
+                .take(256)
+                .collect(),
             secrets: vec![EndpointSecret {
                 secret: secret.clone(),
                 expires_ms: None,
@@ -207,7 +212,11 @@ impl Engine {
         v
     }
 
-    pub fn webhook_endpoint(&self, program: &str, id: &str) -> Result<Arc<WebhookEndpoint>, Rejection> {
+    pub fn webhook_endpoint(
+        &self,
+        program: &str,
+        id: &str,
+    ) -> Result<Arc<WebhookEndpoint>, Rejection> {
         self.webhook_endpoints
             .get(id)
             .filter(|e| e.program == program)
@@ -241,7 +250,11 @@ impl Engine {
     }
 
     /// A new secret, answered once; the previous one keeps signing for 24 hours.
-    pub fn rotate_webhook_secret(&self, program: &str, id: &str) -> Result<Pending<(Arc<WebhookEndpoint>, String)>, Rejection> {
+    pub fn rotate_webhook_secret(
+        &self,
+        program: &str,
+        id: &str,
+    ) -> Result<Pending<(Arc<WebhookEndpoint>, String)>, Rejection> {
         let mut e = (*self.webhook_endpoint(program, id)?).clone();
         let now_ms = self.now().timestamp_millis();
         let secret = self.new_secret();
@@ -264,7 +277,11 @@ impl Engine {
         Ok(self.save_endpoint(e).map(|e| (e, secret)))
     }
 
-    pub fn delete_webhook_endpoint(&self, program: &str, id: &str) -> Result<Pending<()>, Rejection> {
+    pub fn delete_webhook_endpoint(
+        &self,
+        program: &str,
+        id: &str,
+    ) -> Result<Pending<()>, Rejection> {
         let e = self.webhook_endpoint(program, id)?;
         self.webhook_endpoints.remove(id);
         let seq = self.persist(vec![Write::Outbox(OutboxWrite::Endpoint {
@@ -275,14 +292,19 @@ impl Engine {
         Ok(self.pending((), seq))
     }
 
-    pub(super) fn restore_outbox(&self, state: &crate::store::outbox::OutboxState) -> Result<(), String> {
+    pub(super) fn restore_outbox(
+        &self,
+        state: &crate::store::outbox::OutboxState,
+    ) -> Result<(), String> {
         let (endpoints, alerts, last) = state;
         for (id, _, config) in endpoints {
-            let e: WebhookEndpoint = serde_json::from_str(config).map_err(|e| format!("endpoint {id}: {e}"))?;
+            let e: WebhookEndpoint =
+                serde_json::from_str(config).map_err(|e| format!("endpoint {id}: {e}"))?;
             self.webhook_endpoints.insert(id.clone(), Arc::new(e));
         }
         for (program, config) in alerts {
-            let a: Alerts = serde_json::from_str(config).map_err(|e| format!("alerts of {program}: {e}"))?;
+            let a: Alerts =
+                serde_json::from_str(config).map_err(|e| format!("alerts of {program}: {e}"))?;
             self.alerts.insert(program.clone(), Arc::new(a));
         }
         self.event_sequence.store(*last, Ordering::SeqCst);
@@ -313,12 +335,23 @@ impl Engine {
     }
 
     /// Sets a program's alert thresholds.
-    pub fn set_alerts(&self, program: &str, alerts: Alerts) -> Result<Pending<Arc<Alerts>>, Rejection> {
+    pub fn set_alerts(
+        &self,
+        program: &str,
+        alerts: Alerts,
+    ) -> Result<Pending<Arc<Alerts>>, Rejection> {
         if self.program(program).is_none() {
             return Err(Rejection::UnknownProgram(program.to_string()));
         }
-        if alerts.balance_low.values().chain(alerts.funding_low.values()).any(|d| d.is_sign_negative()) {
-            return Err(Rejection::InvalidRequest("thresholds must not be negative".into()));
+        if alerts
+            .balance_low
+            .values()
+            .chain(alerts.funding_low.values())
+            .any(|d| d.is_sign_negative())
+        {
+            return Err(Rejection::InvalidRequest(
+                "thresholds must not be negative".into(),
+            ));
         }
         let config = serde_json::to_string(&alerts).unwrap_or_default();
         let a = Arc::new(alerts);
@@ -331,12 +364,22 @@ impl Engine {
     }
 
     pub fn alerts(&self, program: &str) -> Arc<Alerts> {
-        self.alerts.get(program).map(|a| a.clone()).unwrap_or_default()
+        self.alerts
+            .get(program)
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     /// An event for the endpoints of `program` that want it; none when no endpoint does
     /// (events exist to be delivered: a program without endpoints stores none).
-    pub(super) fn event(&self, program: &str, card_id: Option<&str>, kind: &'static str, data: Value, at_ms: i64) -> Option<Write> {
+    pub(super) fn event(
+        &self,
+        program: &str,
+        card_id: Option<&str>,
+        kind: &'static str,
+        data: Value,
+        at_ms: i64,
+    ) -> Option<Write> {
         let endpoints: Vec<String> = self
             .webhook_endpoints
             .iter()
@@ -419,7 +462,12 @@ impl Engine {
     /// `balance.low` once per crossing below the program's threshold; rising back above
     /// re-arms it.
     pub(super) fn balance_alert(&self, c: &mut CardState, at_ms: i64, out: &mut Vec<Write>) {
-        let Some(threshold) = self.alerts(&c.program).balance_low.get(&c.currency).copied() else {
+        let Some(threshold) = self
+            .alerts(&c.program)
+            .balance_low
+            .get(&c.currency)
+            .copied()
+        else {
             return;
         };
         let available = c.account.available();
@@ -428,7 +476,13 @@ impl Engine {
             let data = json!({"card_id": c.card_id, "currency": c.currency,
                 "available": crate::money::format_amount(available, c.currency),
                 "threshold": crate::money::format_amount(threshold, c.currency)});
-            out.extend(self.event(&c.program, Some(&c.card_id.clone()), "balance.low", data, at_ms));
+            out.extend(self.event(
+                &c.program,
+                Some(&c.card_id.clone()),
+                "balance.low",
+                data,
+                at_ms,
+            ));
         }
         c.balance_low = below;
     }
@@ -439,9 +493,14 @@ impl Engine {
         for w in writes {
             let Write::Transfer(t) = w else { continue };
             for p in &t.postings {
-                let Some(rest) = p.account.as_str().strip_prefix("funding:") else { continue };
-                let Some((program, _)) = rest.rsplit_once(':') else { continue };
-                let Some(threshold) = self.alerts(program).funding_low.get(&p.currency).copied() else {
+                let Some(rest) = p.account.as_str().strip_prefix("funding:") else {
+                    continue;
+                };
+                let Some((program, _)) = rest.rsplit_once(':') else {
+                    continue;
+                };
+                let Some(threshold) = self.alerts(program).funding_low.get(&p.currency).copied()
+                else {
                     continue;
                 };
                 let account = AccountId::funding(program, p.currency);
@@ -497,14 +556,26 @@ impl Engine {
     }
 
     /// An endpoint's deliveries, newest first.
-    pub fn deliveries(&self, program: &str, endpoint_id: &str, limit: usize) -> Result<Vec<DeliveryRow>, Rejection> {
+    pub fn deliveries(
+        &self,
+        program: &str,
+        endpoint_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, Rejection> {
         self.webhook_endpoint(program, endpoint_id)?;
         let store = self.store.as_ref().ok_or(Rejection::HistoryUnavailable)?;
-        store.deliveries(endpoint_id, limit).map_err(|_| Rejection::HistoryUnavailable)
+        store
+            .deliveries(endpoint_id, limit)
+            .map_err(|_| Rejection::HistoryUnavailable)
     }
 
     /// Puts a delivery (pending, failed or dead) back in the queue now.
-    pub fn retry_delivery(&self, program: &str, endpoint_id: &str, event_id: &str) -> Result<Pending<()>, Rejection> {
+    pub fn retry_delivery(
+        &self,
+        program: &str,
+        endpoint_id: &str,
+        event_id: &str,
+    ) -> Result<Pending<()>, Rejection> {
         self.webhook_endpoint(program, endpoint_id)?;
         let store = self.store.as_ref().ok_or(Rejection::HistoryUnavailable)?;
         let sequence = store

@@ -48,7 +48,10 @@ pub enum OutboxWrite {
         config: Option<String>,
     },
     /// A program's alert thresholds (JSON).
-    Alerts { program: String, config: String },
+    Alerts {
+        program: String,
+        config: String,
+    },
     /// The outcome of one delivery attempt.
     Attempt {
         endpoint_id: String,
@@ -76,7 +79,9 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
                 "INSERT INTO events (sequence, id, program, card_id, type, at_ms, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![e.sequence, e.id, e.program, e.card_id, e.kind, e.at_ms, e.payload])?;
+            .execute(params![
+                e.sequence, e.id, e.program, e.card_id, e.kind, e.at_ms, e.payload
+            ])?;
             let mut st = c.prepare_cached(
                 "INSERT INTO deliveries (endpoint_id, sequence, status, attempts, next_attempt_ms, updated_ms)
                  VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
@@ -99,12 +104,16 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
             c.prepare_cached("DELETE FROM webhook_endpoints WHERE id = ?1")?
                 .execute(params![id])?;
             // Nothing more goes to a removed endpoint.
-            c.prepare_cached("DELETE FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending'")?
-                .execute(params![id])?;
+            c.prepare_cached(
+                "DELETE FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![id])?;
         }
         OutboxWrite::Alerts { program, config } => {
-            c.prepare_cached("INSERT OR REPLACE INTO program_alerts (program, config) VALUES (?1, ?2)")?
-                .execute(params![program, config])?;
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO program_alerts (program, config) VALUES (?1, ?2)",
+            )?
+            .execute(params![program, config])?;
         }
         OutboxWrite::Attempt {
             endpoint_id,
@@ -194,7 +203,11 @@ pub fn pending(c: &Connection, limit: usize) -> Result<Vec<PendingDelivery>, Sto
 }
 
 /// An endpoint's deliveries, newest first, at most `limit`.
-pub fn deliveries(c: &Connection, endpoint_id: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+pub fn deliveries(
+    c: &Connection,
+    endpoint_id: &str,
+    limit: usize,
+) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut st = c.prepare_cached(
         "SELECT e.id, e.type, d.sequence, d.status, d.attempts, d.last_status, d.last_error, d.latency_ms,
                 e.at_ms, d.next_attempt_ms, d.updated_ms
@@ -222,7 +235,11 @@ pub fn deliveries(c: &Connection, endpoint_id: &str, limit: usize) -> Result<Vec
 }
 
 /// The sequence of an event delivered (or to be) to an endpoint.
-pub fn delivery_sequence(c: &Connection, endpoint_id: &str, event_id: &str) -> Result<Option<i64>, StoreError> {
+pub fn delivery_sequence(
+    c: &Connection,
+    endpoint_id: &str,
+    event_id: &str,
+) -> Result<Option<i64>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT d.sequence FROM deliveries d JOIN events e ON e.sequence = d.sequence
          WHERE d.endpoint_id = ?1 AND e.id = ?2",
@@ -265,14 +282,22 @@ impl Store {
         }
     }
 
-    pub fn deliveries(&self, endpoint_id: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+    pub fn deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
         match self.reader.lock().as_ref() {
             Some(c) => deliveries(c, endpoint_id, limit),
             None => Err(StoreError::Closed),
         }
     }
 
-    pub fn delivery_sequence(&self, endpoint_id: &str, event_id: &str) -> Result<Option<i64>, StoreError> {
+    pub fn delivery_sequence(
+        &self,
+        endpoint_id: &str,
+        event_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
         match self.reader.lock().as_ref() {
             Some(c) => delivery_sequence(c, endpoint_id, event_id),
             None => Err(StoreError::Closed),

@@ -5,6 +5,7 @@ mod support;
 
 mod deadline;
 mod errors;
+mod events;
 mod idempotency;
 mod lifecycle;
 mod limits;

@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod ops;
 pub mod policies;
 pub mod programs;
+pub mod webhooks;
 
 use std::sync::Arc;
 
