@@ -269,6 +269,7 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
     for row in rows {
         s.hook_configs.push(row?);
     }
+    s.outbox = super::outbox::load(conn)?;
     Ok(())
 }
 
