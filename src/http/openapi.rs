@@ -67,7 +67,11 @@ use super::Shared;
         ops::metrics_endpoint,
         ops::openapi_json
     ),
-    components(schemas(ProblemBody, crate::processors::Processor))
+    components(schemas(
+        ProblemBody,
+        crate::processors::Processor,
+        crate::service::webhooks::Event
+    ))
 )]
 pub struct ApiDoc;
 
@@ -80,7 +84,33 @@ pub fn openapi() -> String {
         .map(|r| (r.method, r.path, r.contract))
         .collect();
     complete(&mut doc, &contracts);
+    add_webhooks(&mut doc);
     serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// The events spendgate sends, as OpenAPI 3.1 `webhooks`: one per type, each body an
+/// `Event` (its `type` constrained to the known types).
+fn add_webhooks(doc: &mut serde_json::Value) {
+    use crate::service::webhooks::EVENT_TYPES;
+    use serde_json::json;
+    if let Some(t) = doc["components"]["schemas"]["Event"]["properties"].get_mut("type") {
+        t["enum"] = json!(EVENT_TYPES);
+    }
+    let hooks: serde_json::Map<String, serde_json::Value> = EVENT_TYPES
+        .iter()
+        .map(|kind| {
+            (
+                (*kind).to_string(),
+                json!({"post": {
+                    "summary": kind,
+                    "description": "Sent to every enabled endpoint of the program that wants this type; signed with Standard Webhooks (`webhook-id` = the event id, `webhook-timestamp`, `webhook-signature`). At least once: receivers deduplicate by id.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Event"}}}},
+                    "responses": {"2XX": {"description": "received; anything else (or no answer within the timeout) is retried"}}
+                }}),
+            )
+        })
+        .collect();
+    doc["webhooks"] = serde_json::Value::Object(hooks);
 }
 
 /// One route: method, path, handler and what it requires (see [`Contract`]).
@@ -419,6 +449,24 @@ mod tests {
             Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn every_event_type_is_a_documented_webhook() {
+        let doc: Value = serde_json::from_str(&super::openapi()).unwrap();
+        for kind in crate::service::webhooks::EVENT_TYPES {
+            assert_eq!(
+                doc["webhooks"][kind]["post"]["requestBody"]["content"]["application/json"]
+                    ["schema"]["$ref"],
+                "#/components/schemas/Event"
+            );
+        }
+        assert!(
+            doc["components"]["schemas"]["Event"]["properties"]["type"]["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&"balance.low".into())
+        );
     }
 
     #[test]

@@ -32,6 +32,30 @@ pub const EVENT_TYPES: &[&str] = &[
     "program.funding_low",
 ];
 
+/// What a receiver gets: one event, signed with Standard Webhooks (`webhook-id` is the
+/// event's `id`). Receivers order a card's events by `sequence`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    /// `evt_…`: unique, the same on every delivery attempt.
+    pub id: String,
+    /// One of the event types.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The payload's version (`v1`).
+    pub api_version: String,
+    pub program: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub created: String,
+    /// Increasing across the program's events.
+    pub sequence: i64,
+    /// The card concerned (never a card number), when there is one.
+    pub card_id: Option<String>,
+    /// The object as the API answered it (an authorization's decision, a hold, a
+    /// transfer, a card), or the alert's figures.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
 /// Endpoints a program may have.
 pub const ENDPOINTS_PER_PROGRAM_MAX: usize = 16;
 /// A rotated secret stays valid this long, so receivers can switch over.
@@ -394,11 +418,17 @@ impl Engine {
         let created = chrono::DateTime::from_timestamp_millis(at_ms)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let payload = json!({
-            "id": id, "type": kind, "api_version": "v1", "program": program, "created": created,
-            "sequence": sequence, "card_id": card_id, "data": data,
+        let payload = serde_json::to_string(&Event {
+            id: id.clone(),
+            kind: kind.to_string(),
+            api_version: "v1".into(),
+            program: program.to_string(),
+            created,
+            sequence,
+            card_id: card_id.map(str::to_string),
+            data,
         })
-        .to_string();
+        .unwrap_or_default();
         Some(Write::Outbox(OutboxWrite::Event(Box::new(EventWrite {
             id,
             sequence,
