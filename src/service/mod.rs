@@ -494,7 +494,12 @@ impl Engine {
     pub fn sweep_retention(&self) -> Pending<()> {
         let days = i64::from(self.config.idempotency_retention_days.max(1));
         let before_ms = self.now().timestamp_millis() - days * 86_400_000;
-        let seq = self.persist(vec![Write::IdempotencySweep { before_ms }]);
+        // Delivered and dead deliveries, and events nobody waits for, go after the same
+        // retention (a dead one can be revived until then).
+        let seq = self.persist(vec![
+            Write::IdempotencySweep { before_ms },
+            Write::Outbox(crate::store::outbox::OutboxWrite::Sweep { before_ms }),
+        ]);
         self.pending((), seq)
     }
 

@@ -64,6 +64,11 @@ pub enum OutboxWrite {
         latency_ms: Option<i64>,
         at_ms: i64,
     },
+    /// Finished deliveries last changed before `before_ms`, and events older than it with
+    /// no delivery left, are deleted (at most `SWEEP_ROWS_MAX` of each per sweep).
+    Sweep {
+        before_ms: i64,
+    },
     /// A delivery put back in the queue now (also a dead one).
     Retry {
         endpoint_id: String,
@@ -71,6 +76,9 @@ pub enum OutboxWrite {
         at_ms: i64,
     },
 }
+
+/// Rows deleted per sweep, so one sweep never holds the writer long.
+pub const SWEEP_ROWS_MAX: i64 = 10_000;
 
 pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
     match w {
@@ -131,6 +139,20 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
                  last_error = ?7, latency_ms = ?8, updated_ms = ?9 WHERE endpoint_id = ?1 AND sequence = ?2",
             )?
             .execute(params![endpoint_id, sequence, status, attempts, next_attempt_ms, last_status, last_error, latency_ms, at_ms])?;
+        }
+        OutboxWrite::Sweep { before_ms } => {
+            c.prepare_cached(
+                "DELETE FROM deliveries WHERE (endpoint_id, sequence) IN (
+                     SELECT endpoint_id, sequence FROM deliveries
+                     WHERE status != 'pending' AND updated_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![before_ms, SWEEP_ROWS_MAX])?;
+            c.prepare_cached(
+                "DELETE FROM events WHERE sequence IN (
+                     SELECT e.sequence FROM events e WHERE e.at_ms < ?1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sequence = e.sequence) LIMIT ?2)",
+            )?
+            .execute(params![before_ms, SWEEP_ROWS_MAX])?;
         }
         OutboxWrite::Retry {
             endpoint_id,
@@ -309,5 +331,62 @@ impl Store {
             Some(c) => queue_stats(c),
             None => Err(StoreError::Closed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(OUTBOX_SCHEMA).unwrap();
+        c
+    }
+
+    fn event(seq: i64, at_ms: i64, endpoints: &[&str]) -> OutboxWrite {
+        OutboxWrite::Event(Box::new(EventWrite {
+            id: format!("evt_{seq}"),
+            sequence: seq,
+            program: "p".into(),
+            card_id: Some("c".into()),
+            kind: "card.funded",
+            at_ms,
+            payload: "{}".into(),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    #[test]
+    fn the_sweep_keeps_pending_deliveries_and_their_events() {
+        let c = db();
+        write(&c, &event(1, 100, &["we_a", "we_b"])).unwrap();
+        write(&c, &event(2, 100, &["we_a"])).unwrap();
+        let done = |seq, endpoint: &str| OutboxWrite::Attempt {
+            endpoint_id: endpoint.into(),
+            sequence: seq,
+            status: "delivered",
+            attempts: 1,
+            next_attempt_ms: 150,
+            last_status: Some(200),
+            last_error: None,
+            latency_ms: Some(3),
+            at_ms: 150,
+        };
+        write(&c, &done(1, "we_a")).unwrap();
+        write(&c, &done(2, "we_a")).unwrap();
+        write(&c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
+        let pending = pending(&c, 10).unwrap();
+        assert_eq!(pending.len(), 1, "we_b still waits for event 1");
+        assert_eq!(
+            (pending[0].endpoint_id.as_str(), pending[0].sequence),
+            ("we_b", 1)
+        );
+        let events: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 1, "event 2 had nobody left to deliver to");
+        let (depth, oldest) = queue_stats(&c).unwrap();
+        assert_eq!((depth, oldest), (1, Some(100)));
     }
 }
