@@ -467,11 +467,7 @@ impl Engine {
         let program = c.program.clone();
         let card_id = c.card_id.clone();
         let kind: Option<&'static str> = match scope {
-            "authorization" => Some(if answer.contains("\"approved\":true") {
-                "authorization.approved"
-            } else {
-                "authorization.declined"
-            }),
+            "authorization" => Some("authorization"),
             "capture" => Some("authorization.captured"),
             "reversal" => Some("authorization.reversed"),
             "refund" => Some("refund.created"),
@@ -482,7 +478,13 @@ impl Engine {
             _ => None,
         };
         if let Some(k) = kind {
-            out.extend(self.event(&program, Some(&card_id), k, data(), at_ms));
+            let data = data();
+            let k = match k {
+                "authorization" if data["approved"] == true => "authorization.approved",
+                "authorization" => "authorization.declined",
+                k => k,
+            };
+            out.extend(self.event(&program, Some(&card_id), k, data, at_ms));
         }
         self.balance_alert(c, at_ms, &mut out);
         self.funding_alerts(writes, at_ms, &mut out);
