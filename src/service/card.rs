@@ -35,6 +35,9 @@ pub struct CardState {
     /// Below its program's `balance_low` threshold (a `balance.low` was reported for this
     /// crossing). Not stored: at start-up a card below is taken as already reported.
     pub balance_low: bool,
+    /// Velocity rules (`source:rule`) at or past the program's `velocity_near_percent`
+    /// (a `velocity.limit_near` was reported); at most one per rule.
+    pub velocity_near: Vec<String>,
     /// The newest approval in each country (at most one entry per country), for scripts'
     /// `history.countries`.
     pub countries_seen: Vec<(Country, i64)>,
@@ -63,6 +66,7 @@ impl CardState {
             activity: ActivityLog::default(),
             last_seen: None,
             balance_low: false,
+            velocity_near: Vec::new(),
             countries_seen: Vec::new(),
             controls: None,
             clock_ms: i64::MIN,

@@ -30,6 +30,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "card.withdrawn",
     "balance.low",
     "program.funding_low",
+    "velocity.limit_near",
 ];
 
 /// What a receiver gets: one event, signed with Standard Webhooks (`webhook-id` is the
@@ -130,6 +131,10 @@ pub struct Alerts {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub funding_low: BTreeMap<Currency, Decimal>,
+    /// `velocity.limit_near` when an approval takes a card's own velocity window to this
+    /// share of its amount or count limit (1–100 %), once per crossing.
+    #[serde(default)]
+    pub velocity_near_percent: Option<u8>,
 }
 
 fn check_url(url: &str) -> Result<(), Rejection> {
@@ -377,6 +382,14 @@ impl Engine {
                 "thresholds must not be negative".into(),
             ));
         }
+        if alerts
+            .velocity_near_percent
+            .is_some_and(|p| !(1..=100).contains(&p))
+        {
+            return Err(Rejection::InvalidRequest(
+                "velocity_near_percent is from 1 to 100".into(),
+            ));
+        }
         let config = serde_json::to_string(&alerts).unwrap_or_default();
         let a = Arc::new(alerts);
         self.alerts.insert(program.to_string(), a.clone());
@@ -485,6 +498,9 @@ impl Engine {
                 k => k,
             };
             out.extend(self.event(&program, Some(&card_id), k, data, at_ms));
+            if k == "authorization.approved" {
+                self.velocity_alerts(c, at_ms, &mut out);
+            }
         }
         self.balance_alert(c, at_ms, &mut out);
         self.funding_alerts(writes, at_ms, &mut out);
@@ -517,6 +533,62 @@ impl Engine {
             ));
         }
         c.balance_low = below;
+    }
+
+    /// `velocity.limit_near` for each of the card's own velocity windows (policy and
+    /// controls, `scope: card`, counting approvals) that reached the program's share of
+    /// its amount or count limit; once per crossing (falling back under re-arms it).
+    fn velocity_alerts(&self, c: &mut CardState, at_ms: i64, out: &mut Vec<Write>) {
+        use crate::policy::{Check, Counts, VelocityScope};
+        let Some(pct) = self.alerts(&c.program).velocity_near_percent else {
+            return;
+        };
+        let policies = self.policies.load();
+        let Some(policy) = policies.get(&c.policy).cloned() else {
+            return;
+        };
+        let now = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
+        let controls = c.controls.clone();
+        let share = Decimal::from(pct);
+        for (source, p) in [("policy", Some(&policy)), ("controls", controls.as_ref())] {
+            let Some(p) = p else { continue };
+            for rule in &p.rules {
+                let Check::Velocity(v) = &rule.check else {
+                    continue;
+                };
+                if v.scope != VelocityScope::Card || v.counts != Counts::Approved {
+                    continue;
+                }
+                let start_ms = v.window.start_ms(now, p.timezone);
+                let used = c.velocity.totals(v.key, start_ms);
+                let near_amount = v.amount_max.is_some_and(|m| {
+                    m > Decimal::ZERO && used.amount * Decimal::ONE_HUNDRED >= m * share
+                });
+                let near_count = v.count_max.is_some_and(|m| {
+                    m > 0 && u128::from(used.count) * 100 >= u128::from(m) * u128::from(pct)
+                });
+                let id = format!("{source}:{}", rule.id);
+                let was = c.velocity_near.iter().any(|r| *r == id);
+                if (near_amount || near_count) && !was {
+                    let money = |d| crate::money::format_amount(d, p.currency);
+                    let data = json!({"rule": rule.id, "source": source, "window": v.window.to_string(),
+                        "percent": pct, "currency": p.currency,
+                        "amount_used": money(used.amount), "amount_max": v.amount_max.map(money),
+                        "count_used": used.count, "count_max": v.count_max});
+                    let card_id = c.card_id.clone();
+                    out.extend(self.event(
+                        &c.program,
+                        Some(&card_id),
+                        "velocity.limit_near",
+                        data,
+                        at_ms,
+                    ));
+                    c.velocity_near.push(id);
+                } else if !(near_amount || near_count) && was {
+                    c.velocity_near.retain(|r| *r != id);
+                }
+            }
+        }
     }
 
     /// `program.funding_low` for each funding account the writes moved below its

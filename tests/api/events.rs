@@ -384,3 +384,124 @@ async fn endpoints_rotate_their_secret_and_a_disabled_one_gets_nothing() {
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velocity_limit_near_fires_once_when_a_window_reaches_the_share() {
+    let mut s = start().await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let rx = Receiver::start(0).await;
+    endpoint(&s, &key, &rx.url, json!(["velocity.limit_near"])).await;
+    let (st, text, _) = s
+        .call(
+            Method::PUT,
+            "/v1/alerts",
+            Some(&key),
+            None,
+            Some(json!({"velocity_near_percent": 80})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    // daily_spend allows 20 approvals a day: the 16th reaches 80 %.
+    for i in 1..=18 {
+        let v = post(
+            &s,
+            &key,
+            "/v1/authorizations",
+            "-",
+            auth(&format!("v{i}"), &card, "100.00", "5411"),
+        )
+        .await;
+        assert_eq!(v["approved"], true, "{v}");
+    }
+    let events = rx.wait_for(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let events: Vec<Value> = rx
+        .calls
+        .lock()
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "once per crossing: {events:?}");
+    let d = &events[0]["data"];
+    assert_eq!(
+        (
+            d["rule"].as_str(),
+            d["count_used"].as_u64(),
+            d["count_max"].as_u64()
+        ),
+        (Some("daily_spend"), Some(16), Some(20))
+    );
+    let (st, _, _) = s
+        .call(
+            Method::PUT,
+            "/v1/alerts",
+            Some(&key),
+            None,
+            Some(json!({"velocity_near_percent": 0})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funding_low_fires_once_per_crossing_and_rearms_above() {
+    let mut s = start().await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let rx = Receiver::start(0).await;
+    endpoint(&s, &key, &rx.url, json!(["program.funding_low"])).await;
+    // The program deposited 10 000 000 and funded the card with 100 000.
+    let (st, _, _) = s
+        .call(
+            Method::PUT,
+            "/v1/alerts",
+            Some(&key),
+            None,
+            Some(json!({"funding_low": {"NGN": "9900000.00"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    post(
+        &s,
+        &key,
+        &format!("/v1/cards/{card}/fund"),
+        "f-1",
+        json!({"amount": "10.00"}),
+    )
+    .await;
+    post(
+        &s,
+        &key,
+        &format!("/v1/cards/{card}/fund"),
+        "f-2",
+        json!({"amount": "10.00"}),
+    )
+    .await;
+    post(
+        &s,
+        &key,
+        "/v1/programs/ng/deposits",
+        "d-2",
+        json!({"amount": "100.00", "currency": "NGN"}),
+    )
+    .await;
+    post(
+        &s,
+        &key,
+        &format!("/v1/cards/{card}/fund"),
+        "f-3",
+        json!({"amount": "100.00"}),
+    )
+    .await;
+    let events = rx.wait_for(2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let n = rx.calls.lock().len();
+    assert_eq!(n, 2, "below, back above, below again: {events:?}");
+    assert_eq!(events[0]["data"]["balance"], "9899990.00");
+    assert_eq!(events[1]["data"]["balance"], "9899980.00");
+    assert!(
+        events[0]["card_id"].is_null(),
+        "a program's event names no card"
+    );
+    s.stop().await;
+}
