@@ -568,7 +568,7 @@ impl Engine {
                     m > 0 && u128::from(used.count) * 100 >= u128::from(m) * u128::from(pct)
                 });
                 let id = format!("{source}:{}", rule.id);
-                let was = c.velocity_near.iter().any(|r| *r == id);
+                let was = c.velocity_near.contains(&id);
                 if (near_amount || near_count) && !was {
                     let money = |d| crate::money::format_amount(d, p.currency);
                     let data = json!({"rule": rule.id, "source": source, "window": v.window.to_string(),
