@@ -413,7 +413,7 @@ async fn velocity_limit_near_fires_once_when_a_window_reaches_the_share() {
         .await;
         assert_eq!(v["approved"], true, "{v}");
     }
-    let events = rx.wait_for(1).await;
+    rx.wait_for(1).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let events: Vec<Value> = rx
         .calls
