@@ -299,7 +299,7 @@ impl Engine {
                     at_ms,
                     &mut writes,
                 );
-                if !self.webhook_endpoints.is_empty() {
+                if self.has_webhook_endpoints() {
                     let data = serde_json::json!({"authorization_id": e.hold.auth_id, "card_id": c.card_id,
                         "status": e.hold.status, "currency": c.currency});
                     let card_id = c.card_id.clone();
@@ -313,7 +313,7 @@ impl Engine {
                 }
                 expired.push(e.hold.auth_id);
             }
-            if !self.webhook_endpoints.is_empty() {
+            if self.has_webhook_endpoints() {
                 let mut alerts = Vec::new();
                 self.balance_alert(&mut c, at_ms, &mut alerts);
                 writes.extend(alerts);

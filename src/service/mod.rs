@@ -200,6 +200,8 @@ pub struct Engine {
     funding_low: DashMap<String, ()>,
     /// The last event's sequence number.
     event_sequence: std::sync::atomic::AtomicI64,
+    /// How many endpoints `webhook_endpoints` holds (the fast path of every operation).
+    endpoint_count: std::sync::atomic::AtomicUsize,
     /// Authorizations reversed before they arrived (out-of-order messages), as
     /// `program/authorization id`; at most [`EARLY_REVERSALS_MAX`], oldest dropped first
     /// (a dropped one only means a late authorization keeps its hold until it expires).
@@ -240,6 +242,7 @@ impl Engine {
             alerts: DashMap::new(),
             funding_low: DashMap::new(),
             event_sequence: std::sync::atomic::AtomicI64::new(0),
+            endpoint_count: std::sync::atomic::AtomicUsize::new(0),
             early_reversals: DashMap::new(),
             early_reversal_order: Mutex::new(std::collections::VecDeque::new()),
             house: Mutex::new(BTreeMap::new()),

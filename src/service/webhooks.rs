@@ -177,7 +177,13 @@ impl Engine {
     fn save_endpoint(&self, e: WebhookEndpoint) -> Pending<Arc<WebhookEndpoint>> {
         let config = serde_json::to_string(&e).unwrap_or_default();
         let e = Arc::new(e);
-        self.webhook_endpoints.insert(e.id.clone(), e.clone());
+        if self
+            .webhook_endpoints
+            .insert(e.id.clone(), e.clone())
+            .is_none()
+        {
+            self.endpoint_count.fetch_add(1, Ordering::SeqCst);
+        }
         let seq = self.persist(vec![Write::Outbox(OutboxWrite::Endpoint {
             id: e.id.clone(),
             program: e.program.clone(),
@@ -312,7 +318,9 @@ impl Engine {
         id: &str,
     ) -> Result<Pending<()>, Rejection> {
         let e = self.webhook_endpoint(program, id)?;
-        self.webhook_endpoints.remove(id);
+        if self.webhook_endpoints.remove(id).is_some() {
+            self.endpoint_count.fetch_sub(1, Ordering::SeqCst);
+        }
         let seq = self.persist(vec![Write::Outbox(OutboxWrite::Endpoint {
             id: e.id.clone(),
             program: e.program.clone(),
@@ -329,7 +337,13 @@ impl Engine {
         for (id, _, config) in endpoints {
             let e: WebhookEndpoint =
                 serde_json::from_str(config).map_err(|e| format!("endpoint {id}: {e}"))?;
-            self.webhook_endpoints.insert(id.clone(), Arc::new(e));
+            if self
+                .webhook_endpoints
+                .insert(id.clone(), Arc::new(e))
+                .is_none()
+            {
+                self.endpoint_count.fetch_add(1, Ordering::SeqCst);
+            }
         }
         for (program, config) in alerts {
             let a: Alerts =
@@ -465,7 +479,7 @@ impl Engine {
         writes: &[Write],
     ) -> Vec<Write> {
         // Fast path: a program without endpoints reports nothing.
-        if self.webhook_endpoints.is_empty() {
+        if !self.has_webhook_endpoints() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -703,7 +717,8 @@ impl Engine {
     }
 
     pub fn has_webhook_endpoints(&self) -> bool {
-        !self.webhook_endpoints.is_empty()
+        // A counter, not the map's length: that would lock every shard on each call.
+        self.endpoint_count.load(Ordering::Relaxed) > 0
     }
 
     /// The engine's clock in milliseconds (delivery schedules by it).
