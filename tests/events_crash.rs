@@ -105,7 +105,7 @@ async fn a_sigkill_between_commit_and_delivery_loses_no_event() {
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
-        "webhooks: { retry_base_ms: 100, retry_max_ms: 200, poll_ms: 20 }\n",
+        "webhooks: { retry_base_ms: 100, retry_max_ms: 200, poll_ms: 20 }\nengine: { webhook_private_urls: true }\n",
     )
     .unwrap();
     let data = dir.path().join("data");

@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub recovery_point_operations: u64,
     /// …or after this many seconds when anything changed.
     pub recovery_point_interval_s: u64,
+    /// Webhook endpoints may point at loopback, private or link-local addresses (off: a
+    /// tenant must not make the server call into its own network).
+    pub webhook_private_urls: bool,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +98,7 @@ impl Default for EngineConfig {
             authorization_index_entries_max: 1_000_000,
             recovery_point_operations: 250_000,
             recovery_point_interval_s: 600,
+            webhook_private_urls: false,
         }
     }
 }
@@ -198,8 +202,10 @@ pub struct Engine {
     /// Funding accounts below their program's threshold (at most one per program and
     /// currency).
     funding_low: DashMap<String, ()>,
-    /// The last event's sequence number.
+    /// The last event's number in the outbox (all programs: its delivery order).
     event_sequence: std::sync::atomic::AtomicI64,
+    /// Each program's last event sequence (what its receivers see; one per program).
+    program_sequences: DashMap<String, i64>,
     /// How many endpoints `webhook_endpoints` holds (the fast path of every operation).
     endpoint_count: std::sync::atomic::AtomicUsize,
     /// Authorizations reversed before they arrived (out-of-order messages), as
@@ -242,6 +248,7 @@ impl Engine {
             alerts: DashMap::new(),
             funding_low: DashMap::new(),
             event_sequence: std::sync::atomic::AtomicI64::new(0),
+            program_sequences: DashMap::new(),
             endpoint_count: std::sync::atomic::AtomicUsize::new(0),
             early_reversals: DashMap::new(),
             early_reversal_order: Mutex::new(std::collections::VecDeque::new()),

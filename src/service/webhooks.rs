@@ -47,7 +47,7 @@ pub struct Event {
     pub program: String,
     /// RFC 3339, UTC, milliseconds.
     pub created: String,
-    /// Increasing across the program's events.
+    /// The program's own event number: increasing, never shared with another program.
     pub sequence: i64,
     /// The card concerned (never a card number), when there is one.
     pub card_id: Option<String>,
@@ -55,6 +55,34 @@ pub struct Event {
     /// transfer, a card), or the alert's figures.
     #[schema(value_type = Object)]
     pub data: Value,
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::check_url;
+
+    #[test]
+    fn endpoints_cannot_point_into_the_servers_network_unless_allowed() {
+        for bad in [
+            "http://127.0.0.1:8080/x",
+            "http://10.1.2.3/x",
+            "http://192.168.0.1/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://100.64.0.1/x",
+            "http://[::1]/x",
+            "http://[fd00::1]/x",
+            "http://[::ffff:10.0.0.1]/x",
+            "http://localhost:9/x",
+            "http://metadata.google.internal/x",
+            "http://0.0.0.0/x",
+        ] {
+            assert!(check_url(bad, false).is_err(), "{bad}");
+            assert!(check_url(bad, true).is_ok(), "{bad} when allowed");
+        }
+        assert!(check_url("https://issuer.example/spendgate", false).is_ok());
+        assert!(check_url("https://8.8.8.8/x", false).is_ok());
+        assert!(check_url("ftp://issuer.example/x", true).is_err());
+    }
 }
 
 /// Endpoints a program may have.
@@ -137,17 +165,57 @@ pub struct Alerts {
     pub velocity_near_percent: Option<u8>,
 }
 
-fn check_url(url: &str) -> Result<(), Rejection> {
-    let ok = url.len() <= 2048
-        && reqwest::Url::parse(url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::InvalidRequest(
-            "url must be an http(s) URL of at most 2048 characters".into(),
-        ))
+/// An address a tenant must not make the server call: loopback, private, link-local,
+/// unspecified, shared (CGNAT) or unique-local.
+fn private_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v) => {
+            v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || (v.octets()[0] == 100 && (64..128).contains(&v.octets()[1]))
+        }
+        std::net::IpAddr::V6(v) => {
+            v.is_loopback()
+                || v.is_unspecified()
+                || (v.segments()[0] & 0xfe00) == 0xfc00
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+                || v.to_ipv4_mapped().is_some_and(|m| private_ip(m.into()))
+        }
     }
+}
+
+/// An http(s) URL; unless `private_allowed`, not a literal private address or a local
+/// name (names that resolve to private addresses are not caught here).
+fn check_url(url: &str, private_allowed: bool) -> Result<(), Rejection> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| url.len() <= 2048 && matches!(u.scheme(), "http" | "https"));
+    let Some(u) = parsed else {
+        return Err(Rejection::InvalidRequest(
+            "url must be an http(s) URL of at most 2048 characters".into(),
+        ));
+    };
+    let private = match u.host() {
+        None => true,
+        Some(url::Host::Ipv4(ip)) => private_ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => private_ip(ip.into()),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost"
+                || d.ends_with(".localhost")
+                || d.ends_with(".local")
+                || d.ends_with(".internal")
+        }
+    };
+    if private && !private_allowed {
+        return Err(Rejection::InvalidRequest(
+            "url must not point at a loopback, private or local address".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_types(types: &[String]) -> Result<(), Rejection> {
@@ -204,7 +272,7 @@ impl Engine {
         let url = input
             .url
             .ok_or_else(|| Rejection::InvalidRequest("url is required".into()))?;
-        check_url(&url)?;
+        check_url(&url, self.config.webhook_private_urls)?;
         let types = input.event_types.unwrap_or_default();
         check_types(&types)?;
         if self.webhook_endpoints(program).len() >= ENDPOINTS_PER_PROGRAM_MAX {
@@ -268,7 +336,7 @@ impl Engine {
     ) -> Result<Pending<Arc<WebhookEndpoint>>, Rejection> {
         let mut e = (*self.webhook_endpoint(program, id)?).clone();
         if let Some(u) = input.url {
-            check_url(&u)?;
+            check_url(&u, self.config.webhook_private_urls)?;
             e.url = u;
         }
         if let Some(t) = input.event_types {
@@ -333,8 +401,7 @@ impl Engine {
         &self,
         state: &crate::store::outbox::OutboxState,
     ) -> Result<(), String> {
-        let (endpoints, alerts, last) = state;
-        for (id, _, config) in endpoints {
+        for (id, _, config) in &state.endpoints {
             let e: WebhookEndpoint =
                 serde_json::from_str(config).map_err(|e| format!("endpoint {id}: {e}"))?;
             if self
@@ -345,12 +412,16 @@ impl Engine {
                 self.endpoint_count.fetch_add(1, Ordering::SeqCst);
             }
         }
-        for (program, config) in alerts {
+        for (program, config) in &state.alerts {
             let a: Alerts =
                 serde_json::from_str(config).map_err(|e| format!("alerts of {program}: {e}"))?;
             self.alerts.insert(program.clone(), Arc::new(a));
         }
-        self.event_sequence.store(*last, Ordering::SeqCst);
+        self.event_sequence
+            .store(state.last_sequence, Ordering::SeqCst);
+        for (program, last) in &state.program_sequences {
+            self.program_sequences.insert(program.clone(), *last);
+        }
         Ok(())
     }
 
@@ -441,6 +512,15 @@ impl Engine {
             return None;
         }
         let sequence = self.event_sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        // Each program counts its own events: another program's activity never shows.
+        let program_sequence = {
+            let mut n = self
+                .program_sequences
+                .entry(program.to_string())
+                .or_insert(0);
+            *n += 1;
+            *n
+        };
         let id = format!("evt_{}", &self.ids.hex128()[..24]);
         let created = chrono::DateTime::from_timestamp_millis(at_ms)
             .unwrap_or_default()
@@ -451,7 +531,7 @@ impl Engine {
             api_version: "v1".into(),
             program: program.to_string(),
             created,
-            sequence,
+            sequence: program_sequence,
             card_id: card_id.map(str::to_string),
             data,
         })
@@ -459,6 +539,7 @@ impl Engine {
         Some(Write::Outbox(OutboxWrite::Event(Box::new(EventWrite {
             id,
             sequence,
+            program_sequence,
             program: program.to_string(),
             card_id: card_id.map(str::to_string),
             kind,

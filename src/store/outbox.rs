@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS webhook_endpoints (
     id TEXT PRIMARY KEY, program TEXT NOT NULL, config TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS program_alerts (
     program TEXT PRIMARY KEY, config TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_counters (
+    program TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     sequence INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, program TEXT NOT NULL, card_id TEXT,
     type TEXT NOT NULL, at_ms INTEGER NOT NULL, payload TEXT NOT NULL);
@@ -27,7 +29,10 @@ CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(sequence) WHERE stat
 #[derive(Debug, Clone)]
 pub struct EventWrite {
     pub id: String,
+    /// The outbox's order (all programs).
     pub sequence: i64,
+    /// The program's own sequence, as its receivers see it.
+    pub program_sequence: i64,
     pub program: String,
     pub card_id: Option<String>,
     pub kind: &'static str,
@@ -279,8 +284,18 @@ pub fn queue_stats(c: &Connection) -> Result<(i64, Option<i64>), StoreError> {
     .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
-/// Endpoints (id, program, config), alerts (program, config) and the last event sequence.
-pub type OutboxState = (Vec<(String, String, String)>, Vec<(String, String)>, i64);
+/// What start-up reads of the outbox.
+#[derive(Debug, Default)]
+pub struct OutboxState {
+    /// (id, program, config).
+    pub endpoints: Vec<(String, String, String)>,
+    /// (program, config).
+    pub alerts: Vec<(String, String)>,
+    /// The outbox's last event number.
+    pub last_sequence: i64,
+    /// (program, its last event sequence).
+    pub program_sequences: Vec<(String, i64)>,
+}
 
 pub fn load(c: &Connection) -> Result<OutboxState, StoreError> {
     let mut st = c.prepare("SELECT id, program, config FROM webhook_endpoints ORDER BY id")?;
@@ -292,7 +307,16 @@ pub fn load(c: &Connection) -> Result<OutboxState, StoreError> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let last: Option<i64> = c.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0))?;
-    Ok((endpoints, alerts, last.unwrap_or(0)))
+    let mut st = c.prepare("SELECT program, last FROM event_counters")?;
+    let program_sequences = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(OutboxState {
+        endpoints,
+        alerts,
+        last_sequence: last.unwrap_or(0),
+        program_sequences,
+    })
 }
 
 /// Outbox reads on the store's read connection (blocking: call off the async runtime).
@@ -348,6 +372,7 @@ mod tests {
         OutboxWrite::Event(Box::new(EventWrite {
             id: format!("evt_{seq}"),
             sequence: seq,
+            program_sequence: seq,
             program: "p".into(),
             card_id: Some("c".into()),
             kind: "card.funded",

@@ -64,6 +64,8 @@ async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&dir.path().join("data"), Path::new("rules"));
     c.webhooks.retry_base_ms = 50;
+    // The receivers listen on 127.0.0.1.
+    c.engine.webhook_private_urls = true;
     c.webhooks.poll_ms = 20;
     Server::start_with(c, Some(dir)).await
 }
