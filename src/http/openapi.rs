@@ -70,7 +70,7 @@ use super::Shared;
     components(schemas(
         ProblemBody,
         crate::processors::Processor,
-        crate::service::webhooks::Event
+        crate::service::events::Event
     ))
 )]
 pub struct ApiDoc;
@@ -91,7 +91,7 @@ pub fn openapi() -> String {
 /// The events spendgate sends, as OpenAPI 3.1 `webhooks`: one per type, each body an
 /// `Event` (its `type` constrained to the known types).
 fn add_webhooks(doc: &mut serde_json::Value) {
-    use crate::service::webhooks::EVENT_TYPES;
+    use crate::service::events::EVENT_TYPES;
     use serde_json::json;
     if let Some(t) = doc["components"]["schemas"]["Event"]["properties"].get_mut("type") {
         t["enum"] = json!(EVENT_TYPES);
@@ -454,7 +454,7 @@ mod tests {
     #[test]
     fn every_event_type_is_a_documented_webhook() {
         let doc: Value = serde_json::from_str(&super::openapi()).unwrap();
-        for kind in crate::service::webhooks::EVENT_TYPES {
+        for kind in crate::service::events::EVENT_TYPES {
             assert_eq!(
                 doc["webhooks"][kind]["post"]["requestBody"]["content"]["application/json"]
                     ["schema"]["$ref"],

@@ -17,6 +17,7 @@ mod cards;
 pub mod decision_record;
 mod effects;
 mod errors;
+pub mod events;
 mod funds;
 mod holds;
 mod idempotency;
@@ -198,7 +199,7 @@ pub struct Engine {
     /// Webhook endpoints by id (at most `ENDPOINTS_PER_PROGRAM_MAX` per program).
     webhook_endpoints: DashMap<String, Arc<webhooks::WebhookEndpoint>>,
     /// Alert thresholds by program.
-    alerts: DashMap<String, Arc<webhooks::Alerts>>,
+    alerts: DashMap<String, Arc<events::Alerts>>,
     /// Funding accounts below their program's threshold (at most one per program and
     /// currency).
     funding_low: DashMap<String, ()>,

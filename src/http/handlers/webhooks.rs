@@ -11,7 +11,8 @@ use crate::http::dto::CallerIds;
 use crate::http::extract::{checked_id, Body, PathId, Tenant};
 use crate::http::problem::ProblemBody;
 use crate::http::Shared;
-use crate::service::webhooks::{Alerts, EndpointInput, EVENT_TYPES};
+use crate::service::events::{Alerts, EVENT_TYPES};
+use crate::service::webhooks::EndpointInput;
 
 impl CallerIds for EndpointInput {}
 impl CallerIds for Alerts {}
