@@ -178,6 +178,9 @@ impl Engine {
                 card_hash: id_hash(&c.card_id),
                 answer: decision_record::encode_answer(&response),
             });
+            // Receivers were told of the decision; now of what the caller was told.
+            let events = self.operation_events("authorization", &json, Some(&mut c), &writes);
+            writes.extend(events);
             guard = Some(c);
         }
         writes.push(Write::Idempotency {

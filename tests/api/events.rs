@@ -507,3 +507,37 @@ async fn funding_low_fires_once_per_crossing_and_rearms_above() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_deadline_is_reported_as_the_91_the_caller_was_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&dir.path().join("data"), Path::new("rules"));
+    c.webhooks.poll_ms = 20;
+    c.engine.webhook_private_urls = true;
+    c.deadline_ms = 0;
+    let mut s = Server::start_with(c, Some(dir)).await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let rx = Receiver::start(0).await;
+    endpoint(
+        &s,
+        &key,
+        &rx.url,
+        json!(["authorization.approved", "authorization.declined"]),
+    )
+    .await;
+    let v = post(
+        &s,
+        &key,
+        "/v1/authorizations",
+        "-",
+        auth("late", &card, "500.00", "5411"),
+    )
+    .await;
+    assert_eq!(v["response_code"], "91");
+    let events = rx.wait_for(2).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "authorization.declined", "{events:?}");
+    assert_eq!(last["data"]["response_code"], "91");
+    assert_eq!(last["data"]["authorization_id"], "late");
+    s.stop().await;
+}
