@@ -162,6 +162,10 @@ fn constraint(field: &str) -> Option<Value> {
         "currency" => json!({"enum": currencies}),
         "country" | "allowed_countries" | "blocked_countries" => json!({"enum": countries}),
         "mcc" | "allowed_categories" | "blocked_categories" => json!({"pattern": "^[0-9]{4}$"}),
+        // Alert thresholds: currency code → amount.
+        "balance_low" | "funding_low" => {
+            json!({"propertyNames": {"enum": currencies}, "additionalProperties": {"type": "string", "pattern": amount["pattern"]}})
+        }
         "expiry" => json!({"pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}),
         "name" => json!({"minLength": 1, "maxLength": 128}),
         "policy" => json!({"minLength": 1, "maxLength": crate::domain::ID_LEN_MAX}),
@@ -175,6 +179,12 @@ fn constraint(field: &str) -> Option<Value> {
 /// Adds `c` to a property schema: to the string itself, to its array's items, or to the
 /// string branch of a nullable type.
 fn constrain(prop: &mut Value, c: &Value) {
+    if prop["type"] == "object" {
+        if let (Some(p), Some(c)) = (prop.as_object_mut(), c.as_object()) {
+            p.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        return;
+    }
     if prop["type"] == "array"
         || prop["type"]
             .as_array()
