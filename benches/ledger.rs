@@ -68,9 +68,17 @@ fn pct(v: &[u64], q: f64) -> u64 {
 
 /// `tasks` concurrent callers on a 2-worker tokio runtime, each authorizing one at a
 /// time and awaiting its commit, as the HTTP service does.
-fn run(label: &str, durability: Durability, tasks: usize, per_task: u64) {
+fn run(label: &str, durability: Durability, tasks: usize, per_task: u64, events: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (e, cards, clock) = setup(dir.path(), durability, 1_000);
+    if events {
+        // Every authorization then writes an event and a delivery row in its commit.
+        let input = spendgate::service::webhooks::EndpointInput {
+            url: Some("https://receiver.example/spendgate".into()),
+            ..Default::default()
+        };
+        e.create_webhook_endpoint("bench", input).unwrap().wait();
+    }
     let cards = Arc::new(cards);
     let stats = e.store().unwrap().stats.clone();
     let (b0, w0, c0) = (
@@ -150,12 +158,23 @@ fn main() {
             Durability::Full,
             tasks,
             per_thread * 64 / tasks as u64,
+            false,
         );
+        if tasks == 64 {
+            run(
+                "group commit, an endpoint wanting every event",
+                Durability::Full,
+                tasks,
+                per_thread,
+                true,
+            );
+        }
     }
     run(
         "durability off (baseline)",
         Durability::Off,
         256,
         per_thread / 4,
+        false,
     );
 }
