@@ -157,7 +157,9 @@ fn constraint(field: &str) -> Option<Value> {
         .map(|c| c.as_str().to_string())
         .collect();
     Some(match field {
-        "id" | "card_id" | "cardholder_id" | "authorization_id" | "processor_card_token" => id,
+        "id" | "card_id" | "cardholder_id" | "authorization_id" | "processor_card_token"
+        | "event_id" => id,
+        "velocity_near_percent" => json!({"minimum": 1, "maximum": 100}),
         "amount" | "amount_max" => amount,
         "currency" => json!({"enum": currencies}),
         "country" | "allowed_countries" | "blocked_countries" => json!({"enum": countries}),
@@ -179,6 +181,18 @@ fn constraint(field: &str) -> Option<Value> {
 /// Adds `c` to a property schema: to the string itself, to its array's items, or to the
 /// string branch of a nullable type.
 fn constrain(prop: &mut Value, c: &Value) {
+    let is = |t: &str| {
+        prop["type"] == t
+            || prop["type"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!(t)))
+    };
+    if is("integer") {
+        if let (Some(p), Some(c)) = (prop.as_object_mut(), c.as_object()) {
+            p.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        return;
+    }
     if prop["type"] == "object" {
         if let (Some(p), Some(c)) = (prop.as_object_mut(), c.as_object()) {
             p.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -244,7 +258,7 @@ fn constrain_requests(doc: &mut Value) {
                 .flatten()
             {
                 let name = p["name"].as_str().unwrap_or_default().to_string();
-                if p["in"] == "path" && (name == "id" || name == "version") {
+                if p["in"] == "path" && matches!(name.as_str(), "id" | "version" | "event_id") {
                     if let Some(c) = constraint(&name) {
                         constrain(&mut p["schema"], &c);
                     }
