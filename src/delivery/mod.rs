@@ -135,12 +135,12 @@ pub async fn run(
         }
         let now_ms = engine.now_ms();
         // Deliveries of one card to one endpoint go in event order: once one is waiting
-        // (in flight or not yet due), the card's later events wait behind it.
+        // (in flight or not yet due), the card's later events wait behind it. Events of
+        // no card (the program's own) form one more such lane.
         let mut waiting: HashSet<(String, String)> = HashSet::new();
         for d in pending {
             let lane = (d.endpoint_id.clone(), d.card_id.clone().unwrap_or_default());
-            let ordered = d.card_id.is_some();
-            if ordered && waiting.contains(&lane) {
+            if waiting.contains(&lane) {
                 continue;
             }
             let mut f = in_flight.lock();
@@ -149,9 +149,7 @@ pub async fn run(
             let full = f.per_endpoint.get(&d.endpoint_id).copied().unwrap_or(0)
                 >= cfg.per_endpoint_in_flight;
             if busy || !due || full {
-                if ordered {
-                    waiting.insert(lane);
-                }
+                waiting.insert(lane);
                 continue;
             }
             if f.deliveries.len() >= cfg.in_flight_max {
@@ -160,9 +158,7 @@ pub async fn run(
             f.deliveries.insert((d.endpoint_id.clone(), d.sequence));
             *f.per_endpoint.entry(d.endpoint_id.clone()).or_default() += 1;
             drop(f);
-            if ordered {
-                waiting.insert(lane);
-            }
+            waiting.insert(lane);
             let (engine, client, in_flight) = (engine.clone(), client.clone(), in_flight.clone());
             tokio::spawn(async move {
                 attempt(&engine, &client, &cfg, &d).await;

@@ -157,7 +157,11 @@ fn constraint(field: &str) -> Option<Value> {
         .map(|c| c.as_str().to_string())
         .collect();
     Some(match field {
-        "id" | "card_id" | "cardholder_id" | "authorization_id" | "processor_card_token"
+        "id"
+        | "card_id"
+        | "cardholder_id"
+        | "authorization_id"
+        | "processor_card_token"
         | "event_id" => id,
         "velocity_near_percent" => json!({"minimum": 1, "maximum": 100}),
         "amount" | "amount_max" => amount,

@@ -62,17 +62,43 @@ pub struct Event {
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
     /// `balance.low` when a card's available balance falls below this (once per crossing).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "amounts_by_currency")]
     #[schema(value_type = BTreeMap<String, String>)]
     pub balance_low: BTreeMap<Currency, Decimal>,
     /// `program.funding_low` when the funding account falls below this (once per crossing).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "amounts_by_currency")]
     #[schema(value_type = BTreeMap<String, String>)]
     pub funding_low: BTreeMap<Currency, Decimal>,
     /// `velocity.limit_near` when an approval takes a card's own velocity window to this
     /// share of its amount or count limit (1–100 %), once per crossing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "percent")]
     pub velocity_near_percent: Option<u8>,
+}
+
+/// A whole percentage; JSON's `13.0` is the integer 13, as JSON Schema has it.
+fn percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(p) if p.fract() == 0.0 && (0.0..=255.0).contains(&p) => Ok(Some(p as u8)),
+        Some(p) => Err(serde::de::Error::custom(format!(
+            "velocity_near_percent {p} is not a whole number from 1 to 100"
+        ))),
+    }
+}
+
+/// Thresholds as the API takes every amount: decimal strings in the one exact grammar
+/// (`"5000.00"`), never JSON numbers.
+fn amounts_by_currency<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<Currency, Decimal>, D::Error> {
+    let raw = BTreeMap::<Currency, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(c, a)| {
+            crate::money::parse_decimal(&a)
+                .map(|v| (c, v))
+                .map_err(serde::de::Error::custom)
+        })
+        .collect()
 }
 
 impl Engine {
