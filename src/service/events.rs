@@ -54,6 +54,7 @@ pub struct Event {
     /// The object as the API answered it (an authorization's decision, a hold, a
     /// transfer, a card), or the alert's figures.
     #[schema(value_type = Object)]
+    #[serde(skip_serializing_if = "Value::is_null")]
     pub data: Value,
 }
 
@@ -73,6 +74,14 @@ pub struct Alerts {
     /// share of its amount or count limit (1–100 %), once per crossing.
     #[serde(default, deserialize_with = "percent")]
     pub velocity_near_percent: Option<u8>,
+}
+
+/// Whether a decision's JSON answer approved. Its first `"approved":` is the field: in
+/// an id or a reason before it a quote is escaped (`\"approved\":`), so never matches.
+fn approved(answer: &str) -> bool {
+    answer
+        .find("\"approved\":")
+        .is_some_and(|i| answer[i + "\"approved\":".len()..].starts_with("true"))
 }
 
 /// A whole percentage; JSON's `13.0` is the integer 13, as JSON Schema has it.
@@ -179,6 +188,19 @@ impl Engine {
         data: Value,
         at_ms: i64,
     ) -> Option<Write> {
+        self.event_raw(program, card_id, kind, &data.to_string(), at_ms)
+    }
+
+    /// [`Engine::event`] with `data` already JSON (an operation's own answer, embedded as
+    /// it is rather than parsed and written again).
+    fn event_raw(
+        &self,
+        program: &str,
+        card_id: Option<&str>,
+        kind: &'static str,
+        data: &str,
+        at_ms: i64,
+    ) -> Option<Write> {
         let endpoints: Vec<String> = self
             .webhook_endpoints
             .iter()
@@ -202,7 +224,7 @@ impl Engine {
         let created = chrono::DateTime::from_timestamp_millis(at_ms)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let payload = serde_json::to_string(&Event {
+        let head = serde_json::to_string(&Event {
             id: id.clone(),
             kind: kind.to_string(),
             api_version: "v1".into(),
@@ -210,9 +232,11 @@ impl Engine {
             created,
             sequence: program_sequence,
             card_id: card_id.map(str::to_string),
-            data,
+            data: Value::Null,
         })
         .unwrap_or_default();
+        // `data` (left out above as null) goes last, as written: `{…,"data":{…}}`.
+        let payload = format!("{},\"data\":{data}}}", head.trim_end_matches('}'));
         Some(Write::Outbox(OutboxWrite::Event(Box::new(EventWrite {
             id,
             sequence,
@@ -242,7 +266,6 @@ impl Engine {
         }
         let mut out = Vec::new();
         let at_ms = self.now().timestamp_millis();
-        let data = || serde_json::from_str::<Value>(answer).unwrap_or(Value::Null);
         let Some(c) = card else {
             if scope == "deposit" {
                 self.funding_alerts(writes, at_ms, &mut out);
@@ -263,13 +286,12 @@ impl Engine {
             _ => None,
         };
         if let Some(k) = kind {
-            let data = data();
             let k = match k {
-                "authorization" if data["approved"] == true => "authorization.approved",
+                "authorization" if approved(answer) => "authorization.approved",
                 "authorization" => "authorization.declined",
                 k => k,
             };
-            out.extend(self.event(&program, Some(&card_id), k, data, at_ms));
+            out.extend(self.event_raw(&program, Some(&card_id), k, answer, at_ms));
             if k == "authorization.approved" {
                 self.velocity_alerts(c, at_ms, &mut out);
             }
@@ -394,5 +416,19 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_approves_by_its_field_not_by_text_in_an_id() {
+        let yes = r#"{"authorization_id":"a","card_id":"c","approved":true,"reason":"approved"}"#;
+        let tricky = serde_json::json!({"authorization_id": "x\"approved\":true", "card_id": "c", "approved": false});
+        assert!(approved(yes));
+        assert!(!approved(&tricky.to_string()), "{tricky}");
+        assert!(!approved(r#"{"approved":false}"#));
     }
 }
