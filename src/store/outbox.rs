@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS event_counters (
     program TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     sequence INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, program TEXT NOT NULL, card_id TEXT,
-    type TEXT NOT NULL, at_ms INTEGER NOT NULL, payload TEXT NOT NULL);
+    type TEXT NOT NULL, at_ms INTEGER NOT NULL, payload TEXT NOT NULL,
+    program_sequence INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
     endpoint_id TEXT NOT NULL, sequence INTEGER NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, next_attempt_ms INTEGER NOT NULL, last_status INTEGER,
@@ -89,11 +90,18 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
     match w {
         OutboxWrite::Event(e) => {
             c.prepare_cached(
-                "INSERT INTO events (sequence, id, program, card_id, type, at_ms, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (sequence, id, program, card_id, type, at_ms, payload, program_sequence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
-                e.sequence, e.id, e.program, e.card_id, e.kind, e.at_ms, e.payload
+                e.sequence,
+                e.id,
+                e.program,
+                e.card_id,
+                e.kind,
+                e.at_ms,
+                e.payload,
+                e.program_sequence
             ])?;
             let mut st = c.prepare_cached(
                 "INSERT INTO deliveries (endpoint_id, sequence, status, attempts, next_attempt_ms, updated_ms)
@@ -146,6 +154,13 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
             .execute(params![endpoint_id, sequence, status, attempts, next_attempt_ms, last_status, last_error, latency_ms, at_ms])?;
         }
         OutboxWrite::Sweep { before_ms } => {
+            // The programs' numbers are kept before their events go, so they only grow.
+            c.prepare_cached(
+                "INSERT INTO event_counters (program, last)
+                 SELECT program, max(program_sequence) FROM events WHERE true GROUP BY program
+                 ON CONFLICT (program) DO UPDATE SET last = max(last, excluded.last)",
+            )?
+            .execute([])?;
             c.prepare_cached(
                 "DELETE FROM deliveries WHERE (endpoint_id, sequence) IN (
                      SELECT endpoint_id, sequence FROM deliveries
@@ -307,7 +322,12 @@ pub fn load(c: &Connection) -> Result<OutboxState, StoreError> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let last: Option<i64> = c.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0))?;
-    let mut st = c.prepare("SELECT program, last FROM event_counters")?;
+    let mut st = c.prepare(
+        "SELECT program, max(last) FROM (
+             SELECT program, last FROM event_counters
+             UNION ALL SELECT program, max(program_sequence) FROM events GROUP BY program)
+         GROUP BY program ORDER BY program",
+    )?;
     let program_sequences = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
@@ -380,6 +400,25 @@ mod tests {
             payload: "{}".into(),
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         }))
+    }
+
+    #[test]
+    fn a_programs_event_numbers_survive_the_sweep_of_its_events() {
+        let c = db();
+        write(&c, &event(7, 100, &[])).unwrap();
+        assert_eq!(
+            load(&c).unwrap().program_sequences,
+            vec![("p".to_string(), 7)]
+        );
+        write(&c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
+        let events: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 0);
+        assert_eq!(
+            load(&c).unwrap().program_sequences,
+            vec![("p".to_string(), 7)]
+        );
     }
 
     #[test]
