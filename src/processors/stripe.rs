@@ -2,6 +2,9 @@
 //! `{"approved": …}` with a `Stripe-Version` header out (processor-hooks.md §2;
 //! stripe/stripe-python `issuing/_authorization.py`). Amounts are integer minor units of
 //! the card currency in `pending_request`; currencies are lowercase; countries alpha-2.
+//! `issuing_transaction.created` on the same endpoint captures or refunds (docs.stripe.com
+//! "Issuing transactions": captures negative, refunds positive, `authorization` may be
+//! null).
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -65,10 +68,72 @@ struct MerchantData {
 }
 
 const REQUEST: &str = "issuing_authorization.request";
+/// A capture or refund on an authorization (when the endpoint also receives it).
+const TRANSACTION: &str = "issuing_transaction.created";
+
+/// `issuing.transaction`: amounts signed as they move the issuer's balance (a capture
+/// negative, a refund positive), in the card currency's minor units.
+#[derive(Deserialize)]
+struct IssuingTransaction {
+    id: String,
+    amount: i64,
+    currency: String,
+    authorization: Option<String>,
+    card: CardRef,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn transaction(body: &[u8], echo: Value) -> Result<Parsed, HookError> {
+    let e: Event<IssuingTransaction> = serde_json::from_slice(body).map_err(|err| {
+        HookError(format!(
+            "`data.object` is not an issuing transaction: {err}"
+        ))
+    })?;
+    let t = e
+        .data
+        .ok_or_else(|| HookError("`data.object` is required".into()))?
+        .object;
+    let cur = currency(&t.currency)?;
+    let amount = from_minor(t.amount.checked_abs().unwrap_or(i64::MAX), cur);
+    let card_token = match t.card {
+        CardRef::Object { id } | CardRef::Id(id) => id,
+    };
+    let message = match (t.kind.as_str(), t.authorization) {
+        // Stripe may capture in parts (multi-capture): what is left expires with the hold.
+        ("capture" | "cash_withdrawal", Some(authorization_id)) => Message::Capture {
+            id: t.id,
+            authorization_id,
+            amount,
+            is_final: false,
+        },
+        // A force capture, without an authorization: posted as a stand-in advice.
+        ("capture" | "cash_withdrawal", None) => Message::Advice {
+            id: t.id,
+            card_token,
+            amount,
+            currency: cur,
+        },
+        ("refund", authorization_id) => Message::Refund {
+            id: t.id,
+            card_token,
+            authorization_id,
+            amount,
+            currency: cur,
+        },
+        (other, _) => Message::Informational {
+            kind: format!("issuing_transaction {other}"),
+        },
+    };
+    Ok(Parsed { message, echo })
+}
 
 pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
     let e: Event<serde::de::IgnoredAny> = serde_json::from_slice(body)?;
     let echo = e.api_version.clone().map_or(Value::Null, Value::String);
+    if e.kind == TRANSACTION {
+        return transaction(body, echo);
+    }
     if e.kind != REQUEST {
         return Ok(Parsed {
             message: Message::Informational { kind: e.kind },

@@ -491,6 +491,45 @@ async fn stripe_authorization_request_is_answered_with_approved_and_a_stripe_ver
     assert_eq!(r.body["amount"], 300);
     assert_eq!(r.body["metadata"]["spendgate_code"], "10");
 
+    // `issuing_transaction.created` (Stripe's capture, then a refund) on the same endpoint
+    // posts them; a redelivery posts nothing more. Shape from Stripe's Issuing
+    // transactions docs (`ipi_…`, capture amount negative, refund positive).
+    let txn = |id: &str, kind: &str, amount: i64| {
+        json!({"id": format!("evt_{id}"), "object": "event", "api_version": "2024-06-20",
+            "type": "issuing_transaction.created",
+            "data": {"object": {"id": id, "object": "issuing.transaction", "amount": amount,
+                "authorization": "iauth_1MvSKeLkdIwHu7ixKr8rO1HV", "card": "ic_1MvSKeLkdIwHu7ixFANTvxgn",
+                "currency": "usd", "type": kind, "merchant_data": {"category_code": "4121", "name": "Rocket Rides"}}}})
+        .to_string()
+    };
+    let capture = txn("ipi_1", "capture", -700);
+    for _ in 0..2 {
+        let r = hook(
+            &s,
+            "strp",
+            "stripe",
+            stripe_signed(STRIPE_SECRET, now, &capture),
+            &capture,
+        )
+        .await;
+        assert_eq!(r.body, json!({"received": true}), "{}", r.text);
+    }
+    let b = balance(&s, &key, &card).await;
+    assert_eq!(
+        (b["posted"].as_str(), b["available"].as_str()),
+        (Some("3.00"), Some("0.00"))
+    );
+    let refund = txn("ipi_2", "refund", 200);
+    hook(
+        &s,
+        "strp",
+        "stripe",
+        stripe_signed(STRIPE_SECRET, now, &refund),
+        &refund,
+    )
+    .await;
+    assert_eq!(balance(&s, &key, &card).await["available"], "2.00");
+
     // Other events on the same endpoint are received, never declined.
     let other = json!({"id": "evt_2", "object": "event", "type": "issuing_card.updated", "data": {"object": {}}}).to_string();
     let r = hook(
