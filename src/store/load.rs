@@ -213,7 +213,11 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
         });
     }
 
-    let mut st = conn.prepare("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls, processor_card_token FROM cards ORDER BY id")?;
+    // A store of schema 5 or older read as it is (read-only tools: replay, verify,
+    // decisions): what version 6 added is absent, not an error.
+    let v6 = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? >= 6;
+    let token = if v6 { "processor_card_token" } else { "NULL" };
+    let mut st = conn.prepare(&format!("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls, {token} FROM cards ORDER BY id"))?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -262,6 +266,9 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     for row in rows {
         s.api_keys.push(row?);
+    }
+    if !v6 {
+        return Ok(());
     }
     let mut st =
         conn.prepare("SELECT program, config FROM processor_hooks ORDER BY program, processor")?;

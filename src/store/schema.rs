@@ -208,6 +208,29 @@ mod tests {
     ";
 
     #[test]
+    fn a_version_5_store_reads_without_migrating() {
+        // What version 6 added, taken away again: a store as version 5 left it, read as
+        // the read-only tools (replay, verify, decisions) read it.
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c).unwrap();
+        c.execute_batch(
+            "DROP INDEX cards_processor_token;
+             ALTER TABLE cards DROP COLUMN processor_card_token;
+             DROP TABLE processor_hooks; DROP TABLE webhook_endpoints; DROP TABLE program_alerts;
+             DROP TABLE events; DROP TABLE deliveries; DROP TABLE event_counters;
+             INSERT INTO programs VALUES ('p', 'consumer-prepaid-africa', 'USD');
+             INSERT INTO cards (id, program, cardholder_id, kind, currency, last4, expiry, status)
+                 VALUES ('card_1', 'p', 'h', 'virtual', 'USD', '0001', '2030-01', 'active');
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        let s = crate::store::load_snapshot(&c).unwrap();
+        assert_eq!(s.cards.len(), 1);
+        assert_eq!(s.cards[0].processor_card_token, None);
+        assert!(s.hook_configs.is_empty() && s.outbox.endpoints.is_empty());
+    }
+
+    #[test]
     fn a_version_1_store_migrates_to_per_card_authorization_ids() {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(V1).unwrap();
