@@ -215,8 +215,22 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
 
     // A store of schema 5 or older read as it is (read-only tools: replay, verify,
     // decisions): what version 6 added is absent, not an error.
-    let v6 = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? >= 6;
-    let token = if v6 { "processor_card_token" } else { "NULL" };
+    let exists = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, bool>(0));
+    let has_token = exists(
+        "SELECT count(*) > 0 FROM pragma_table_info('cards') WHERE name = 'processor_card_token'",
+    )?;
+    let has_table = |name: &str| {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, bool>(0),
+        )
+    };
+    let token = if has_token {
+        "processor_card_token"
+    } else {
+        "NULL"
+    };
     let mut st = conn.prepare(&format!("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls, {token} FROM cards ORDER BY id"))?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -267,16 +281,17 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
     for row in rows {
         s.api_keys.push(row?);
     }
-    if !v6 {
-        return Ok(());
+    if has_table("processor_hooks")? {
+        let mut st = conn
+            .prepare("SELECT program, config FROM processor_hooks ORDER BY program, processor")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            s.hook_configs.push(row?);
+        }
     }
-    let mut st =
-        conn.prepare("SELECT program, config FROM processor_hooks ORDER BY program, processor")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    for row in rows {
-        s.hook_configs.push(row?);
+    if has_table("event_counters")? {
+        s.outbox = super::outbox::load(conn)?;
     }
-    s.outbox = super::outbox::load(conn)?;
     Ok(())
 }
 
