@@ -80,6 +80,10 @@ pub fn signature_headers(
     ]
 }
 
+/// Pending deliveries read per endpoint and poll (memory stays bounded: the queue is in
+/// the store).
+const PENDING_READ_PER_ENDPOINT: usize = 200;
+
 #[derive(Default)]
 struct InFlight {
     /// (endpoint, sequence) being attempted.
@@ -117,7 +121,9 @@ pub async fn run(
             continue;
         }
         let e = engine.clone();
-        let Ok(pending) = tokio::task::spawn_blocking(move || e.pending_deliveries(1_000)).await
+        let Ok(pending) =
+            tokio::task::spawn_blocking(move || e.pending_deliveries(PENDING_READ_PER_ENDPOINT))
+                .await
         else {
             break;
         };

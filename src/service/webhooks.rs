@@ -364,11 +364,25 @@ impl Engine {
     }
 
     /// Pending deliveries in event order (blocking: off the async runtime).
-    pub fn pending_deliveries(&self, limit: usize) -> Vec<PendingDelivery> {
-        self.store
-            .as_ref()
-            .and_then(|s| s.pending_deliveries(limit).ok())
-            .unwrap_or_default()
+    /// Each enabled endpoint's pending deliveries (at most `limit_per_endpoint` each, in
+    /// event order). Read endpoint by endpoint: a dead endpoint's backlog of deliveries
+    /// not yet due can never fill the batch and starve another's; a disabled endpoint's
+    /// wait untouched until it is enabled again.
+    pub fn pending_deliveries(&self, limit_per_endpoint: usize) -> Vec<PendingDelivery> {
+        let Some(store) = self.store.as_ref() else {
+            return Vec::new();
+        };
+        let enabled: Vec<String> = self
+            .webhook_endpoints
+            .iter()
+            .filter(|e| e.enabled)
+            .map(|e| e.id.clone())
+            .collect();
+        enabled
+            .iter()
+            .filter_map(|id| store.pending_deliveries(id, limit_per_endpoint).ok())
+            .flatten()
+            .collect()
     }
 
     /// Records a delivery attempt (durable in the background: a crash before it only

@@ -222,14 +222,19 @@ pub struct DeliveryRow {
     pub updated_ms: i64,
 }
 
-/// Pending deliveries in event order, at most `limit`.
-pub fn pending(c: &Connection, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+/// One endpoint's pending deliveries in event order, at most `limit` (read per
+/// endpoint, so one endpoint's backlog never hides another's due deliveries).
+pub fn pending(
+    c: &Connection,
+    endpoint_id: &str,
+    limit: usize,
+) -> Result<Vec<PendingDelivery>, StoreError> {
     let mut st = c.prepare_cached(
         "SELECT d.endpoint_id, d.sequence, e.id, e.card_id, d.attempts, d.next_attempt_ms, e.at_ms, e.payload
          FROM deliveries d JOIN events e ON e.sequence = d.sequence
-         WHERE d.status = 'pending' ORDER BY d.sequence LIMIT ?1",
+         WHERE d.endpoint_id = ?1 AND d.status = 'pending' ORDER BY d.sequence LIMIT ?2",
     )?;
-    let rows = st.query_map(params![limit as i64], |r| {
+    let rows = st.query_map(params![endpoint_id, limit as i64], |r| {
         Ok(PendingDelivery {
             endpoint_id: r.get(0)?,
             sequence: r.get(1)?,
@@ -341,9 +346,13 @@ pub fn load(c: &Connection) -> Result<OutboxState, StoreError> {
 
 /// Outbox reads on the store's read connection (blocking: call off the async runtime).
 impl Store {
-    pub fn pending_deliveries(&self, limit: usize) -> Result<Vec<PendingDelivery>, StoreError> {
+    pub fn pending_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
         match self.reader.lock().as_ref() {
-            Some(c) => pending(c, limit),
+            Some(c) => pending(c, endpoint_id, limit),
             None => Err(StoreError::Closed),
         }
     }
@@ -440,7 +449,8 @@ mod tests {
         write(&c, &done(1, "we_a")).unwrap();
         write(&c, &done(2, "we_a")).unwrap();
         write(&c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
-        let pending = pending(&c, 10).unwrap();
+        assert!(pending(&c, "we_a", 10).unwrap().is_empty());
+        let pending = pending(&c, "we_b", 10).unwrap();
         assert_eq!(pending.len(), 1, "we_b still waits for event 1");
         assert_eq!(
             (pending[0].endpoint_id.as_str(), pending[0].sequence),

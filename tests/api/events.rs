@@ -541,3 +541,42 @@ async fn a_missed_deadline_is_reported_as_the_91_the_caller_was_told() {
     assert_eq!(last["data"]["authorization_id"], "late");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_delays_no_other_endpoint() {
+    let mut s = start().await;
+    let (key, card) = s.tenant("ng", "NGN").await;
+    let dead = Receiver::start(usize::MAX).await;
+    let live = Receiver::start(0).await;
+    let (dead_id, _) = endpoint(&s, &key, &dead.url, json!(["card.funded"])).await;
+    endpoint(&s, &key, &live.url, json!(["card.funded"])).await;
+    for i in 0..5 {
+        post(
+            &s,
+            &key,
+            &format!("/v1/cards/{card}/fund"),
+            &format!("f-{i}"),
+            json!({"amount": "1.00"}),
+        )
+        .await;
+    }
+    assert_eq!(
+        live.wait_for(5).await.len(),
+        5,
+        "the live endpoint got everything"
+    );
+    assert!(dead.attempts() >= 1 && dead.calls.lock().is_empty());
+    let (_, _, v) = s
+        .call(
+            Method::GET,
+            &format!("/v1/webhook_endpoints/{dead_id}/deliveries"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    let rows = v["deliveries"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["status"] == "pending"), "{v}");
+    s.stop().await;
+}
