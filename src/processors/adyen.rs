@@ -8,10 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    currency, from_minor, txn_type, Answer, AuthRequest, HookError, MerchantFields, Message,
-    Outcome, Parsed,
+    currency, from_minor, Answer, AuthRequest, HookError, MerchantFields, Message, Outcome, Parsed,
 };
-use crate::decision::Authorization;
 use crate::domain::Channel;
 
 #[derive(Deserialize)]
@@ -102,21 +100,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
     .to_merchant()?;
     let channel = channel(r.processing_type.as_deref(), r.entry_mode.as_deref());
     Ok(Parsed {
-        message: Message::Authorize(AuthRequest {
-            card_token,
-            authorization: Authorization {
-                id,
-                card_id: String::new(),
-                amount,
-                currency: cur,
-                txn_type: txn_type(amount, channel, merchant.mcc),
-                merchant,
-                channel,
-                timestamp: None,
-                partial_ok: false,
-            },
-            capture_on_approval: false,
-        }),
+        // Adyen's schema has no partial approval.
+        message: Message::Authorize(AuthRequest::new(
+            card_token, id, amount, cur, merchant, channel, false,
+        )),
         echo,
     })
 }

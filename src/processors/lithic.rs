@@ -7,10 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    currency, from_minor, to_minor, txn_type, Answer, AuthRequest, HookError, MerchantFields,
-    Message, Outcome, Parsed,
+    currency, from_minor, to_minor, Answer, AuthRequest, HookError, MerchantFields, Message,
+    Outcome, Parsed,
 };
-use crate::decision::Authorization;
 use crate::domain::Channel;
 
 #[derive(Deserialize)]
@@ -126,25 +125,17 @@ pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
             .to_merchant()?;
             let pos = a.pos.unwrap_or_default();
             let channel = channel(&pos);
-            Message::Authorize(AuthRequest {
-                card_token,
-                authorization: Authorization {
-                    id: token,
-                    card_id: String::new(),
-                    amount,
-                    currency: cur,
-                    txn_type: txn_type(amount, channel, merchant.mcc),
-                    merchant,
-                    channel,
-                    timestamp: None,
-                    partial_ok: pos
-                        .terminal
-                        .as_ref()
-                        .and_then(|t| t.partial_approval_capable)
-                        .unwrap_or(false),
-                },
-                capture_on_approval: status == "FINANCIAL_AUTHORIZATION",
-            })
+            let partial_ok = pos
+                .terminal
+                .as_ref()
+                .and_then(|t| t.partial_approval_capable)
+                .unwrap_or(false);
+            Message::Authorize(
+                AuthRequest::new(
+                    card_token, token, amount, cur, merchant, channel, partial_ok,
+                )
+                .captured_on_approval(status == "FINANCIAL_AUTHORIZATION"),
+            )
         }
         other => return Err(HookError(format!("unknown ASA status `{other}`"))),
     };

@@ -10,10 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    currency, from_major_number, txn_type, Answer, AuthRequest, HookError, MerchantFields, Message,
-    Outcome, Parsed,
+    currency, from_major_number, Answer, AuthRequest, HookError, MerchantFields, Message, Outcome,
+    Parsed,
 };
-use crate::decision::Authorization;
 use crate::domain::Channel;
 
 #[derive(Deserialize)]
@@ -171,26 +170,21 @@ pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
                         .as_deref(),
                 )
             };
-            let txn_type = if jit.method.ends_with("account_verification") {
-                crate::domain::TxnType::Verification
-            } else {
-                txn_type(amount, channel, merchant.mcc)
-            };
-            Message::Authorize(AuthRequest {
-                card_token: card_token()?,
-                authorization: Authorization {
-                    id: jit.token,
-                    card_id: String::new(),
-                    amount,
-                    currency: cur,
-                    merchant,
-                    channel,
-                    txn_type,
-                    timestamp: None,
-                    partial_ok: pos.partial_approval_capable.unwrap_or(false),
-                },
-                capture_on_approval: capture,
-            })
+            let verification = jit.method.ends_with("account_verification");
+            let mut r = AuthRequest::new(
+                card_token()?,
+                jit.token,
+                amount,
+                cur,
+                merchant,
+                channel,
+                pos.partial_approval_capable.unwrap_or(false),
+            )
+            .captured_on_approval(capture);
+            if verification {
+                r.authorization.txn_type = crate::domain::TxnType::Verification;
+            }
+            Message::Authorize(r)
         }
         Kind::Capture => Message::Capture {
             authorization_id: original()?,

@@ -127,6 +127,42 @@ pub struct AuthRequest {
     pub capture_on_approval: bool,
 }
 
+impl AuthRequest {
+    /// An authorization to decide for the card the processor calls `card_token`; its type
+    /// follows from the amount, channel and MCC ([`txn_type`]).
+    pub fn new(
+        card_token: String,
+        id: String,
+        amount: Decimal,
+        currency: Currency,
+        merchant: Merchant,
+        channel: Channel,
+        partial_ok: bool,
+    ) -> AuthRequest {
+        AuthRequest {
+            card_token,
+            authorization: Authorization {
+                id,
+                card_id: String::new(),
+                amount,
+                currency,
+                txn_type: txn_type(amount, channel, merchant.mcc),
+                merchant,
+                channel,
+                timestamp: None,
+                partial_ok,
+            },
+            capture_on_approval: false,
+        }
+    }
+
+    /// Captured at once when approved (single-message transactions).
+    pub fn captured_on_approval(mut self, yes: bool) -> AuthRequest {
+        self.capture_on_approval = yes;
+        self
+    }
+}
+
 /// What a hook message asks of us.
 #[derive(Debug, Clone)]
 pub enum Message {

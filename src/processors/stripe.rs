@@ -10,10 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    currency, from_minor, to_minor, txn_type, Answer, AuthRequest, HookError, MerchantFields,
-    Message, Outcome, Parsed,
+    currency, from_minor, to_minor, Answer, AuthRequest, HookError, MerchantFields, Message,
+    Outcome, Parsed,
 };
-use crate::decision::Authorization;
 use crate::domain::Channel;
 
 /// Answered when neither the event nor the hook's configuration names a version.
@@ -176,21 +175,15 @@ pub fn parse(body: &[u8]) -> Result<Parsed, HookError> {
         CardRef::Object { id } | CardRef::Id(id) => id,
     };
     Ok(Parsed {
-        message: Message::Authorize(AuthRequest {
+        message: Message::Authorize(AuthRequest::new(
             card_token,
-            authorization: Authorization {
-                id: a.id,
-                card_id: String::new(),
-                amount,
-                currency: cur,
-                txn_type: txn_type(amount, channel, merchant.mcc),
-                merchant,
-                channel,
-                timestamp: None,
-                partial_ok: p.is_amount_controllable,
-            },
-            capture_on_approval: false,
-        }),
+            a.id,
+            amount,
+            cur,
+            merchant,
+            channel,
+            p.is_amount_controllable,
+        )),
         echo,
     })
 }
