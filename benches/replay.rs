@@ -72,12 +72,12 @@ fn main() {
     }
     let policies = load_policy_dir(Path::new("rules")).unwrap();
     let started = Instant::now();
-    let conn = rusqlite::Connection::open_with_flags(
+    let mut conn = rusqlite::Connection::open_with_flags(
         dir.join(DB_FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    let h = history::from_snapshot(load_snapshot(&conn).unwrap()).unwrap();
+    let h = history::from_snapshot(load_snapshot(&mut conn).unwrap()).unwrap();
     let loaded = started.elapsed().as_secs_f64();
     let records = h.records.len();
     let r = replay(

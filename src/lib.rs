@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod clock;
+pub mod cluster;
 pub mod decision;
 pub mod delivery;
 pub mod domain;

@@ -76,9 +76,9 @@ fn replay_store(dir: &Path, policies: &spendgate::policy::PolicySet) -> ReplayRe
 }
 
 fn replay_store_n(dir: &Path, policies: &spendgate::policy::PolicySet, n: usize) -> ReplayReport {
-    let conn =
+    let mut conn =
         Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let h = history::from_snapshot(load_snapshot(&conn).unwrap()).unwrap();
+    let h = history::from_snapshot(load_snapshot(&mut conn).unwrap()).unwrap();
     assert_eq!(h.records.len(), n);
     replay(
         policies,

@@ -102,10 +102,10 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
             }
         }
 
-        let conn =
+        let mut conn =
             Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .unwrap();
-        let snapshot = load_snapshot(&conn).unwrap();
+        let snapshot = load_snapshot(&mut conn).unwrap();
         let report = verify(&snapshot.ledger);
         assert!(report.ok(), "round {round}: {:?}", report.violations);
         let decisions: HashMap<String, bool> = snapshot
@@ -311,10 +311,10 @@ fn a_deadline_91_is_durable_before_it_is_answered() {
         assert_eq!(again["response_code"], "91", "round {round}: {again}");
         drop(s);
     }
-    let conn =
+    let mut conn =
         Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    let snap = load_snapshot(&conn).unwrap();
+    let snap = load_snapshot(&mut conn).unwrap();
     assert!(
         snap.ledger
             .holds

@@ -59,9 +59,9 @@ fn authorize(
 }
 
 fn verify_store(dir: &Path) -> spendgate::store::Snapshot {
-    let conn =
+    let mut conn =
         Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let s = load_snapshot(&conn).unwrap();
+    let s = load_snapshot(&mut conn).unwrap();
     let r = verify(&s.ledger);
     assert!(r.ok(), "{:?}", r.violations);
     s

@@ -14,6 +14,16 @@ pub struct Config {
     pub addr: String,
     /// Data directory holding the SQLite store (`SPENDGATE_DATA`).
     pub data_dir: PathBuf,
+    /// A PostgreSQL store shared by several instances (`SPENDGATE_STORE`,
+    /// `postgres://…`); unset, the SQLite store in `data_dir`.
+    pub store: Option<String>,
+    /// With a PostgreSQL store: how long an owner's lease lasts without renewal, so how
+    /// soon a standby takes over from a dead owner (`SPENDGATE_LEASE_MS`).
+    pub lease_ms: u64,
+    /// With a PostgreSQL store: the URL other instances forward requests to, when this
+    /// one owns the cards (`SPENDGATE_ADVERTISE`); `http://` and the listen address
+    /// when unset.
+    pub advertise: Option<String>,
     /// Rules directory (`SPENDGATE_RULES`).
     pub rules_dir: PathBuf,
     /// Admin key (`SPENDGATE_ADMIN_KEY`) or a file holding it (`SPENDGATE_ADMIN_KEY_FILE`).
@@ -48,6 +58,9 @@ impl Default for Config {
         Config {
             addr: "127.0.0.1:8080".into(),
             data_dir: "data".into(),
+            store: None,
+            lease_ms: 5_000,
+            advertise: None,
             rules_dir: "rules".into(),
             admin_key: None,
             admin_key_file: None,
@@ -81,6 +94,17 @@ impl Config {
         }
         if let Some(v) = env("SPENDGATE_DATA") {
             c.data_dir = v.into();
+        }
+        if let Some(v) = env("SPENDGATE_STORE") {
+            c.store = Some(v);
+        }
+        if let Some(v) = env("SPENDGATE_ADVERTISE") {
+            c.advertise = Some(v);
+        }
+        if let Some(v) = env("SPENDGATE_LEASE_MS") {
+            c.lease_ms = v
+                .parse()
+                .map_err(|_| "SPENDGATE_LEASE_MS must be a number".to_string())?;
         }
         if let Some(v) = env("SPENDGATE_RULES") {
             c.rules_dir = v.into();
@@ -117,6 +141,20 @@ impl Config {
         }
         if c.admin_key.as_ref().is_some_and(|k| k.len() < 16) {
             return Err("the admin key must be at least 16 characters".into());
+        }
+        if let Some(url) = &c.store {
+            if !crate::cluster::is_postgres_url(url) {
+                return Err(
+                    "store must be a postgres:// URL (unset: SQLite in the data directory)".into(),
+                );
+            }
+            // Every instance must accept the same admin key: a generated one would differ.
+            if c.admin_key.is_none() {
+                return Err("a PostgreSQL store needs SPENDGATE_ADMIN_KEY (or _FILE), the same on every instance".into());
+            }
+            if c.lease_ms < 500 {
+                return Err("lease_ms must be at least 500".into());
+            }
         }
         Ok(c)
     }

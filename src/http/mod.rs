@@ -4,6 +4,7 @@
 //! and a stable problem type; `openapi` holds the route table and the document;
 //! `server` builds the state and runs the service.
 
+mod cluster;
 mod config;
 mod contract;
 mod dto;

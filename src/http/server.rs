@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use super::security::{self, HookVerifier, RateLimiter};
 use super::{app, AppState, Config, Shared};
 use crate::clock::SystemClock;
+use crate::cluster::Fence;
 use crate::policy::{load_policy_dir, PolicySet};
 use crate::policy_tests::run_policy_tests;
 use crate::service::Engine;
@@ -112,11 +113,20 @@ fn admin_key(config: &Config) -> anyhow::Result<String> {
 
 /// Opens the store, rebuilds the engine and builds the application state.
 pub fn build_state(config: Config) -> anyhow::Result<Shared> {
+    build_state_on(config, None)
+}
+
+/// `build_state`; with a PostgreSQL store, as the holder of `fence`.
+pub(super) fn build_state_on(config: Config, fence: Option<Fence>) -> anyhow::Result<Shared> {
     let policies = load_and_test_policies(&config.rules_dir)
         .map_err(|e| anyhow::anyhow!("policies:\n{}", e.join("\n")))?;
     let wal_bytes_max = config.wal_mib_max.max(1).saturating_mul(1024 * 1024);
-    let engine = Engine::open_dir(policies, &config.data_dir, config.engine, wal_bytes_max)?
-        .with_clock(Arc::new(SystemClock));
+    let engine = match (&config.store, fence) {
+        (Some(url), Some(fence)) => Engine::open_postgres(policies, url, fence, config.engine)?,
+        (Some(_), None) => anyhow::bail!("a PostgreSQL store is opened only by its lease holder"),
+        (None, _) => Engine::open_dir(policies, &config.data_dir, config.engine, wal_bytes_max)?,
+    }
+    .with_clock(Arc::new(SystemClock));
     // Every version that goes live is kept (a restart on changed files is a new one).
     engine
         .record_policy_activations("startup")
@@ -145,63 +155,89 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // The hold-expiry sweeper finishes its current sweep and stops before the store
-    // closes: never aborted halfway through a card.
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let sweeper = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let period = Duration::from_secs(state.config.engine.expiry_sweep_s.max(1));
-            let mut tick = tokio::time::interval(period);
-            let mut last_point = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop_rx.changed() => break,
-                }
-                let engine = state.engine.clone();
-                let Ok(pending) = tokio::task::spawn_blocking(move || engine.expire_holds()).await
-                else {
-                    break;
-                };
-                let r = pending.durable().await;
-                if !r.expired.is_empty() {
-                    tracing::info!(expired = r.expired.len(), "holds expired");
-                }
-                state.engine.sweep_retention().durable().await;
-                let cfg = &state.config.engine;
-                let since = state.engine.operations_since_point();
-                if since >= cfg.recovery_point_operations
-                    || (since > 0
-                        && last_point.elapsed()
-                            >= Duration::from_secs(cfg.recovery_point_interval_s))
-                {
-                    save_recovery_point(&state).await;
-                    last_point = tokio::time::Instant::now();
-                }
-            }
-        })
-    };
-    let dispatcher = tokio::spawn(crate::delivery::run(
-        state.engine.clone(),
-        state.config.webhooks,
-        stop_tx.subscribe(),
-    ));
+    let background = Background::start(&state);
     let app = app(state.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    let _ = stop_tx.send(true);
-    let _ = sweeper.await;
-    let _ = dispatcher.await;
-    state
-        .ready
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    // The next start reads this point and replays nothing.
-    save_recovery_point(&state).await;
-    state.engine.close();
-    tracing::info!("stopped; store flushed");
+    background.stop(&state).await;
     Ok(())
+}
+
+/// The work an owning instance does besides answering: hold expiry, retention sweeps,
+/// recovery points, webhook delivery.
+pub(super) struct Background {
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    sweeper: tokio::task::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    pub(super) fn start(state: &Shared) -> Background {
+        // The hold-expiry sweeper finishes its current sweep and stops before the store
+        // closes: never aborted halfway through a card.
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let sweeper = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let period = Duration::from_secs(state.config.engine.expiry_sweep_s.max(1));
+                let mut tick = tokio::time::interval(period);
+                let mut last_point = tokio::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop_rx.changed() => break,
+                    }
+                    let engine = state.engine.clone();
+                    let Ok(pending) =
+                        tokio::task::spawn_blocking(move || engine.expire_holds()).await
+                    else {
+                        break;
+                    };
+                    let r = pending.durable().await;
+                    if !r.expired.is_empty() {
+                        tracing::info!(expired = r.expired.len(), "holds expired");
+                    }
+                    state.engine.sweep_retention().durable().await;
+                    let cfg = &state.config.engine;
+                    let since = state.engine.operations_since_point();
+                    if since >= cfg.recovery_point_operations
+                        || (since > 0
+                            && last_point.elapsed()
+                                >= Duration::from_secs(cfg.recovery_point_interval_s))
+                    {
+                        save_recovery_point(&state).await;
+                        last_point = tokio::time::Instant::now();
+                    }
+                }
+            })
+        };
+        let dispatcher = tokio::spawn(crate::delivery::run(
+            state.engine.clone(),
+            state.config.webhooks,
+            stop_tx.subscribe(),
+        ));
+        Background {
+            stop_tx,
+            sweeper,
+            dispatcher,
+        }
+    }
+
+    /// After the last request: stops the background work, saves a recovery point and
+    /// flushes the store.
+    pub(super) async fn stop(self, state: &Shared) {
+        let _ = self.stop_tx.send(true);
+        let _ = self.sweeper.await;
+        let _ = self.dispatcher.await;
+        state
+            .ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // The next start reads this point and replays nothing.
+        save_recovery_point(state).await;
+        state.engine.close();
+        tracing::info!("stopped; store flushed");
+    }
 }
 
 /// Saves a recovery point off the runtime's threads and waits until it is durable.
@@ -233,26 +269,12 @@ pub fn run_server(config: Config) -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
-        let state = build_state(config.clone())?;
+        let state = match config.store {
+            Some(_) => None,
+            None => Some(build_state(config.clone())?),
+        };
         let listener = TcpListener::bind(&config.addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, data = %config.data_dir.display(), rules = %config.rules_dir.display(), "spendgate listening");
-        #[cfg(unix)]
-        {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-                while hup.recv().await.is_some() {
-                    let s = state.clone();
-                    let Ok(result) = tokio::task::spawn_blocking(move || s.reload("sighup")).await else {
-                        continue;
-                    };
-                    match result {
-                        Ok(v) => tracing::info!(policies = ?v, "policies reloaded"),
-                        Err(e) => tracing::error!(errors = ?e, "reload refused; the old policies stay live"),
-                    }
-                }
-            });
-        }
+        tracing::info!(addr = %listener.local_addr()?, data = %config.data_dir.display(), store = config.store.is_some().then_some("postgres"), rules = %config.rules_dir.display(), "spendgate listening");
         let shutdown = async {
             #[cfg(unix)]
             {
@@ -268,6 +290,42 @@ pub fn run_server(config: Config) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down: draining requests");
         };
-        serve(state, listener, shutdown).await
+        match state {
+            Some(state) => {
+                reload_on_hangup(&state);
+                serve(state, listener, shutdown).await
+            }
+            None => super::cluster::serve_cluster(config, listener, shutdown).await,
+        }
     })
+}
+
+/// SIGHUP reloads the rules (the old policies stay live if the new ones fail).
+pub(super) fn reload_on_hangup(state: &Shared) {
+    #[cfg(unix)]
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let s = state.clone();
+                let Ok(result) = tokio::task::spawn_blocking(move || s.reload("sighup")).await
+                else {
+                    continue;
+                };
+                match result {
+                    Ok(v) => tracing::info!(policies = ?v, "policies reloaded"),
+                    Err(e) => {
+                        tracing::error!(errors = ?e, "reload refused; the old policies stay live")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }

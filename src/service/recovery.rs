@@ -65,6 +65,21 @@ impl Engine {
 }
 
 impl Engine {
+    /// Opens a PostgreSQL store as the holder of `fence` and rebuilds the engine from it.
+    /// Every answer is committed (and proven still to be the owner's) before it is
+    /// released.
+    pub fn open_postgres(
+        policies: crate::policy::PolicySet,
+        url: &str,
+        fence: crate::store::lease::Fence,
+        config: super::EngineConfig,
+    ) -> Result<Engine, RecoveryError> {
+        let (store, snapshot) = crate::store::Store::open_postgres(url, fence)?;
+        Engine::open(policies, Arc::new(store), snapshot, config)
+    }
+}
+
+impl Engine {
     pub(super) fn recover(&mut self, s: Snapshot) -> Result<(), RecoveryError> {
         for p in s.programs {
             self.programs.insert(p.id.clone(), p);

@@ -2,10 +2,10 @@
 
 use std::str::FromStr;
 
-use rusqlite::Connection;
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
+use super::sql::{params, Backend, Db, Row};
 use super::StoreError;
 use crate::domain::{CardStatus, Expiry, KycStatus};
 use crate::issuing::{CardKind, CardRecord, Cardholder, Program};
@@ -96,7 +96,7 @@ pub const IDEMPOTENCY_ROWS_AT_START_MAX: i64 = 100_000;
 /// can still move money (pending, or captured within the refund window), and the newest
 /// idempotent answers. Without a point (a store written before points existed, or in
 /// another format) the whole log is replayed.
-pub fn load_live(conn: &Connection) -> Result<Snapshot, StoreError> {
+pub fn load_live(conn: &mut dyn Db) -> Result<Snapshot, StoreError> {
     let mut s = Snapshot::default();
     load_entities(conn, &mut s)?;
     let point =
@@ -131,22 +131,27 @@ fn cur(s: &str) -> Result<Currency, StoreError> {
 
 /// Everything in the store (`ledger verify`, tests): every transfer, hold, resolution,
 /// decision and release, in commit order.
-pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
+pub fn load_snapshot(conn: &mut dyn Db) -> Result<Snapshot, StoreError> {
     let mut s = Snapshot::default();
     load_entities(conn, &mut s)?;
     load_transfers(conn, &mut s, 0)?;
     load_holds(conn, &mut s, "WHERE ?1 = ?1", 0)?;
-    let mut st =
-        conn.prepare("SELECT card_id, auth_id, status FROM hold_resolutions ORDER BY rowid")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (card, a, st) = row?;
+    let order = match conn.backend() {
+        Backend::Sqlite => "rowid",
+        Backend::Postgres => "seq",
+    };
+    let rows = conn.rows(
+        &format!("SELECT card_id, auth_id, status FROM hold_resolutions ORDER BY {order}"),
+        &[],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+            ))
+        },
+    )?;
+    for (card, a, st) in rows {
         let status = HoldStatus::parse(&st).ok_or_else(|| corrupt(format!("resolution `{st}`")))?;
         s.ledger.hold_resolutions.push((card, a, status));
     }
@@ -156,33 +161,33 @@ pub fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     Ok(s)
 }
 
-/// The newest `rows_max` idempotent answers, oldest first.
-fn load_idempotency(conn: &Connection, s: &mut Snapshot, rows_max: i64) -> Result<(), StoreError> {
-    let mut st = conn.prepare(
-        "SELECT scope, key, request_hash, response FROM idempotency ORDER BY at_ms DESC LIMIT ?1",
+/// The newest `rows_max` idempotent answers, oldest first (ties in a fixed order, so both
+/// backends load the same).
+fn load_idempotency(conn: &mut dyn Db, s: &mut Snapshot, rows_max: i64) -> Result<(), StoreError> {
+    s.idempotency = conn.rows(
+        "SELECT scope, key, request_hash, response FROM idempotency
+         ORDER BY at_ms DESC, scope DESC, key DESC LIMIT ?1",
+        params![rows_max],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let rows = st.query_map([rows_max], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
-    for row in rows {
-        s.idempotency.push(row?);
-    }
     s.idempotency.reverse();
     Ok(())
 }
 
 /// Programs, cardholders, cards and API keys: all of them, always.
-fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> {
-    let mut st = conn.prepare("SELECT id, policy, currency FROM programs ORDER BY id")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, policy, c) = row?;
+fn load_entities(conn: &mut dyn Db, s: &mut Snapshot) -> Result<(), StoreError> {
+    let rows = conn.rows(
+        "SELECT id, policy, currency FROM programs ORDER BY id",
+        &[],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+            ))
+        },
+    )?;
+    for (id, policy, c) in rows {
         s.programs.push(Program {
             id,
             policy,
@@ -190,19 +195,20 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
         });
     }
 
-    let mut st =
-        conn.prepare("SELECT id, program, name, kyc, blocked FROM cardholders ORDER BY id")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, bool>(4)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, program, name, kyc, blocked) = row?;
+    let rows = conn.rows(
+        "SELECT id, program, name, kyc, blocked FROM cardholders ORDER BY id",
+        &[],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<bool>(4)?,
+            ))
+        },
+    )?;
+    for (id, program, name, kyc, blocked) in rows {
         let kyc = KycStatus::parse(&kyc).ok_or_else(|| corrupt(format!("kyc `{kyc}`")))?;
         s.cardholders.push(Cardholder {
             id,
@@ -215,222 +221,179 @@ fn load_entities(conn: &Connection, s: &mut Snapshot) -> Result<(), StoreError> 
 
     // A store of schema 5 or older read as it is (read-only tools: replay, verify,
     // decisions): what version 6 added is absent, not an error.
-    let exists = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, bool>(0));
-    let has_token = exists(
-        "SELECT count(*) > 0 FROM pragma_table_info('cards') WHERE name = 'processor_card_token'",
-    )?;
-    let has_table = |name: &str| {
-        conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [name],
-            |r| r.get::<_, bool>(0),
-        )
-    };
-    let token = if has_token {
+    let token = if conn.has_column("cards", "processor_card_token")? {
         "processor_card_token"
     } else {
         "NULL"
     };
-    let mut st = conn.prepare(&format!("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls, {token} FROM cards ORDER BY id"))?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-            r.get::<_, Option<String>>(8)?,
-            r.get::<_, Option<String>>(9)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, program, cardholder_id, kind, c, last4, expiry, status, controls, token) = row?;
-        let kind: CardKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
-            .map_err(|_| corrupt(format!("kind `{kind}`")))?;
-        let (y, m) = expiry
-            .split_once('-')
-            .ok_or_else(|| corrupt(format!("expiry `{expiry}`")))?;
-        let expiry = Expiry {
-            year: y.parse().map_err(|_| corrupt("expiry year"))?,
-            month: m.parse().map_err(|_| corrupt("expiry month"))?,
-        };
-        let status =
-            CardStatus::parse(&status).ok_or_else(|| corrupt(format!("status `{status}`")))?;
-        let controls = controls
-            .map(|c| serde_json::from_str(&c).map_err(|e| corrupt(format!("controls: {e}"))))
-            .transpose()?;
-        s.cards.push(CardRecord {
-            id,
-            program,
-            cardholder_id,
-            kind,
-            currency: cur(&c)?,
-            last4,
-            expiry,
-            status,
-            controls,
-            processor_card_token: token,
-        });
-    }
+    let mut cards = Vec::new();
+    conn.each(
+        &format!("SELECT id, program, cardholder_id, kind, currency, last4, expiry, status, controls, {token} FROM cards ORDER BY id"),
+        &[],
+        &mut |r| {
+            cards.push(card_row(&r)?);
+            Ok(())
+        },
+    )?;
+    s.cards = cards;
 
-    let mut st = conn.prepare("SELECT hash, program FROM api_keys")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    for row in rows {
-        s.api_keys.push(row?);
+    s.api_keys = conn.rows("SELECT hash, program FROM api_keys", &[], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    if conn.has_table("processor_hooks")? {
+        s.hook_configs = conn.rows(
+            "SELECT program, config FROM processor_hooks ORDER BY program, processor",
+            &[],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
     }
-    if has_table("processor_hooks")? {
-        let mut st = conn
-            .prepare("SELECT program, config FROM processor_hooks ORDER BY program, processor")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        for row in rows {
-            s.hook_configs.push(row?);
-        }
-    }
-    if has_table("event_counters")? {
+    if conn.has_table("event_counters")? {
         s.outbox = super::outbox::load(conn)?;
     }
     Ok(())
 }
 
-/// Transfers after `after_seq` with their postings, in commit order.
-fn load_transfers(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
-    let mut st = conn.prepare(
-        "SELECT t.id, t.kind, t.reference, t.fx_rate, t.forced, t.at_ms, p.account, p.currency, p.amount
-         FROM transfers t JOIN postings p ON p.transfer_id = t.id WHERE t.seq > ?1 ORDER BY t.seq, p.rowid",
-    )?;
-    let rows = st.query_map([after_seq], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-            r.get::<_, bool>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, String>(6)?,
-            r.get::<_, String>(7)?,
-            r.get::<_, String>(8)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, kind, reference, fx_rate, forced, at_ms, account, c, amount) = row?;
-        let posting = Posting {
-            account: AccountId(account),
-            currency: cur(&c)?,
-            amount: dec(&amount)?,
-        };
-        match s.ledger.transfers.last_mut() {
-            Some(t) if t.id == id => t.postings.push(posting),
-            _ => s.ledger.transfers.push(Transfer {
-                id,
-                kind: TransferKind::parse(&kind)
-                    .ok_or_else(|| corrupt(format!("transfer kind `{kind}`")))?,
-                reference,
-                postings: SmallVec::from_iter([posting]),
-                fx_rate: fx_rate.map(|r| dec(&r)).transpose()?,
-                forced,
-                at_ms,
-            }),
-        }
-    }
+fn card_row(r: &Row) -> Result<CardRecord, StoreError> {
+    let kind: String = r.get(3)?;
+    let kind: CardKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+        .map_err(|_| corrupt(format!("kind `{kind}`")))?;
+    let expiry: String = r.get(6)?;
+    let (y, m) = expiry
+        .split_once('-')
+        .ok_or_else(|| corrupt(format!("expiry `{expiry}`")))?;
+    let expiry = Expiry {
+        year: y.parse().map_err(|_| corrupt("expiry year"))?,
+        month: m.parse().map_err(|_| corrupt("expiry month"))?,
+    };
+    let status: String = r.get(7)?;
+    let status = CardStatus::parse(&status).ok_or_else(|| corrupt(format!("status `{status}`")))?;
+    let controls = r
+        .get::<Option<String>>(8)?
+        .map(|c| serde_json::from_str(&c).map_err(|e| corrupt(format!("controls: {e}"))))
+        .transpose()?;
+    Ok(CardRecord {
+        id: r.get(0)?,
+        program: r.get(1)?,
+        cardholder_id: r.get(2)?,
+        kind,
+        currency: cur(&r.get::<String>(4)?)?,
+        last4: r.get(5)?,
+        expiry,
+        status,
+        controls,
+        processor_card_token: r.get(9)?,
+    })
+}
 
-    Ok(())
+/// Transfers after `after_seq` with their postings, in commit order.
+fn load_transfers(conn: &mut dyn Db, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
+    let order = match conn.backend() {
+        Backend::Sqlite => "p.rowid",
+        Backend::Postgres => "p.seq",
+    };
+    let transfers = &mut s.ledger.transfers;
+    conn.each(
+        &format!("SELECT t.id, t.kind, t.reference, t.fx_rate, t.forced, t.at_ms, p.account, p.currency, p.amount
+         FROM transfers t JOIN postings p ON p.transfer_id = t.id WHERE t.seq > ?1 ORDER BY t.seq, {order}"),
+        params![after_seq],
+        &mut |r| {
+            let id: String = r.get(0)?;
+            let posting = Posting {
+                account: AccountId(r.get(6)?),
+                currency: cur(&r.get::<String>(7)?)?,
+                amount: dec(&r.get::<String>(8)?)?,
+            };
+            match transfers.last_mut() {
+                Some(t) if t.id == id => t.postings.push(posting),
+                _ => {
+                    let kind: String = r.get(1)?;
+                    transfers.push(Transfer {
+                        id,
+                        kind: TransferKind::parse(&kind)
+                            .ok_or_else(|| corrupt(format!("transfer kind `{kind}`")))?,
+                        reference: r.get(2)?,
+                        postings: SmallVec::from_iter([posting]),
+                        fx_rate: r.get::<Option<String>>(3)?.map(|r| dec(&r)).transpose()?,
+                        forced: r.get(4)?,
+                        at_ms: r.get(5)?,
+                    })
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Holds matching `filter` (which binds `?1` to `arg`), oldest first.
 fn load_holds(
-    conn: &Connection,
+    conn: &mut dyn Db,
     s: &mut Snapshot,
     filter: &str,
     arg: i64,
 ) -> Result<(), StoreError> {
-    let mut st = conn.prepare(&format!(
-        "SELECT auth_id, card_id, card_currency, pending, authorized, captured, refunded, txn_amount, txn_currency,
+    let holds = &mut s.ledger.holds;
+    conn.each(
+        &format!(
+            "SELECT auth_id, card_id, card_currency, pending, authorized, captured, refunded, txn_amount, txn_currency,
                 fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn FROM holds {filter}
          ORDER BY created_ms, auth_id"
-    ))?;
-    let rows = st.query_map([arg], |r| {
-        Ok((
-            (
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-            ),
-            (
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, String>(9)?,
-            ),
-            (
-                r.get::<_, String>(10)?,
-                r.get::<_, i64>(11)?,
-                r.get::<_, i64>(12)?,
-                r.get::<_, Option<i64>>(13)?,
-                r.get::<_, String>(14)?,
-            ),
-        ))
-    })?;
-    for row in rows {
-        let (
-            (auth_id, card_id, cc, pending, authorized),
-            (captured, refunded, txn_amount, tc, rate),
-            (status, created_ms, expires_ms, resolved_ms, captured_txn),
-        ) = row?;
-        s.ledger.holds.push(Hold {
-            auth_id,
-            card_id,
-            card_currency: cur(&cc)?,
-            pending: dec(&pending)?,
-            authorized: dec(&authorized)?,
-            captured: dec(&captured)?,
-            captured_txn: dec(&captured_txn)?,
-            refunded: dec(&refunded)?,
-            txn_amount: dec(&txn_amount)?,
-            txn_currency: cur(&tc)?,
-            fx_rate: dec(&rate)?,
-            status: HoldStatus::parse(&status)
-                .ok_or_else(|| corrupt(format!("hold status `{status}`")))?,
-            created_ms,
-            expires_ms,
-            resolved_ms,
-        });
-    }
-
-    Ok(())
+        ),
+        params![arg],
+        &mut |r| {
+            let text = |i: usize| r.get::<String>(i);
+            let status = text(10)?;
+            holds.push(Hold {
+                auth_id: text(0)?,
+                card_id: text(1)?,
+                card_currency: cur(&text(2)?)?,
+                pending: dec(&text(3)?)?,
+                authorized: dec(&text(4)?)?,
+                captured: dec(&text(5)?)?,
+                captured_txn: dec(&text(14)?)?,
+                refunded: dec(&text(6)?)?,
+                txn_amount: dec(&text(7)?)?,
+                txn_currency: cur(&text(8)?)?,
+                fx_rate: dec(&text(9)?)?,
+                status: HoldStatus::parse(&status)
+                    .ok_or_else(|| corrupt(format!("hold status `{status}`")))?,
+                created_ms: r.get(11)?,
+                expires_ms: r.get(12)?,
+                resolved_ms: r.get(13)?,
+            });
+            Ok(())
+        },
+    )
 }
 
 /// Decisions after `after_seq`, in commit order (older tables first: their sequence
 /// numbers are all lower).
-fn load_decisions(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
+fn load_decisions(conn: &mut dyn Db, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
+    let decisions = &mut s.decisions;
     if super::schema::has_legacy_decisions(conn)? {
-        let mut st = conn.prepare(&format!(
-            "SELECT {LEGACY_COLUMNS} FROM decisions WHERE seq > ?1 ORDER BY seq"
-        ))?;
-        let rows = st.query_map([after_seq], legacy_row)?;
-        for row in rows {
-            s.decisions.push(row?);
-        }
+        conn.each(
+            &format!("SELECT {LEGACY_COLUMNS} FROM decisions WHERE seq > ?1 ORDER BY seq"),
+            params![after_seq],
+            &mut |r| {
+                decisions.push(legacy_row(&r)?);
+                Ok(())
+            },
+        )?;
     }
-    let mut st =
-        conn.prepare("SELECT answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq")?;
-    let rows = st.query_map([after_seq], record_row)?;
-    for row in rows {
-        s.decisions.push(row?);
-    }
-    Ok(())
+    conn.each(
+        "SELECT answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq",
+        params![after_seq],
+        &mut |r| {
+            decisions.push(record_row(&r)?);
+            Ok(())
+        },
+    )
 }
 
 pub(super) const LEGACY_COLUMNS: &str = "auth_id, card_id, at_ms, approved, response_code, reason,
     rule, amount, currency, amount_approved, request_id, request_hash, response, effects";
 
 /// A row of `LEGACY_COLUMNS`.
-pub(super) fn legacy_row(r: &rusqlite::Row) -> rusqlite::Result<StoredDecision> {
+pub(super) fn legacy_row(r: &Row) -> Result<StoredDecision, StoreError> {
     Ok(StoredDecision::Legacy(Box::new(LegacyDecision {
         auth_id: r.get(0)?,
         card_id: r.get(1)?,
@@ -450,7 +413,7 @@ pub(super) fn legacy_row(r: &rusqlite::Row) -> rusqlite::Result<StoredDecision> 
 }
 
 /// A row of `answer, body`.
-pub(super) fn record_row(r: &rusqlite::Row) -> rusqlite::Result<StoredDecision> {
+pub(super) fn record_row(r: &Row) -> Result<StoredDecision, StoreError> {
     Ok(StoredDecision::Record {
         answer: r.get(0)?,
         body: r.get(1)?,
@@ -458,21 +421,14 @@ pub(super) fn record_row(r: &rusqlite::Row) -> rusqlite::Result<StoredDecision> 
 }
 
 /// Velocity releases after `after_seq`, in commit order.
-fn load_releases(conn: &Connection, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
-    let mut st = conn.prepare(
+fn load_releases(conn: &mut dyn Db, s: &mut Snapshot, after_seq: i64) -> Result<(), StoreError> {
+    let releases = &mut s.velocity_releases;
+    conn.each(
         "SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases WHERE seq > ?1 ORDER BY seq",
-    )?;
-    let rows = st.query_map([after_seq], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (c, a, ratio, at_ms) = row?;
-        s.velocity_releases.push((c, a, dec(&ratio)?, at_ms));
-    }
-    Ok(())
+        params![after_seq],
+        &mut |r| {
+            releases.push((r.get(0)?, r.get(1)?, dec(&r.get::<String>(2)?)?, r.get(3)?));
+            Ok(())
+        },
+    )
 }

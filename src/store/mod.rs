@@ -8,11 +8,17 @@
 //! (fail-stop): memory may be ahead of disk, so the only safe recovery is a restart that
 //! rebuilds memory from the store.
 
+pub mod lease;
 mod load;
 pub mod outbox;
+pub mod postgres;
 mod query;
 mod recovery_point;
 mod schema;
+pub mod sql;
+mod write;
+
+pub use write::commit;
 
 pub use load::{
     id_hash, load_live, load_snapshot, DecisionWrite, LegacyDecision, Snapshot, StoredDecision,
@@ -31,7 +37,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
+
+use lease::Fence;
+use sql::Db;
 
 use crate::issuing::{CardRecord, Cardholder, Program};
 use crate::ledger::{Hold, HoldStatus, Transfer};
@@ -160,16 +169,36 @@ struct Durable {
     waiters: Mutex<std::collections::BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>>,
 }
 
+/// Where the store lives: a directory with one SQLite file (the default), or a
+/// PostgreSQL database (`postgres://…`) that several instances share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Dir(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// `postgres://…` or `postgresql://…` is a database; anything else a directory.
+    pub fn parse(s: &str) -> Location {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Location::Postgres(s.to_string())
+        } else {
+            Location::Dir(PathBuf::from(s))
+        }
+    }
+}
+
 /// Handle to the store's writer. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
+    location: Location,
     tx: Mutex<Option<SyncSender<Job>>>,
     next_seq: Mutex<u64>,
     durable: Arc<Durable>,
     pub stats: Arc<StoreStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// A read-only connection for history listings, separate from the writer.
-    reader: Mutex<Option<Connection>>,
+    reader: Mutex<Option<Box<dyn Db>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -181,6 +210,11 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
+    #[error("store: postgres: {0}")]
+    Postgres(String),
+    /// This instance's lease moved to another: it must not write again.
+    #[error("store: fenced: {0}")]
+    Fenced(String),
     #[error("store: closed")]
     Closed,
 }
@@ -219,6 +253,17 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     Ok(conn)
 }
 
+/// Commits run on the writer's connection and reads on the reader's; SQLite's checkpointer
+/// and WAL bound only apply to a directory store.
+struct Opened {
+    writer: Box<dyn Db>,
+    reader: Box<dyn Db>,
+    snapshot: Snapshot,
+    fence: Option<Fence>,
+    wal: Option<(PathBuf, u64)>,
+    path: PathBuf,
+}
+
 impl Store {
     /// Opens (creating if needed) `dir/spendgate.db`, loads what recovery needs (the
     /// recovery point and the log after it, live holds, recent keys) and starts the writer.
@@ -234,13 +279,53 @@ impl Store {
     ) -> Result<(Store, Snapshot), StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
-        let conn = open_connection(&path, durability)?;
+        let mut conn = open_connection(&path, durability)?;
         conn.pragma_update(
             None,
             "journal_size_limit",
             wal_bytes_max.min(i64::MAX as u64) as i64,
         )?;
-        let snapshot = load_live(&conn)?;
+        let snapshot = load_live(&mut conn)?;
+        let wal = {
+            let mut p = path.clone().into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        Store::start(
+            Location::Dir(dir.to_path_buf()),
+            Opened {
+                writer: Box::new(conn),
+                reader: Box::new(query::open_reader(&path)?),
+                snapshot,
+                fence: None,
+                wal: Some((wal, wal_bytes_max)),
+                path,
+            },
+        )
+    }
+
+    /// Opens a PostgreSQL store as the holder of `lease` (see [`lease`]): migrates the
+    /// schema, loads what recovery needs, and starts a writer whose every commit is
+    /// refused once the lease has moved.
+    pub fn open_postgres(url: &str, fence: Fence) -> Result<(Store, Snapshot), StoreError> {
+        let mut writer = postgres::connect(url)?;
+        postgres::migrate(&mut writer)?;
+        let mut reader = postgres::Reader::connect(url)?;
+        let snapshot = load_live(&mut reader)?;
+        Store::start(
+            Location::Postgres(url.to_string()),
+            Opened {
+                writer: Box::new(writer),
+                reader: Box::new(reader),
+                snapshot,
+                fence: Some(fence),
+                wal: None,
+                path: PathBuf::new(),
+            },
+        )
+    }
+
+    fn start(location: Location, o: Opened) -> Result<(Store, Snapshot), StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
         let durable = Arc::new(Durable {
             seq: Mutex::new(0),
@@ -252,34 +337,40 @@ impl Store {
         let writer = {
             let durable = durable.clone();
             let stats = stats.clone();
-            let wal = {
-                let mut p = path.clone().into_os_string();
-                p.push("-wal");
-                PathBuf::from(p)
-            };
+            let (db, fence, wal) = (o.writer, o.fence, o.wal.clone());
             std::thread::Builder::new()
                 .name("spendgate-writer".into())
-                .spawn(move || writer_loop(conn, rx, durable, stats, wal, wal_bytes_max))?
+                .spawn(move || writer_loop(db, fence, rx, durable, stats, wal))?
         };
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-        let cp_path = path.clone();
-        let cp = std::thread::Builder::new()
-            .name("spendgate-checkpoint".into())
-            .spawn(move || checkpointer(cp_path, stop_rx))?;
-        let reader = query::open_reader(&path)?;
+        let checkpointer = match o.wal {
+            Some(_) => {
+                let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+                let cp_path = o.path.clone();
+                let cp = std::thread::Builder::new()
+                    .name("spendgate-checkpoint".into())
+                    .spawn(move || checkpointer(cp_path, stop_rx))?;
+                Some((stop_tx, cp))
+            }
+            None => None,
+        };
         Ok((
             Store {
-                path,
+                path: o.path,
+                location,
                 tx: Mutex::new(Some(tx)),
                 next_seq: Mutex::new(0),
                 durable,
                 stats,
                 writer: Mutex::new(Some(writer)),
-                reader: Mutex::new(Some(reader)),
-                checkpointer: Mutex::new(Some((stop_tx, cp))),
+                reader: Mutex::new(Some(o.reader)),
+                checkpointer: Mutex::new(checkpointer),
             },
-            snapshot,
+            o.snapshot,
         ))
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     pub fn path(&self) -> &Path {
@@ -396,12 +487,12 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
 }
 
 fn writer_loop(
-    mut conn: Connection,
+    mut db: Box<dyn Db>,
+    fence: Option<Fence>,
     rx: Receiver<Job>,
     durable: Arc<Durable>,
     stats: Arc<StoreStats>,
-    wal: PathBuf,
-    wal_bytes_max: u64,
+    wal: Option<(PathBuf, u64)>,
 ) {
     let mut batches_since_wal_check = 0u32;
     while let Ok(first) = rx.recv() {
@@ -417,7 +508,7 @@ fn writer_loop(
             }
         }
         let start = Instant::now();
-        if let Err(e) = commit_batch(&mut conn, &jobs) {
+        if let Err(e) = write::commit_batch(&mut *db, fence.as_ref(), &jobs) {
             fail_stop(&e.to_string());
         }
         let us = start.elapsed().as_micros() as u64;
@@ -445,16 +536,19 @@ fn writer_loop(
         // Answers are released; now, between batches, keep the WAL bounded. Only the
         // writer can do this reliably: a checkpoint from another connection races the
         // next batch and rarely copies everything, so the WAL never rewinds.
+        let Some((wal, wal_bytes_max)) = &wal else {
+            continue;
+        };
         batches_since_wal_check += 1;
         if batches_since_wal_check >= WAL_CHECK_BATCHES {
             batches_since_wal_check = 0;
-            let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-            if wal_bytes > wal_bytes_max {
+            let wal_bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+            if wal_bytes > *wal_bytes_max {
                 let started = Instant::now();
                 // From the writer a passive checkpoint completes (no other writer can
                 // append meanwhile), so the next transaction rewinds the WAL, and
                 // `journal_size_limit` cuts the file back to the bound.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+                match db.value::<i64>("PRAGMA wal_checkpoint(PASSIVE)", &[]) {
                     Ok(0) => {
                         metrics::counter!("spendgate_store_wal_truncations_total").increment(1);
                         metrics::histogram!("spendgate_store_wal_truncation_seconds")
@@ -466,197 +560,6 @@ fn writer_loop(
             }
         }
     }
-}
-
-fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> Result<(), rusqlite::Error> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for job in jobs {
-        for w in &job.writes {
-            write_one(&tx, w)?;
-        }
-    }
-    tx.commit()
-}
-
-fn write_one(c: &Connection, w: &Write) -> Result<(), rusqlite::Error> {
-    match w {
-        Write::Program(p) => {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO programs (id, policy, currency) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![p.id, p.policy, p.currency.code()])?;
-        }
-        Write::Cardholder(h) => {
-            c.prepare_cached("INSERT OR REPLACE INTO cardholders (id, program, name, kyc, blocked) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![h.id, h.program, h.name, h.kyc.as_str(), h.blocked])?;
-        }
-        Write::Card(r) => {
-            let controls = r
-                .controls
-                .as_ref()
-                .map(|c| serde_json::to_string(c).unwrap_or_default());
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO cards (id, program, cardholder_id, kind, currency, last4, expiry, status, controls, processor_card_token)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                r.id,
-                r.program,
-                r.cardholder_id,
-                serde_json::to_value(r.kind).ok().and_then(|v| v.as_str().map(str::to_string)),
-                r.currency.code(),
-                r.last4,
-                format!("{:04}-{:02}", r.expiry.year, r.expiry.month),
-                r.status.as_str(),
-                controls,
-                r.processor_card_token
-            ])?;
-        }
-        Write::Transfer(t) => {
-            c.prepare_cached("INSERT INTO transfers (id, kind, reference, fx_rate, forced, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                .execute(params![t.id, t.kind.as_str(), t.reference, t.fx_rate.map(|r| r.to_string()), t.forced, t.at_ms])?;
-            let mut st = c.prepare_cached("INSERT INTO postings (transfer_id, account, currency, amount) VALUES (?1, ?2, ?3, ?4)")?;
-            for p in &t.postings {
-                st.execute(params![
-                    t.id,
-                    p.account.as_str(),
-                    p.currency.code(),
-                    p.amount.to_string()
-                ])?;
-            }
-        }
-        Write::Hold(h) => {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO holds (auth_id, card_id, card_currency, pending, authorized, captured, refunded,
-                    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?
-            .execute(params![
-                h.auth_id,
-                h.card_id,
-                h.card_currency.code(),
-                h.pending.to_string(),
-                h.authorized.to_string(),
-                h.captured.to_string(),
-                h.refunded.to_string(),
-                h.txn_amount.to_string(),
-                h.txn_currency.code(),
-                h.fx_rate.to_string(),
-                h.status.as_str(),
-                h.created_ms,
-                h.expires_ms,
-                h.resolved_ms,
-                h.captured_txn.to_string()
-            ])?;
-        }
-        Write::HoldResolved {
-            card_id,
-            auth_id,
-            status,
-            at_ms,
-        } => {
-            c.prepare_cached(
-                "INSERT INTO hold_resolutions (card_id, auth_id, status, at_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![card_id, auth_id, status.as_str(), at_ms])?;
-        }
-        Write::Decision(d) => {
-            c.prepare_cached(
-                "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![d.auth_hash, d.card_hash, d.answer, d.body])?;
-        }
-        Write::DecisionAnswered {
-            auth_hash,
-            card_hash,
-            answer,
-        } => {
-            // One authorization id per card: the pair names one decision.
-            c.prepare_cached(
-                "UPDATE decision_log SET answer = ?3 WHERE auth_hash = ?1 AND card_hash = ?2",
-            )?
-            .execute(params![auth_hash, card_hash, answer])?;
-        }
-        Write::VelocityRelease {
-            card_id,
-            auth_id,
-            ratio,
-            at_ms,
-        } => {
-            c.prepare_cached("INSERT INTO velocity_releases (card_id, auth_id, ratio, at_ms) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![card_id, auth_id, ratio, at_ms])?;
-        }
-        Write::Idempotency {
-            scope,
-            key,
-            request_hash,
-            response,
-            at_ms,
-        } => {
-            // REPLACE: a deadline override supersedes the stored answer of its request.
-            c.prepare_cached("INSERT OR REPLACE INTO idempotency (scope, key, request_hash, response, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![scope, key, request_hash, &**response, at_ms])?;
-        }
-        Write::IdempotencySweep { before_ms } => {
-            c.prepare_cached(
-                "DELETE FROM idempotency WHERE rowid IN
-                   (SELECT rowid FROM idempotency WHERE at_ms < ?1 LIMIT ?2)",
-            )?
-            .execute(params![before_ms, ROWS_PER_SWEEP_MAX])?;
-        }
-        Write::RecoveryPoint {
-            format,
-            at_ms,
-            states,
-        } => recovery_point::write(c, *format, *at_ms, states)?,
-        Write::PolicyActivated {
-            policy,
-            version,
-            source,
-            at_ms,
-            by,
-        } => {
-            c.prepare_cached(
-                "INSERT OR IGNORE INTO policy_versions (policy, version, source) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![policy, version, source])?;
-            c.prepare_cached(
-                "INSERT INTO policy_activations (policy, version, at_ms, by) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![policy, version, at_ms, by])?;
-        }
-        Write::ApiKey {
-            hash,
-            program,
-            prefix,
-            at_ms,
-        } => {
-            c.prepare_cached(
-                "INSERT INTO api_keys (hash, program, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![hash, program, prefix, at_ms])?;
-        }
-        Write::Outbox(o) => outbox::write(c, o)?,
-        Write::HookConfig {
-            program,
-            processor,
-            config: Some(config),
-        } => {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO processor_hooks (program, processor, config) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![program, processor, config])?;
-        }
-        Write::HookConfig {
-            program,
-            processor,
-            config: None,
-        } => {
-            c.prepare_cached("DELETE FROM processor_hooks WHERE program = ?1 AND processor = ?2")?
-                .execute(params![program, processor])?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! with one delivery row per endpoint subscribed at that moment; delivery attempts update
 //! those rows. Also the webhook endpoints and the programs' alert thresholds.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::sql::{params, Backend, Db};
 use super::{Store, StoreError};
 
 pub const OUTBOX_SCHEMA: &str = "
@@ -86,29 +86,29 @@ pub enum OutboxWrite {
 /// Rows deleted per sweep, so one sweep never holds the writer long.
 pub const SWEEP_ROWS_MAX: i64 = 10_000;
 
-pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
+pub(super) fn write(c: &mut dyn Db, w: &OutboxWrite) -> Result<(), StoreError> {
     match w {
         OutboxWrite::Event(e) => {
-            c.prepare_cached(
+            c.execute(
                 "INSERT INTO events (sequence, id, program, card_id, type, at_ms, payload, program_sequence)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                e.sequence,
-                e.id,
-                e.program,
-                e.card_id,
-                e.kind,
-                e.at_ms,
-                e.payload,
-                e.program_sequence
-            ])?;
-            let mut st = c.prepare_cached(
-                "INSERT INTO deliveries (endpoint_id, sequence, status, attempts, next_attempt_ms, updated_ms)
-                 VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+                params![
+                    e.sequence,
+                    &e.id,
+                    &e.program,
+                    &e.card_id,
+                    e.kind,
+                    e.at_ms,
+                    &e.payload,
+                    e.program_sequence
+                ],
             )?;
             for endpoint in &e.endpoints {
-                st.execute(params![endpoint, e.sequence, e.at_ms])?;
+                c.execute(
+                    "INSERT INTO deliveries (endpoint_id, sequence, status, attempts, next_attempt_ms, updated_ms)
+                     VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+                    params![endpoint, e.sequence, e.at_ms],
+                )?;
             }
         }
         OutboxWrite::Endpoint {
@@ -116,25 +116,28 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
             program,
             config: Some(config),
         } => {
-            c.prepare_cached("INSERT OR REPLACE INTO webhook_endpoints (id, program, config) VALUES (?1, ?2, ?3)")?
-                .execute(params![id, program, config])?;
+            c.execute(
+                "INSERT INTO webhook_endpoints (id, program, config) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET program = excluded.program, config = excluded.config",
+                params![id, program, config],
+            )?;
         }
         OutboxWrite::Endpoint {
             id, config: None, ..
         } => {
-            c.prepare_cached("DELETE FROM webhook_endpoints WHERE id = ?1")?
-                .execute(params![id])?;
+            c.execute("DELETE FROM webhook_endpoints WHERE id = ?1", params![id])?;
             // Nothing more goes to a removed endpoint.
-            c.prepare_cached(
+            c.execute(
                 "DELETE FROM deliveries WHERE endpoint_id = ?1 AND status = 'pending'",
-            )?
-            .execute(params![id])?;
+                params![id],
+            )?;
         }
         OutboxWrite::Alerts { program, config } => {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO program_alerts (program, config) VALUES (?1, ?2)",
-            )?
-            .execute(params![program, config])?;
+            c.execute(
+                "INSERT INTO program_alerts (program, config) VALUES (?1, ?2)
+                 ON CONFLICT (program) DO UPDATE SET config = excluded.config",
+                params![program, config],
+            )?;
         }
         OutboxWrite::Attempt {
             endpoint_id,
@@ -147,43 +150,50 @@ pub(super) fn write(c: &Connection, w: &OutboxWrite) -> rusqlite::Result<()> {
             latency_ms,
             at_ms,
         } => {
-            c.prepare_cached(
+            c.execute(
                 "UPDATE deliveries SET status = ?3, attempts = ?4, next_attempt_ms = ?5, last_status = ?6,
                  last_error = ?7, latency_ms = ?8, updated_ms = ?9 WHERE endpoint_id = ?1 AND sequence = ?2",
-            )?
-            .execute(params![endpoint_id, sequence, status, attempts, next_attempt_ms, last_status, last_error, latency_ms, at_ms])?;
+                params![endpoint_id, sequence, status, attempts, next_attempt_ms, last_status, last_error, latency_ms, at_ms],
+            )?;
         }
         OutboxWrite::Sweep { before_ms } => {
             // The programs' numbers are kept before their events go, so they only grow.
-            c.prepare_cached(
-                "INSERT INTO event_counters (program, last)
-                 SELECT program, max(program_sequence) FROM events WHERE true GROUP BY program
-                 ON CONFLICT (program) DO UPDATE SET last = max(last, excluded.last)",
-            )?
-            .execute([])?;
-            c.prepare_cached(
+            let greater = match c.backend() {
+                Backend::Sqlite => "max",
+                Backend::Postgres => "greatest",
+            };
+            c.execute(
+                &format!(
+                    "INSERT INTO event_counters (program, last)
+                     SELECT program, max(program_sequence) FROM events WHERE true GROUP BY program
+                     ON CONFLICT (program) DO UPDATE
+                         SET last = {greater}(event_counters.last, excluded.last)"
+                ),
+                &[],
+            )?;
+            c.execute(
                 "DELETE FROM deliveries WHERE (endpoint_id, sequence) IN (
                      SELECT endpoint_id, sequence FROM deliveries
                      WHERE status != 'pending' AND updated_ms < ?1 LIMIT ?2)",
-            )?
-            .execute(params![before_ms, SWEEP_ROWS_MAX])?;
-            c.prepare_cached(
+                params![before_ms, SWEEP_ROWS_MAX],
+            )?;
+            c.execute(
                 "DELETE FROM events WHERE sequence IN (
                      SELECT e.sequence FROM events e WHERE e.at_ms < ?1
                      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sequence = e.sequence) LIMIT ?2)",
-            )?
-            .execute(params![before_ms, SWEEP_ROWS_MAX])?;
+                params![before_ms, SWEEP_ROWS_MAX],
+            )?;
         }
         OutboxWrite::Retry {
             endpoint_id,
             sequence,
             at_ms,
         } => {
-            c.prepare_cached(
+            c.execute(
                 "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?3, updated_ms = ?3
                  WHERE endpoint_id = ?1 AND sequence = ?2",
-            )?
-            .execute(params![endpoint_id, sequence, at_ms])?;
+                params![endpoint_id, sequence, at_ms],
+            )?;
         }
     }
     Ok(())
@@ -225,83 +235,91 @@ pub struct DeliveryRow {
 /// One endpoint's pending deliveries in event order, at most `limit` (read per
 /// endpoint, so one endpoint's backlog never hides another's due deliveries).
 pub fn pending(
-    c: &Connection,
+    c: &mut dyn Db,
     endpoint_id: &str,
     limit: usize,
 ) -> Result<Vec<PendingDelivery>, StoreError> {
-    let mut st = c.prepare_cached(
+    c.rows(
         "SELECT d.endpoint_id, d.sequence, e.id, e.card_id, d.attempts, d.next_attempt_ms, e.at_ms, e.payload
          FROM deliveries d JOIN events e ON e.sequence = d.sequence
          WHERE d.endpoint_id = ?1 AND d.status = 'pending' ORDER BY d.sequence LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![endpoint_id, limit as i64], |r| {
-        Ok(PendingDelivery {
-            endpoint_id: r.get(0)?,
-            sequence: r.get(1)?,
-            event_id: r.get(2)?,
-            card_id: r.get(3)?,
-            attempts: r.get(4)?,
-            next_attempt_ms: r.get(5)?,
-            at_ms: r.get(6)?,
-            payload: r.get(7)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![endpoint_id, limit as i64],
+        |r| {
+            Ok(PendingDelivery {
+                endpoint_id: r.get(0)?,
+                sequence: r.get(1)?,
+                event_id: r.get(2)?,
+                card_id: r.get(3)?,
+                attempts: r.get(4)?,
+                next_attempt_ms: r.get(5)?,
+                at_ms: r.get(6)?,
+                payload: r.get(7)?,
+            })
+        },
+    )
 }
 
 /// An endpoint's deliveries, newest first, at most `limit`.
 pub fn deliveries(
-    c: &Connection,
+    c: &mut dyn Db,
     endpoint_id: &str,
     limit: usize,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut st = c.prepare_cached(
+    c.rows(
         "SELECT e.id, e.type, d.sequence, d.status, d.attempts, d.last_status, d.last_error, d.latency_ms,
                 e.at_ms, d.next_attempt_ms, d.updated_ms
          FROM deliveries d JOIN events e ON e.sequence = d.sequence
          WHERE d.endpoint_id = ?1 ORDER BY d.sequence DESC LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![endpoint_id, limit as i64], |r| {
-        let status: String = r.get(3)?;
-        let next: i64 = r.get(9)?;
-        Ok(DeliveryRow {
-            event_id: r.get(0)?,
-            kind: r.get(1)?,
-            sequence: r.get(2)?,
-            next_attempt_ms: (status == "pending").then_some(next),
-            status,
-            attempts: r.get(4)?,
-            last_status: r.get(5)?,
-            last_error: r.get(6)?,
-            latency_ms: r.get(7)?,
-            created_ms: r.get(8)?,
-            updated_ms: r.get(10)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![endpoint_id, limit as i64],
+        |r| {
+            let status: String = r.get(3)?;
+            let next: i64 = r.get(9)?;
+            Ok(DeliveryRow {
+                event_id: r.get(0)?,
+                kind: r.get(1)?,
+                sequence: r.get(2)?,
+                next_attempt_ms: (status == "pending").then_some(next),
+                status,
+                attempts: r.get(4)?,
+                last_status: r.get(5)?,
+                last_error: r.get(6)?,
+                latency_ms: r.get(7)?,
+                created_ms: r.get(8)?,
+                updated_ms: r.get(10)?,
+            })
+        },
+    )
 }
 
 /// The sequence of an event delivered (or to be) to an endpoint.
 pub fn delivery_sequence(
-    c: &Connection,
+    c: &mut dyn Db,
     endpoint_id: &str,
     event_id: &str,
 ) -> Result<Option<i64>, StoreError> {
-    Ok(c.prepare_cached(
+    c.row(
         "SELECT d.sequence FROM deliveries d JOIN events e ON e.sequence = d.sequence
          WHERE d.endpoint_id = ?1 AND e.id = ?2",
-    )?
-    .query_row(params![endpoint_id, event_id], |r| r.get(0))
-    .optional()?)
+        params![endpoint_id, event_id],
+        |r| r.get(0),
+    )
 }
 
 /// (pending deliveries, the oldest pending event's time).
-pub fn queue_stats(c: &Connection) -> Result<(i64, Option<i64>), StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT count(*), min(e.at_ms) FROM deliveries d JOIN events e ON e.sequence = d.sequence
+pub fn queue_stats(c: &mut dyn Db) -> Result<(i64, Option<i64>), StoreError> {
+    c.value::<i64>(
+        "SELECT count(*) FROM deliveries d JOIN events e ON e.sequence = d.sequence
          WHERE d.status = 'pending'",
-    )?
-    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        &[],
+    )
+    .and_then(|n| {
+        let oldest = c.value::<Option<i64>>(
+            "SELECT min(e.at_ms) FROM deliveries d JOIN events e ON e.sequence = d.sequence
+             WHERE d.status = 'pending'",
+            &[],
+        )?;
+        Ok((n, oldest))
+    })
 }
 
 /// What start-up reads of the outbox.
@@ -317,25 +335,26 @@ pub struct OutboxState {
     pub program_sequences: Vec<(String, i64)>,
 }
 
-pub fn load(c: &Connection) -> Result<OutboxState, StoreError> {
-    let mut st = c.prepare("SELECT id, program, config FROM webhook_endpoints ORDER BY id")?;
-    let endpoints = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut st = c.prepare("SELECT program, config FROM program_alerts ORDER BY program")?;
-    let alerts = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let last: Option<i64> = c.query_row("SELECT max(sequence) FROM events", [], |r| r.get(0))?;
-    let mut st = c.prepare(
+pub fn load(c: &mut dyn Db) -> Result<OutboxState, StoreError> {
+    let endpoints = c.rows(
+        "SELECT id, program, config FROM webhook_endpoints ORDER BY id",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let alerts = c.rows(
+        "SELECT program, config FROM program_alerts ORDER BY program",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let last: Option<i64> = c.value("SELECT max(sequence) FROM events", &[])?;
+    let program_sequences = c.rows(
         "SELECT program, max(last) FROM (
              SELECT program, last FROM event_counters
-             UNION ALL SELECT program, max(program_sequence) FROM events GROUP BY program)
+             UNION ALL SELECT program, max(program_sequence) FROM events GROUP BY program) AS s
          GROUP BY program ORDER BY program",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let program_sequences = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
     Ok(OutboxState {
         endpoints,
         alerts,
@@ -351,7 +370,7 @@ impl Store {
         endpoint_id: &str,
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => pending(c, endpoint_id, limit),
             None => Err(StoreError::Closed),
         }
@@ -362,7 +381,7 @@ impl Store {
         endpoint_id: &str,
         limit: usize,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => deliveries(c, endpoint_id, limit),
             None => Err(StoreError::Closed),
         }
@@ -373,14 +392,14 @@ impl Store {
         endpoint_id: &str,
         event_id: &str,
     ) -> Result<Option<i64>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => delivery_sequence(c, endpoint_id, event_id),
             None => Err(StoreError::Closed),
         }
     }
 
     pub fn queue_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => queue_stats(c),
             None => Err(StoreError::Closed),
         }
@@ -391,8 +410,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
+    fn db() -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
         c.execute_batch(OUTBOX_SCHEMA).unwrap();
         c
     }
@@ -413,28 +432,28 @@ mod tests {
 
     #[test]
     fn a_programs_event_numbers_survive_the_sweep_of_its_events() {
-        let c = db();
-        write(&c, &event(7, 100, &[])).unwrap();
+        let mut c = db();
+        write(&mut c, &event(7, 100, &[])).unwrap();
         assert_eq!(
-            load(&c).unwrap().program_sequences,
+            load(&mut c).unwrap().program_sequences,
             vec![("p".to_string(), 7)]
         );
-        write(&c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
+        write(&mut c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
         let events: i64 = c
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 0);
         assert_eq!(
-            load(&c).unwrap().program_sequences,
+            load(&mut c).unwrap().program_sequences,
             vec![("p".to_string(), 7)]
         );
     }
 
     #[test]
     fn the_sweep_keeps_pending_deliveries_and_their_events() {
-        let c = db();
-        write(&c, &event(1, 100, &["we_a", "we_b"])).unwrap();
-        write(&c, &event(2, 100, &["we_a"])).unwrap();
+        let mut c = db();
+        write(&mut c, &event(1, 100, &["we_a", "we_b"])).unwrap();
+        write(&mut c, &event(2, 100, &["we_a"])).unwrap();
         let done = |seq, endpoint: &str| OutboxWrite::Attempt {
             endpoint_id: endpoint.into(),
             sequence: seq,
@@ -446,11 +465,11 @@ mod tests {
             latency_ms: Some(3),
             at_ms: 150,
         };
-        write(&c, &done(1, "we_a")).unwrap();
-        write(&c, &done(2, "we_a")).unwrap();
-        write(&c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
-        assert!(pending(&c, "we_a", 10).unwrap().is_empty());
-        let pending = pending(&c, "we_b", 10).unwrap();
+        write(&mut c, &done(1, "we_a")).unwrap();
+        write(&mut c, &done(2, "we_a")).unwrap();
+        write(&mut c, &OutboxWrite::Sweep { before_ms: 1_000 }).unwrap();
+        assert!(pending(&mut c, "we_a", 10).unwrap().is_empty());
+        let pending = pending(&mut c, "we_b", 10).unwrap();
         assert_eq!(pending.len(), 1, "we_b still waits for event 1");
         assert_eq!(
             (pending[0].endpoint_id.as_str(), pending[0].sequence),
@@ -460,7 +479,7 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 1, "event 2 had nobody left to deliver to");
-        let (depth, oldest) = queue_stats(&c).unwrap();
+        let (depth, oldest) = queue_stats(&mut c).unwrap();
         assert_eq!((depth, oldest), (1, Some(100)));
     }
 }

@@ -5,6 +5,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::load::{id_hash, legacy_row, record_row, LEGACY_COLUMNS};
+use super::sql::{params, Db};
 use super::{Store, StoreError, StoredDecision};
 
 /// Rows returned per listing.
@@ -48,54 +49,50 @@ pub struct CardHistory {
 /// authorizations, and an authorization's deadline 91 or unknown card's 14). A decision's
 /// own answer is in its record ([`decisions_of_authorization`]).
 pub fn stored_answer(
-    c: &Connection,
+    c: &mut dyn Db,
     scope: &str,
     key: &str,
 ) -> Result<Option<(String, String)>, StoreError> {
-    use rusqlite::OptionalExtension;
-    Ok(c.prepare_cached(
+    c.row(
         "SELECT request_hash, response FROM idempotency WHERE scope = ?1 AND key = ?2",
-    )?
-    .query_row(rusqlite::params![scope, key], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
-    .optional()?)
+        params![scope, key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Every stored decision whose authorization id hashes like `auth_id` (any card, any
 /// program; the caller decodes and compares).
 pub fn decisions_of_authorization(
-    c: &Connection,
+    c: &mut dyn Db,
     auth_id: &str,
 ) -> Result<Vec<StoredDecision>, StoreError> {
-    let mut out = c
-        .prepare_cached("SELECT answer, body FROM decision_log WHERE auth_hash = ?1")?
-        .query_map([id_hash(auth_id)], record_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = c.rows(
+        "SELECT answer, body FROM decision_log WHERE auth_hash = ?1",
+        params![id_hash(auth_id)],
+        record_row,
+    )?;
     if super::schema::has_legacy_decisions(c)? {
-        let mut st = c.prepare_cached(&format!(
-            "SELECT {LEGACY_COLUMNS} FROM decisions WHERE auth_id = ?1"
-        ))?;
-        for row in st.query_map([auth_id], legacy_row)? {
-            out.push(row?);
-        }
+        out.extend(c.rows(
+            &format!("SELECT {LEGACY_COLUMNS} FROM decisions WHERE auth_id = ?1"),
+            params![auth_id],
+            legacy_row,
+        )?);
     }
     Ok(out)
 }
 
 /// The card an authorization of `program` placed its hold on, if it did.
 pub fn card_of_authorization(
-    c: &Connection,
+    c: &mut dyn Db,
     program: &str,
     auth_id: &str,
 ) -> Result<Option<String>, StoreError> {
-    use rusqlite::OptionalExtension;
-    Ok(c.prepare_cached(
+    c.row(
         "SELECT h.card_id FROM holds h JOIN cards c ON c.id = h.card_id
          WHERE h.auth_id = ?1 AND c.program = ?2",
-    )?
-    .query_row(rusqlite::params![auth_id, program], |r| r.get(0))
-    .optional()?)
+        params![auth_id, program],
+        |r| r.get(0),
+    )
 }
 
 pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
@@ -108,47 +105,40 @@ pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
 /// A card's newest decisions (at most [`HISTORY_ROWS_MAX`], newest first, still encoded;
 /// a hash names them, so the caller keeps those of this card) and transfers.
 pub fn card_history(
-    c: &Connection,
+    c: &mut dyn Db,
     card: &str,
 ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
-    let mut decisions = c
-        .prepare_cached(
-            "SELECT answer, body FROM decision_log WHERE card_hash = ?1 ORDER BY seq DESC LIMIT ?2",
-        )?
-        .query_map(
-            rusqlite::params![id_hash(card), HISTORY_ROWS_MAX as i64],
-            record_row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut decisions = c.rows(
+        "SELECT answer, body FROM decision_log WHERE card_hash = ?1 ORDER BY seq DESC LIMIT ?2",
+        params![id_hash(card), HISTORY_ROWS_MAX as i64],
+        record_row,
+    )?;
     if decisions.len() < HISTORY_ROWS_MAX && super::schema::has_legacy_decisions(c)? {
-        let mut st = c.prepare_cached(&format!(
-            "SELECT {LEGACY_COLUMNS} FROM decisions WHERE card_id = ?1
-             ORDER BY at_ms DESC, seq DESC LIMIT ?2"
-        ))?;
         let left = (HISTORY_ROWS_MAX - decisions.len()) as i64;
-        for row in st.query_map(rusqlite::params![card, left], legacy_row)? {
-            decisions.push(row?);
-        }
+        decisions.extend(c.rows(
+            &format!(
+                "SELECT {LEGACY_COLUMNS} FROM decisions WHERE card_id = ?1
+                 ORDER BY at_ms DESC, seq DESC LIMIT ?2"
+            ),
+            params![card, left],
+            legacy_row,
+        )?);
     }
-    let mut st = c.prepare_cached(
+    let transfers = c.rows(
         "SELECT t.id, t.kind, t.reference, t.at_ms, p.amount, p.currency FROM postings p JOIN transfers t ON t.id = p.transfer_id
          WHERE p.account = ?1 ORDER BY t.seq DESC LIMIT ?2",
+        params![&format!("card:{card}"), HISTORY_ROWS_MAX as i64],
+        |r| {
+            Ok(TransferHistory {
+                transfer_id: r.get(0)?,
+                kind: r.get(1)?,
+                reference: r.get(2)?,
+                at_ms: r.get(3)?,
+                amount: r.get(4)?,
+                currency: r.get(5)?,
+            })
+        },
     )?;
-    let transfers = st
-        .query_map(
-            rusqlite::params![format!("card:{card}"), HISTORY_ROWS_MAX as i64],
-            |r| {
-                Ok(TransferHistory {
-                    transfer_id: r.get(0)?,
-                    kind: r.get(1)?,
-                    reference: r.get(2)?,
-                    at_ms: r.get(3)?,
-                    amount: r.get(4)?,
-                    currency: r.get(5)?,
-                })
-            },
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((decisions, transfers))
 }
 
@@ -162,102 +152,92 @@ pub struct PolicyActivation {
 }
 
 pub fn policy_activations(
-    c: &Connection,
+    c: &mut dyn Db,
     policy: &str,
 ) -> Result<Vec<PolicyActivation>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT version, at_ms, by FROM policy_activations WHERE policy = ?1
+    c.rows(
+        "SELECT version, at_ms, \"by\" FROM policy_activations WHERE policy = ?1
              ORDER BY seq DESC LIMIT ?2",
-    )?
-    .query_map(rusqlite::params![policy, HISTORY_ROWS_MAX as i64], |r| {
-        Ok(PolicyActivation {
-            version: r.get(0)?,
-            at_ms: r.get(1)?,
-            by: r.get(2)?,
-        })
-    })?
-    .collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-pub fn policy_source(
-    c: &Connection,
-    policy: &str,
-    version: &str,
-) -> Result<Option<String>, StoreError> {
-    use rusqlite::OptionalExtension;
-    Ok(
-        c.prepare_cached("SELECT source FROM policy_versions WHERE policy = ?1 AND version = ?2")?
-            .query_row(rusqlite::params![policy, version], |r| r.get(0))
-            .optional()?,
+        params![policy, HISTORY_ROWS_MAX as i64],
+        |r| {
+            Ok(PolicyActivation {
+                version: r.get(0)?,
+                at_ms: r.get(1)?,
+                by: r.get(2)?,
+            })
+        },
     )
 }
 
-/// Stored decisions, newest first, while `keep` accepts them (the scan stops at the first
-/// it refuses), with their sequence numbers.
-pub fn recent_decisions(
-    c: &Connection,
-    mut keep: impl FnMut(&StoredDecision) -> bool,
+pub fn policy_source(
+    c: &mut dyn Db,
+    policy: &str,
+    version: &str,
+) -> Result<Option<String>, StoreError> {
+    c.row(
+        "SELECT source FROM policy_versions WHERE policy = ?1 AND version = ?2",
+        params![policy, version],
+        |r| r.get(0),
+    )
+}
+
+/// Decisions read per page of a backwards scan.
+const SCAN_PAGE_ROWS: i64 = 1_000;
+
+/// Up to `rows_max` stored decisions before `before_seq`, newest first.
+pub fn decisions_before(
+    c: &mut dyn Db,
+    before_seq: i64,
+    rows_max: i64,
 ) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-    let mut st =
-        c.prepare_cached("SELECT seq, answer, body FROM decision_log ORDER BY seq DESC")?;
-    let mut rows = st.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let d = StoredDecision::Record {
-            answer: r.get(1)?,
-            body: r.get(2)?,
-        };
-        if !keep(&d) {
-            break;
-        }
-        out.push((r.get(0)?, d));
-    }
-    Ok(out)
+    c.rows(
+        "SELECT seq, answer, body FROM decision_log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+        params![before_seq, rows_max],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                StoredDecision::Record {
+                    answer: r.get(1)?,
+                    body: r.get(2)?,
+                },
+            ))
+        },
+    )
 }
 
 /// Stored decisions after `seq`, in commit order.
-pub fn decisions_after(c: &Connection, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-    Ok(
-        c.prepare_cached("SELECT seq, answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq")?
-            .query_map([seq], |r| {
-                Ok((
-                    r.get(0)?,
-                    StoredDecision::Record {
-                        answer: r.get(1)?,
-                        body: r.get(2)?,
-                    },
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?,
+pub fn decisions_after(c: &mut dyn Db, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
+    c.rows(
+        "SELECT seq, answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq",
+        params![seq],
+        |r| {
+            Ok((
+                r.get(0)?,
+                StoredDecision::Record {
+                    answer: r.get(1)?,
+                    body: r.get(2)?,
+                },
+            ))
+        },
     )
 }
 
 /// Velocity releases at or after `at_ms`: (card, authorization, ratio, at_ms).
 pub fn releases_since(
-    c: &Connection,
+    c: &mut dyn Db,
     at_ms: i64,
 ) -> Result<Vec<(String, String, rust_decimal::Decimal, i64)>, StoreError> {
-    let rows = c
-        .prepare_cached(
-            "SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases WHERE at_ms >= ?1 ORDER BY seq",
-        )?
-        .query_map([at_ms], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter()
-        .map(|(card, auth, ratio, at)| {
-            ratio
+    c.rows(
+        "SELECT card_id, auth_id, ratio, at_ms FROM velocity_releases WHERE at_ms >= ?1 ORDER BY seq",
+        params![at_ms],
+        |r| {
+            let ratio: String = r.get(2)?;
+            let ratio = ratio
                 .parse()
-                .map(|r| (card, auth, r, at))
-                .map_err(|_| StoreError::Corrupt(format!("release ratio `{ratio}`")))
-        })
-        .collect()
+                .map_err(|_| StoreError::Corrupt(format!("release ratio `{ratio}`")))?;
+            Ok((r.get(0)?, r.get(1)?, ratio, r.get(3)?))
+        },
+    )
 }
 
 /// Reads on the store's own read-only connection (blocking: call them off the async
@@ -269,7 +249,7 @@ impl Store {
         &self,
         card_id: &str,
     ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => card_history(c, card_id),
             None => Err(StoreError::Closed),
         }
@@ -281,7 +261,7 @@ impl Store {
         &self,
         auth_id: &str,
     ) -> Result<Vec<StoredDecision>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => decisions_of_authorization(c, auth_id),
             None => Err(StoreError::Closed),
         }
@@ -289,7 +269,7 @@ impl Store {
 
     /// A policy's activations, newest first (at most [`HISTORY_ROWS_MAX`]).
     pub fn policy_activations(&self, policy: &str) -> Result<Vec<PolicyActivation>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => policy_activations(c, policy),
             None => Err(StoreError::Closed),
         }
@@ -297,7 +277,7 @@ impl Store {
 
     /// A stored policy version's source (JSON of `PolicySource`).
     pub fn policy_source(&self, policy: &str, version: &str) -> Result<Option<String>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => policy_source(c, policy, version),
             None => Err(StoreError::Closed),
         }
@@ -309,7 +289,7 @@ impl Store {
         scope: &str,
         key: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => stored_answer(c, scope, key),
             None => Err(StoreError::Closed),
         }
@@ -321,28 +301,43 @@ impl Store {
         program: &str,
         auth_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => card_of_authorization(c, program, auth_id),
             None => Err(StoreError::Closed),
         }
     }
 
-    /// Stored decisions newest first while `keep` accepts them (see
-    /// [`recent_decisions`]). A long scan, so on a connection of its own: the shared
-    /// reader answers idempotency lookups of retries meanwhile.
+    /// Stored decisions newest first while `keep` accepts them (the scan stops at the
+    /// first it refuses), with their sequence numbers. A long scan, so read a page at a
+    /// time with the reader taken per page: idempotency lookups of retries go in between.
     pub fn recent_decisions(
         &self,
-        keep: impl FnMut(&StoredDecision) -> bool,
+        mut keep: impl FnMut(&StoredDecision) -> bool,
     ) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-        if self.reader.lock().is_none() {
-            return Err(StoreError::Closed);
+        let mut out = Vec::new();
+        let mut before = i64::MAX;
+        loop {
+            let page = match self.reader.lock().as_deref_mut() {
+                Some(c) => decisions_before(c, before, SCAN_PAGE_ROWS)?,
+                None => return Err(StoreError::Closed),
+            };
+            let full = page.len() as i64 == SCAN_PAGE_ROWS;
+            for (seq, d) in page {
+                if !keep(&d) {
+                    return Ok(out);
+                }
+                before = seq;
+                out.push((seq, d));
+            }
+            if !full {
+                return Ok(out);
+            }
         }
-        recent_decisions(&open_reader(&self.path)?, keep)
     }
 
     /// Stored decisions after `seq`, in commit order.
     pub fn decisions_after(&self, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => decisions_after(c, seq),
             None => Err(StoreError::Closed),
         }
@@ -353,7 +348,7 @@ impl Store {
         &self,
         at_ms: i64,
     ) -> Result<Vec<(String, String, rust_decimal::Decimal, i64)>, StoreError> {
-        match self.reader.lock().as_ref() {
+        match self.reader.lock().as_deref_mut() {
             Some(c) => releases_since(c, at_ms),
             None => Err(StoreError::Closed),
         }

@@ -7,8 +7,7 @@
 //! velocity-release and transfer sequence committed before it. Rows after those
 //! sequences are the tail that start-up replays on top of the saved states.
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use super::sql::{params, Backend, Db};
 use super::StoreError;
 
 /// The encoding of saved states the engine writes and reads (bumped when it changes).
@@ -45,53 +44,62 @@ pub struct LoadedPoint {
 /// Writes changed states and moves the cut to everything committed so far (inside the
 /// writer's transaction, so the cut and the states are one atomic change).
 pub(super) fn write(
-    c: &Connection,
+    c: &mut dyn Db,
     format: u32,
     at_ms: i64,
     states: &[SavedState],
-) -> Result<(), rusqlite::Error> {
-    let mut st = c.prepare_cached(
-        "INSERT OR REPLACE INTO recovery_states (kind, id, state) VALUES (?1, ?2, ?3)",
-    )?;
+) -> Result<(), StoreError> {
     for s in states {
-        st.execute(params![s.kind, s.id, s.state])?;
+        c.execute(
+            "INSERT INTO recovery_states (kind, id, state) VALUES (?1, ?2, ?3)
+             ON CONFLICT (kind, id) DO UPDATE SET state = excluded.state",
+            params![s.kind, &s.id, &s.state],
+        )?;
     }
-    c.prepare_cached(
-        "INSERT OR REPLACE INTO recovery_point (id, format, at_ms, decision_seq, release_seq, transfer_seq)
-         VALUES (1, ?1, ?2, (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'decision_log'),
-                 (SELECT coalesce(max(seq), 0) FROM velocity_releases),
-                 (SELECT coalesce(max(seq), 0) FROM transfers))",
-    )?
-    .execute(params![format, at_ms])?;
+    // SQLite's sequence also counts decisions of the version 2–4 table (see `schema`).
+    let decision_seq = match c.backend() {
+        Backend::Sqlite => {
+            "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'decision_log')"
+        }
+        Backend::Postgres => "(SELECT coalesce(max(seq), 0) FROM decision_log)",
+    };
+    c.execute(
+        &format!(
+            "INSERT INTO recovery_point (id, format, at_ms, decision_seq, release_seq, transfer_seq)
+             VALUES (1, ?1, ?2, {decision_seq},
+                     (SELECT coalesce(max(seq), 0) FROM velocity_releases),
+                     (SELECT coalesce(max(seq), 0) FROM transfers))
+             ON CONFLICT (id) DO UPDATE SET format = excluded.format, at_ms = excluded.at_ms,
+                 decision_seq = excluded.decision_seq, release_seq = excluded.release_seq,
+                 transfer_seq = excluded.transfer_seq"
+        ),
+        params![format, at_ms],
+    )?;
     Ok(())
 }
 
 /// The saved point, if any.
-pub fn load(conn: &Connection) -> Result<Option<LoadedPoint>, StoreError> {
-    let cut = conn
-        .query_row(
-            "SELECT format, at_ms, decision_seq, release_seq, transfer_seq FROM recovery_point WHERE id = 1",
-            [],
-            |r| {
-                Ok(Cut {
-                    format: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    decision_seq: r.get(2)?,
-                    release_seq: r.get(3)?,
-                    transfer_seq: r.get(4)?,
-                })
-            },
-        )
-        .optional()?;
+pub fn load(conn: &mut dyn Db) -> Result<Option<LoadedPoint>, StoreError> {
+    let cut = conn.row(
+        "SELECT format, at_ms, decision_seq, release_seq, transfer_seq FROM recovery_point WHERE id = 1",
+        &[],
+        |r| {
+            Ok(Cut {
+                format: u32::try_from(r.get::<i64>(0)?)
+                    .map_err(|_| StoreError::Corrupt("recovery point format".into()))?,
+                at_ms: r.get(1)?,
+                decision_seq: r.get(2)?,
+                release_seq: r.get(3)?,
+                transfer_seq: r.get(4)?,
+            })
+        },
+    )?;
     let Some(cut) = cut else {
         return Ok(None);
     };
-    let mut st = conn.prepare("SELECT kind, id, state FROM recovery_states")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let mut states = Vec::new();
-    for row in rows {
-        states.push(row?);
-    }
+    let states = conn.rows("SELECT kind, id, state FROM recovery_states", &[], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
     Ok(Some(LoadedPoint { cut, states }))
 }
 
@@ -101,9 +109,9 @@ mod tests {
 
     #[test]
     fn a_point_cuts_the_log_at_what_was_committed_before_it() {
-        let c = Connection::open_in_memory().unwrap();
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&c).unwrap();
-        assert!(load(&c).unwrap().is_none());
+        assert!(load(&mut c).unwrap().is_none());
         c.execute_batch(
             "INSERT INTO velocity_releases (card_id, auth_id, ratio, at_ms) VALUES ('c', 'a', '1', 5);
              INSERT INTO transfers (id, kind, reference, fx_rate, forced, at_ms) VALUES ('t1', 'fund', '', NULL, 0, 1);
@@ -115,8 +123,8 @@ mod tests {
             id: "c".into(),
             state: vec![1, 2, 3],
         };
-        write(&c, 1, 42, std::slice::from_ref(&s)).unwrap();
-        let p = load(&c).unwrap().unwrap();
+        write(&mut c, 1, 42, std::slice::from_ref(&s)).unwrap();
+        let p = load(&mut c).unwrap().unwrap();
         assert_eq!(
             p.cut,
             Cut {
@@ -134,8 +142,8 @@ mod tests {
             ..s
         };
         c.execute_batch("INSERT INTO transfers (id, kind, reference, fx_rate, forced, at_ms) VALUES ('t3', 'fund', '', NULL, 0, 2);").unwrap();
-        write(&c, 1, 43, &[s2]).unwrap();
-        let p = load(&c).unwrap().unwrap();
+        write(&mut c, 1, 43, &[s2]).unwrap();
+        let p = load(&mut c).unwrap().unwrap();
         assert_eq!(p.cut.transfer_seq, 3);
         assert_eq!(p.states, vec![("card".into(), "c".into(), vec![9])]);
     }

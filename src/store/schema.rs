@@ -111,7 +111,11 @@ DROP TABLE decisions_v1;
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let legacy = has_legacy_decisions(conn)?;
+    let legacy: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
+        [],
+        |r| r.get(0),
+    )?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let r = (|| {
         if legacy && version < 2 {
@@ -174,13 +178,13 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-/// Whether the store still has decisions in the version 2–4 table.
-pub fn has_legacy_decisions(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'",
-        [],
-        |r| r.get(0),
-    )
+/// Whether the store still has decisions in the version 2–4 table (never on PostgreSQL:
+/// its schema began at version 6).
+pub fn has_legacy_decisions(conn: &mut dyn super::sql::Db) -> Result<bool, super::StoreError> {
+    match conn.backend() {
+        super::sql::Backend::Sqlite => conn.has_table("decisions"),
+        super::sql::Backend::Postgres => Ok(false),
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +215,7 @@ mod tests {
     fn a_version_5_store_reads_without_migrating() {
         // What version 6 added, taken away again: a store as version 5 left it, read as
         // the read-only tools (replay, verify, decisions) read it.
-        let c = Connection::open_in_memory().unwrap();
+        let mut c = Connection::open_in_memory().unwrap();
         migrate(&c).unwrap();
         c.execute_batch(
             "DROP INDEX cards_processor_token;
@@ -224,7 +228,7 @@ mod tests {
              PRAGMA user_version = 5;",
         )
         .unwrap();
-        let s = crate::store::load_snapshot(&c).unwrap();
+        let s = crate::store::load_snapshot(&mut c).unwrap();
         assert_eq!(s.cards.len(), 1);
         assert_eq!(s.cards[0].processor_card_token, None);
         assert!(s.hook_configs.is_empty() && s.outbox.endpoints.is_empty());
@@ -290,9 +294,9 @@ mod tests {
 
     #[test]
     fn a_version_4_store_keeps_its_decisions_and_continues_their_sequence() {
-        let c = v4_store(true);
+        let mut c = v4_store(true);
         migrate(&c).unwrap();
-        assert!(has_legacy_decisions(&c).unwrap());
+        assert!(has_legacy_decisions(&mut c).unwrap());
         c.execute(
             "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (1, 2, x'01', x'01')",
             [],
@@ -311,9 +315,9 @@ mod tests {
 
     #[test]
     fn an_empty_version_4_decision_table_is_dropped() {
-        let c = v4_store(false);
+        let mut c = v4_store(false);
         migrate(&c).unwrap();
-        assert!(!has_legacy_decisions(&c).unwrap());
+        assert!(!has_legacy_decisions(&mut c).unwrap());
         let v: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();

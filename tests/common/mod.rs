@@ -1,6 +1,8 @@
 //! Fixtures shared by the integration tests: the real rules directory and transactions.
 #![allow(dead_code)]
 
+pub mod ops;
+
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;

@@ -36,6 +36,10 @@ pub enum Command {
         /// Rules directory [default: rules, or SPENDGATE_RULES].
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// A PostgreSQL store shared by several instances, `postgres://…` [default: the
+        /// SQLite store in the data directory, or SPENDGATE_STORE].
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Load benchmark: drive mixed authorization traffic at a server and report latency.
     Loadgen(crate::loadgen::Args),
@@ -140,15 +144,22 @@ fn print_errors(errors: &[PolicyError]) {
     );
 }
 
+/// Everything in a store: a data directory's SQLite file, or a `postgres://…` database.
 pub fn open_snapshot(data: &Path) -> Result<spendgate::store::Snapshot, String> {
+    if let spendgate::store::Location::Postgres(url) =
+        spendgate::store::Location::parse(&data.to_string_lossy())
+    {
+        let mut db = spendgate::store::postgres::connect(&url).map_err(|e| e.to_string())?;
+        return spendgate::store::load_snapshot(&mut db).map_err(|e| e.to_string());
+    }
     let path = data.join(spendgate::store::DB_FILE);
     if !path.exists() {
         return Err(format!("no store at {}", path.display()));
     }
-    let conn =
+    let mut conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| e.to_string())?;
-    spendgate::store::load_snapshot(&conn).map_err(|e| e.to_string())
+    spendgate::store::load_snapshot(&mut conn).map_err(|e| e.to_string())
 }
 
 fn ledger_verify(data: &Path) -> ExitCode {
@@ -238,7 +249,12 @@ pub fn run(cli: Cli) -> ExitCode {
             addr,
             data,
             rules,
+            store,
         } => {
+            if let Some(s) = store {
+                // Through the environment, so the configuration checks it like the others.
+                std::env::set_var("SPENDGATE_STORE", s);
+            }
             let mut c = match spendgate::http::Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {

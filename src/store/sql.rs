@@ -1,0 +1,496 @@
+//! The one seam between the store's SQL and its two backends: SQLite (the embedded
+//! default) and PostgreSQL (several instances on one database, see `postgres`). Every
+//! statement is written once, with `?N` placeholders and SQL both understand (`ON
+//! CONFLICT … DO UPDATE`, not `INSERT OR REPLACE`); the few differences ask
+//! [`Db::backend`]. Rows come back as owned values read by column index, so decoding is
+//! shared too.
+
+use std::collections::HashMap;
+
+use super::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum P<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl From<i64> for P<'_> {
+    fn from(v: i64) -> Self {
+        P::Int(v)
+    }
+}
+impl From<bool> for P<'_> {
+    fn from(v: bool) -> Self {
+        P::Int(v as i64)
+    }
+}
+impl From<&i64> for P<'_> {
+    fn from(v: &i64) -> Self {
+        P::Int(*v)
+    }
+}
+impl From<&bool> for P<'_> {
+    fn from(v: &bool) -> Self {
+        P::Int(*v as i64)
+    }
+}
+impl From<u32> for P<'_> {
+    fn from(v: u32) -> Self {
+        P::Int(v.into())
+    }
+}
+impl<'a> From<&'a Option<String>> for P<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        v.as_deref().map_or(P::Null, P::Text)
+    }
+}
+impl From<&Option<i64>> for P<'_> {
+    fn from(v: &Option<i64>) -> Self {
+        v.map_or(P::Null, P::Int)
+    }
+}
+impl<'a> From<&'a &str> for P<'a> {
+    fn from(v: &'a &str) -> Self {
+        P::Text(v)
+    }
+}
+impl<'a> From<&'a str> for P<'a> {
+    fn from(v: &'a str) -> Self {
+        P::Text(v)
+    }
+}
+impl<'a> From<&'a String> for P<'a> {
+    fn from(v: &'a String) -> Self {
+        P::Text(v)
+    }
+}
+impl<'a> From<&'a [u8]> for P<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        P::Blob(v)
+    }
+}
+impl<'a> From<&'a Vec<u8>> for P<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        P::Blob(v)
+    }
+}
+impl<'a, T: Into<P<'a>>> From<Option<T>> for P<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(P::Null, Into::into)
+    }
+}
+
+/// `[a, b, …]` as parameters.
+#[macro_export]
+macro_rules! sql_params {
+    ($($v:expr),* $(,)?) => { &[$($crate::store::sql::P::from($v)),*][..] };
+}
+pub use sql_params as params;
+
+/// A column's value as read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum V {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// One row, read by column index.
+pub struct Row(Vec<V>);
+
+pub trait FromV: Sized {
+    fn from_v(v: &V) -> Option<Self>;
+}
+impl FromV for i64 {
+    fn from_v(v: &V) -> Option<Self> {
+        match v {
+            V::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+impl FromV for bool {
+    fn from_v(v: &V) -> Option<Self> {
+        i64::from_v(v).map(|i| i != 0)
+    }
+}
+impl FromV for String {
+    fn from_v(v: &V) -> Option<Self> {
+        match v {
+            V::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+impl FromV for Vec<u8> {
+    fn from_v(v: &V) -> Option<Self> {
+        match v {
+            V::Blob(b) => Some(b.clone()),
+            // SQLite keeps what it was given; a text column read as bytes is its UTF-8.
+            V::Text(s) => Some(s.as_bytes().to_vec()),
+            _ => None,
+        }
+    }
+}
+impl<T: FromV> FromV for Option<T> {
+    fn from_v(v: &V) -> Option<Self> {
+        match v {
+            V::Null => Some(None),
+            v => T::from_v(v).map(Some),
+        }
+    }
+}
+
+impl Row {
+    pub fn get<T: FromV>(&self, i: usize) -> Result<T, StoreError> {
+        let v = self.0.get(i).unwrap_or(&V::Null);
+        T::from_v(v).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "column {i}: unexpected {}",
+                match v {
+                    V::Null => "NULL",
+                    V::Int(_) => "integer",
+                    V::Text(_) => "text",
+                    V::Blob(_) => "blob",
+                }
+            ))
+        })
+    }
+}
+
+/// A connection to either backend. Transactions are explicit: `begin`, then `commit` or
+/// `rollback`.
+pub trait Db: Send {
+    fn backend(&self) -> Backend;
+    /// Runs one statement; returns the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError>;
+    /// Runs a query, handing each row to `f` as it arrives.
+    fn each(
+        &mut self,
+        sql: &str,
+        params: &[P<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Runs several statements without parameters (schema).
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    fn rollback(&mut self) -> Result<(), StoreError>;
+}
+
+impl dyn Db + '_ {
+    /// Every row, decoded by `f`.
+    pub fn rows<T>(
+        &mut self,
+        sql: &str,
+        params: &[P<'_>],
+        mut f: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.each(sql, params, &mut |r| {
+            out.push(f(&r)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first row, if any.
+    pub fn row<T>(
+        &mut self,
+        sql: &str,
+        params: &[P<'_>],
+        f: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.rows(sql, params, f)?.into_iter().next())
+    }
+
+    /// The first column of the first row.
+    pub fn value<T: FromV>(&mut self, sql: &str, params: &[P<'_>]) -> Result<T, StoreError> {
+        self.row(sql, params, |r| r.get(0))?
+            .ok_or_else(|| StoreError::Corrupt(format!("no row for `{sql}`")))
+    }
+
+    /// Whether a table exists.
+    pub fn has_table(&mut self, name: &str) -> Result<bool, StoreError> {
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1"
+            }
+            Backend::Postgres => {
+                "SELECT count(*) > 0 FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = ?1"
+            }
+        };
+        self.value(sql, params![name])
+    }
+
+    /// Whether a table has a column.
+    pub fn has_column(&mut self, table: &str, column: &str) -> Result<bool, StoreError> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            Backend::Postgres => {
+                "SELECT count(*) > 0 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = ?1 AND column_name = ?2"
+            }
+        };
+        self.value(sql, params![table, column])
+    }
+}
+
+// --- SQLite -------------------------------------------------------------------------
+
+impl Db for rusqlite::Connection {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn execute(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError> {
+        let mut st = self.prepare_cached(sql)?;
+        Ok(st.execute(rusqlite::params_from_iter(params.iter()))?)
+    }
+
+    fn each(
+        &mut self,
+        sql: &str,
+        params: &[P<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut st = self.prepare_cached(sql)?;
+        let columns = st.column_count();
+        let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
+        while let Some(r) = rows.next()? {
+            let mut vals = Vec::with_capacity(columns);
+            for i in 0..columns {
+                use rusqlite::types::ValueRef;
+                vals.push(match r.get_ref(i)? {
+                    ValueRef::Null => V::Null,
+                    ValueRef::Integer(i) => V::Int(i),
+                    ValueRef::Real(x) => V::Text(x.to_string()),
+                    ValueRef::Text(t) => V::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => V::Blob(b.to_vec()),
+                });
+            }
+            f(Row(vals))?;
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.execute_batch(sql)?)
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        Ok(self.execute_batch("BEGIN IMMEDIATE")?)
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(self.execute_batch("COMMIT")?)
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        Ok(self.execute_batch("ROLLBACK")?)
+    }
+}
+
+impl rusqlite::ToSql for P<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            P::Null => ValueRef::Null,
+            P::Int(i) => ValueRef::Integer(i),
+            P::Text(s) => ValueRef::Text(s.as_bytes()),
+            P::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+// --- PostgreSQL ---------------------------------------------------------------------
+
+/// A PostgreSQL connection with its prepared statements (by the SQL as written).
+pub struct PgDb {
+    client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgDb {
+    pub fn connect(url: &str) -> Result<PgDb, StoreError> {
+        let client = postgres::Client::connect(url, postgres::NoTls).map_err(pg)?;
+        Ok(PgDb {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(&placeholders(sql)).map_err(pg)?;
+        self.statements.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+}
+
+pub fn pg(e: postgres::Error) -> StoreError {
+    StoreError::Postgres(e.to_string())
+}
+
+/// `?N` → `$N` (SQLite's numbered placeholders as PostgreSQL writes them).
+fn placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl postgres::types::ToSql for P<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::Type;
+        match *self {
+            P::Null => Ok(postgres::types::IsNull::Yes),
+            P::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
+                Type::BOOL => (i != 0).to_sql(ty, out),
+                _ => i.to_string().to_sql(ty, out),
+            },
+            P::Text(s) => s.to_sql(ty, out),
+            P::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+fn pg_value(r: &postgres::Row, i: usize) -> Result<V, StoreError> {
+    use postgres::types::Type;
+    let ty = r.columns()[i].type_().clone();
+    let v = match ty {
+        Type::INT8 => r.try_get::<_, Option<i64>>(i).map(|v| v.map(V::Int)),
+        Type::INT4 => r
+            .try_get::<_, Option<i32>>(i)
+            .map(|v| v.map(|x| V::Int(x.into()))),
+        Type::INT2 => r
+            .try_get::<_, Option<i16>>(i)
+            .map(|v| v.map(|x| V::Int(x.into()))),
+        Type::BOOL => r
+            .try_get::<_, Option<bool>>(i)
+            .map(|v| v.map(|x| V::Int(x.into()))),
+        Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i).map(|v| v.map(V::Blob)),
+        _ => r.try_get::<_, Option<String>>(i).map(|v| v.map(V::Text)),
+    };
+    Ok(v.map_err(pg)?.unwrap_or(V::Null))
+}
+
+impl Db for PgDb {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    fn execute(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError> {
+        let st = self.statement(sql)?;
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        Ok(self.client.execute(&st, &refs).map_err(pg)? as usize)
+    }
+
+    fn each(
+        &mut self,
+        sql: &str,
+        params: &[P<'_>],
+        f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let st = self.statement(sql)?;
+        let mut rows = self.client.query_raw(&st, params.iter()).map_err(pg)?;
+        while let Some(r) = rows.next().map_err(pg)? {
+            let vals = (0..r.len())
+                .map(|i| pg_value(&r, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            f(Row(vals))?;
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.client.batch_execute(sql).map_err(pg)
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.client.batch_execute("BEGIN").map_err(pg)
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.client.batch_execute("COMMIT").map_err(pg)
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        self.client.batch_execute("ROLLBACK").map_err(pg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_placeholders_become_dollar_ones() {
+        assert_eq!(
+            placeholders("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'"
+        );
+    }
+
+    #[test]
+    fn sqlite_rows_read_back_as_written() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        let db: &mut dyn Db = &mut c;
+        db.batch("CREATE TABLE t (i INTEGER, s TEXT, b BLOB, n TEXT)")
+            .unwrap();
+        let blob = vec![1u8, 2, 3];
+        db.execute(
+            "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+            params![7i64, "x", &blob, None::<&str>],
+        )
+        .unwrap();
+        let row = db
+            .row("SELECT i, s, b, n, i > 5 FROM t", &[], |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Vec<u8>>(2)?,
+                    r.get::<Option<String>>(3)?,
+                    r.get::<bool>(4)?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(row, Some((7, "x".into(), blob, None, true)));
+        assert!(db.row("SELECT s FROM t", &[], |r| r.get::<i64>(0)).is_err());
+    }
+}

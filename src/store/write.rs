@@ -1,0 +1,259 @@
+//! One batch of writes as one transaction: each `Write` as the rows it becomes, in SQL
+//! both backends run; on PostgreSQL the batch first proves the writer still holds its
+//! lease (see `lease`).
+
+use super::lease::Fence;
+use super::sql::{params, Backend, Db};
+use super::{outbox, recovery_point, Job, StoreError, Write, ROWS_PER_SWEEP_MAX};
+
+pub(super) fn commit_batch(
+    db: &mut dyn Db,
+    fence: Option<&Fence>,
+    jobs: &[Job],
+) -> Result<(), StoreError> {
+    commit(db, fence, jobs.iter().flat_map(|j| &j.writes))
+}
+
+/// Writes `writes` in one transaction; with a fence, only while its lease is still the
+/// current one (else `StoreError::Fenced`, and nothing is written).
+pub fn commit<'a>(
+    db: &mut dyn Db,
+    fence: Option<&Fence>,
+    writes: impl IntoIterator<Item = &'a Write>,
+) -> Result<(), StoreError> {
+    db.begin()?;
+    let r = (|| {
+        if let Some(f) = fence {
+            f.check(db)?;
+        }
+        for w in writes {
+            write_one(db, w)?;
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => db.commit(),
+        Err(e) => {
+            let _ = db.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn write_one(c: &mut dyn Db, w: &Write) -> Result<(), StoreError> {
+    match w {
+        Write::Program(p) => {
+            c.execute(
+                "INSERT INTO programs (id, policy, currency) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, currency = excluded.currency",
+                params![&p.id, &p.policy, p.currency.code()],
+            )?;
+        }
+        Write::Cardholder(h) => {
+            c.execute(
+                "INSERT INTO cardholders (id, program, name, kyc, blocked) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (program, id) DO UPDATE SET name = excluded.name, kyc = excluded.kyc,
+                     blocked = excluded.blocked",
+                params![&h.id, &h.program, &h.name, h.kyc.as_str(), h.blocked],
+            )?;
+        }
+        Write::Card(r) => {
+            let controls = r
+                .controls
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default());
+            let kind = serde_json::to_value(r.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string));
+            let expiry = format!("{:04}-{:02}", r.expiry.year, r.expiry.month);
+            c.execute(
+                "INSERT INTO cards (id, program, cardholder_id, kind, currency, last4, expiry, status, controls, processor_card_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (id) DO UPDATE SET program = excluded.program,
+                     cardholder_id = excluded.cardholder_id, kind = excluded.kind,
+                     currency = excluded.currency, last4 = excluded.last4, expiry = excluded.expiry,
+                     status = excluded.status, controls = excluded.controls,
+                     processor_card_token = excluded.processor_card_token",
+                params![
+                    &r.id,
+                    &r.program,
+                    &r.cardholder_id,
+                    &kind,
+                    r.currency.code(),
+                    &r.last4,
+                    &expiry,
+                    r.status.as_str(),
+                    &controls,
+                    &r.processor_card_token
+                ],
+            )?;
+        }
+        Write::Transfer(t) => {
+            let rate = t.fx_rate.map(|r| r.to_string());
+            c.execute(
+                "INSERT INTO transfers (id, kind, reference, fx_rate, forced, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![&t.id, t.kind.as_str(), &t.reference, &rate, t.forced, t.at_ms],
+            )?;
+            for p in &t.postings {
+                c.execute(
+                    "INSERT INTO postings (transfer_id, account, currency, amount) VALUES (?1, ?2, ?3, ?4)",
+                    params![&t.id, p.account.as_str(), p.currency.code(), &p.amount.to_string()],
+                )?;
+            }
+        }
+        Write::Hold(h) => {
+            c.execute(
+                "INSERT INTO holds (auth_id, card_id, card_currency, pending, authorized, captured, refunded,
+                    txn_amount, txn_currency, fx_rate, status, created_ms, expires_ms, resolved_ms, captured_txn)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (card_id, auth_id) DO UPDATE SET card_currency = excluded.card_currency,
+                     pending = excluded.pending, authorized = excluded.authorized,
+                     captured = excluded.captured, refunded = excluded.refunded,
+                     txn_amount = excluded.txn_amount, txn_currency = excluded.txn_currency,
+                     fx_rate = excluded.fx_rate, status = excluded.status,
+                     created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
+                     resolved_ms = excluded.resolved_ms, captured_txn = excluded.captured_txn",
+                params![
+                    &h.auth_id,
+                    &h.card_id,
+                    h.card_currency.code(),
+                    &h.pending.to_string(),
+                    &h.authorized.to_string(),
+                    &h.captured.to_string(),
+                    &h.refunded.to_string(),
+                    &h.txn_amount.to_string(),
+                    h.txn_currency.code(),
+                    &h.fx_rate.to_string(),
+                    h.status.as_str(),
+                    h.created_ms,
+                    h.expires_ms,
+                    &h.resolved_ms,
+                    &h.captured_txn.to_string()
+                ],
+            )?;
+        }
+        Write::HoldResolved {
+            card_id,
+            auth_id,
+            status,
+            at_ms,
+        } => {
+            c.execute(
+                "INSERT INTO hold_resolutions (card_id, auth_id, status, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![card_id, auth_id, status.as_str(), at_ms],
+            )?;
+        }
+        Write::Decision(d) => {
+            c.execute(
+                "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?2, ?3, ?4)",
+                params![d.auth_hash, d.card_hash, &d.answer, &d.body],
+            )?;
+        }
+        Write::DecisionAnswered {
+            auth_hash,
+            card_hash,
+            answer,
+        } => {
+            // One authorization id per card: the pair names one decision.
+            c.execute(
+                "UPDATE decision_log SET answer = ?3 WHERE auth_hash = ?1 AND card_hash = ?2",
+                params![auth_hash, card_hash, answer],
+            )?;
+        }
+        Write::VelocityRelease {
+            card_id,
+            auth_id,
+            ratio,
+            at_ms,
+        } => {
+            c.execute(
+                "INSERT INTO velocity_releases (card_id, auth_id, ratio, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![card_id, auth_id, ratio, at_ms],
+            )?;
+        }
+        Write::Idempotency {
+            scope,
+            key,
+            request_hash,
+            response,
+            at_ms,
+        } => {
+            // An upsert: a deadline override supersedes the stored answer of its request.
+            c.execute(
+                "INSERT INTO idempotency (scope, key, request_hash, response, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
+                     response = excluded.response, at_ms = excluded.at_ms",
+                params![scope, key, request_hash, &**response, at_ms],
+            )?;
+        }
+        Write::IdempotencySweep { before_ms } => {
+            let sql = match c.backend() {
+                Backend::Sqlite => {
+                    "DELETE FROM idempotency WHERE rowid IN
+                       (SELECT rowid FROM idempotency WHERE at_ms < ?1 LIMIT ?2)"
+                }
+                Backend::Postgres => {
+                    "DELETE FROM idempotency WHERE ctid IN
+                       (SELECT ctid FROM idempotency WHERE at_ms < ?1 LIMIT ?2)"
+                }
+            };
+            c.execute(sql, params![before_ms, ROWS_PER_SWEEP_MAX])?;
+        }
+        Write::RecoveryPoint {
+            format,
+            at_ms,
+            states,
+        } => recovery_point::write(c, *format, *at_ms, states)?,
+        Write::PolicyActivated {
+            policy,
+            version,
+            source,
+            at_ms,
+            by,
+        } => {
+            c.execute(
+                "INSERT INTO policy_versions (policy, version, source) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (policy, version) DO NOTHING",
+                params![policy, version, source],
+            )?;
+            c.execute(
+                "INSERT INTO policy_activations (policy, version, at_ms, \"by\") VALUES (?1, ?2, ?3, ?4)",
+                params![policy, version, at_ms, by],
+            )?;
+        }
+        Write::ApiKey {
+            hash,
+            program,
+            prefix,
+            at_ms,
+        } => {
+            c.execute(
+                "INSERT INTO api_keys (hash, program, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![hash, program, prefix, at_ms],
+            )?;
+        }
+        Write::Outbox(o) => outbox::write(c, o)?,
+        Write::HookConfig {
+            program,
+            processor,
+            config: Some(config),
+        } => {
+            c.execute(
+                "INSERT INTO processor_hooks (program, processor, config) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (program, processor) DO UPDATE SET config = excluded.config",
+                params![program, processor, config],
+            )?;
+        }
+        Write::HookConfig {
+            program,
+            processor,
+            config: None,
+        } => {
+            c.execute(
+                "DELETE FROM processor_hooks WHERE program = ?1 AND processor = ?2",
+                params![program, processor],
+            )?;
+        }
+    }
+    Ok(())
+}
