@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::store::lease;
 pub use crate::store::lease::{Fence, Holder, SHARD_ALL};
 use crate::store::postgres;
-use crate::store::sql::PgDb;
+use crate::store::sql::{Db, PgDb};
 use crate::store::{Location, StoreError};
 
 /// Whether a store setting names a PostgreSQL database.
@@ -33,6 +33,8 @@ impl LeaseClient {
     ) -> Result<LeaseClient, StoreError> {
         let mut db = postgres::connect(url)?;
         postgres::migrate(&mut db)?;
+        // Behind an owner's batch in flight, give up and ask again rather than queue.
+        db.batch(&format!("SET lock_timeout = {}", (lease_ms / 2).max(100)))?;
         Ok(LeaseClient {
             db,
             owner: owner.to_string(),

@@ -8,6 +8,13 @@
 //! its own; a takeover's update waits for that row lock, so no batch of an old owner can
 //! commit after a new owner took the shard, however long the old one was paused.
 //!
+//! The row lock has one hazard: an owner paused inside a transaction would hold it, and
+//! so block every takeover, for as long as it is paused. Its writer's session therefore
+//! runs with `idle_in_transaction_session_timeout` set to the lease: the database ends
+//! such a transaction (the paused owner's batch fails, it stops when resumed) and the
+//! lease can move. Takeover attempts run with a `lock_timeout`, so a standby keeps
+//! checking rather than queue behind a batch.
+//!
 //! Today one shard (0) covers every card: one owner serves, the other instances stand by
 //! and forward to it, and take over when its lease expires.
 
@@ -23,6 +30,9 @@ pub struct Fence {
     pub shard: i64,
     pub owner: String,
     pub epoch: i64,
+    /// How long the lease lasts unrenewed; also how long the owner's writer may sit in
+    /// an open transaction before the database ends it (see `Store::open_postgres`).
+    pub lease_ms: i64,
 }
 
 /// Who holds a shard's lease.
@@ -82,6 +92,7 @@ pub fn try_acquire(
         shard,
         owner: owner.to_string(),
         epoch,
+        lease_ms,
     }))
 }
 

@@ -310,6 +310,12 @@ impl Store {
     pub fn open_postgres(url: &str, fence: Fence) -> Result<(Store, Snapshot), StoreError> {
         let mut writer = postgres::connect(url)?;
         postgres::migrate(&mut writer)?;
+        // A writer paused inside a transaction must not hold the lease row (and so every
+        // takeover) for longer than the lease: the database ends that transaction.
+        writer.batch(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            fence.lease_ms.max(1)
+        ))?;
         let mut reader = postgres::Reader::connect(url)?;
         let snapshot = load_live(&mut reader)?;
         Store::start(

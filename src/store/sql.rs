@@ -343,7 +343,11 @@ impl PgDb {
 }
 
 pub fn pg(e: postgres::Error) -> StoreError {
-    StoreError::Postgres(e.to_string())
+    // The server's own message says what happened (`db error` alone does not).
+    StoreError::Postgres(match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    })
 }
 
 /// `?N` → `$N` (SQLite's numbered placeholders as PostgreSQL writes them).
