@@ -47,8 +47,9 @@ fn base_url() -> Option<String> {
 /// A schema of its own in the test database; the URL that works in it.
 fn fresh_schema(base: &str) -> String {
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut c = postgres::Client::connect(base, postgres::NoTls).expect("test database");
-    c.batch_execute(&format!("CREATE SCHEMA {name}")).unwrap();
+    use spendgate::store::sql::Db;
+    let mut c = spendgate::store::postgres::connect(base).expect("test database");
+    c.batch(&format!("CREATE SCHEMA {name}")).unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-csearch_path%3D{name}")
 }

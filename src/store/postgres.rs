@@ -2,14 +2,14 @@
 //! (`BIGINT`, `BYTEA`, identity sequences), migrated under an advisory lock so instances
 //! starting together do not race, and the connections the store runs on.
 //!
-//! `postgres::Client` drives its own small runtime, so it must never be called from a
+//! A connection drives its own small runtime, so it must never be called from a
 //! thread of the service's tokio runtime: the writer owns one on its own thread, and
 //! reads go to a [`Reader`] — a connection on a thread of its own that callers on any
 //! thread send statements to.
 
 use std::sync::mpsc;
 
-use super::sql::{Backend, Db, PgDb, Row, P};
+use super::sql::{Backend, Db, Owned, PgDb, Row, P};
 use super::StoreError;
 
 /// The schema version this code writes (the same numbering as SQLite's `user_version`).
@@ -140,34 +140,6 @@ pub fn migrate(db: &mut dyn Db) -> Result<(), StoreError> {
         Err(e) => {
             let _ = db.rollback();
             Err(e)
-        }
-    }
-}
-
-/// A parameter as sent to the reader's thread.
-enum Owned {
-    Null,
-    Int(i64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl Owned {
-    fn of(p: &P<'_>) -> Owned {
-        match *p {
-            P::Null => Owned::Null,
-            P::Int(i) => Owned::Int(i),
-            P::Text(s) => Owned::Text(s.to_string()),
-            P::Blob(b) => Owned::Blob(b.to_vec()),
-        }
-    }
-
-    fn p(&self) -> P<'_> {
-        match self {
-            Owned::Null => P::Null,
-            Owned::Int(i) => P::Int(*i),
-            Owned::Text(s) => P::Text(s),
-            Owned::Blob(b) => P::Blob(b),
         }
     }
 }

@@ -317,32 +317,113 @@ impl rusqlite::ToSql for P<'_> {
 
 // --- PostgreSQL ---------------------------------------------------------------------
 
-/// A PostgreSQL connection with its prepared statements (by the SQL as written).
+/// A PostgreSQL connection with its prepared statements (by the SQL as written), driven
+/// by a runtime of its own on the calling thread (never call it from the service's async
+/// threads; see `postgres::Reader`).
+///
+/// Inside a transaction, statements without results are pipelined: queued, and sent
+/// together (each still its own statement, in order) before the next query, the commit
+/// or the rollback, so a batch of a thousand writes costs about one round trip, not a
+/// thousand. The first failure fails the transaction, as it would have one by one.
 pub struct PgDb {
-    client: postgres::Client,
-    statements: HashMap<String, postgres::Statement>,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    statements: HashMap<String, tokio_postgres::Statement>,
+    in_transaction: bool,
+    queued: Vec<(tokio_postgres::Statement, Vec<Owned>)>,
+}
+
+/// A parameter kept until its statement is sent.
+#[derive(Debug, Clone)]
+pub enum Owned {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Owned {
+    pub fn of(p: &P<'_>) -> Owned {
+        match *p {
+            P::Null => Owned::Null,
+            P::Int(i) => Owned::Int(i),
+            P::Text(s) => Owned::Text(s.to_string()),
+            P::Blob(b) => Owned::Blob(b.to_vec()),
+        }
+    }
+
+    pub fn p(&self) -> P<'_> {
+        match self {
+            Owned::Null => P::Null,
+            Owned::Int(i) => P::Int(*i),
+            Owned::Text(s) => P::Text(s),
+            Owned::Blob(b) => P::Blob(b),
+        }
+    }
 }
 
 impl PgDb {
     pub fn connect(url: &str) -> Result<PgDb, StoreError> {
-        let client = postgres::Client::connect(url, postgres::NoTls).map_err(pg)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, connection) = rt
+            .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .map_err(pg)?;
+        // The connection's I/O runs whenever this runtime does (inside each call).
+        rt.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "postgres connection closed");
+            }
+        });
         Ok(PgDb {
+            rt,
             client,
             statements: HashMap::new(),
+            in_transaction: false,
+            queued: Vec::new(),
         })
     }
 
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+    fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
-        let st = self.client.prepare(&placeholders(sql)).map_err(pg)?;
+        let st = self
+            .rt
+            .block_on(self.client.prepare(&placeholders(sql)))
+            .map_err(pg)?;
         self.statements.insert(sql.to_string(), st.clone());
         Ok(st)
     }
+
+    /// Sends every queued statement at once and waits for all of them.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let params: Vec<Vec<P<'_>>> = queued
+            .iter()
+            .map(|(_, ps)| ps.iter().map(Owned::p).collect())
+            .collect();
+        let refs: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>> = params
+            .iter()
+            .map(|ps| ps.iter().map(|p| p as _).collect())
+            .collect();
+        let client = &self.client;
+        let sends = queued
+            .iter()
+            .zip(&refs)
+            .map(|((st, _), ps)| client.execute(st, ps));
+        self.rt
+            .block_on(futures_util::future::try_join_all(sends))
+            .map_err(pg)?;
+        Ok(())
+    }
 }
 
-pub fn pg(e: postgres::Error) -> StoreError {
+pub fn pg(e: tokio_postgres::Error) -> StoreError {
     // The server's own message says what happened (`db error` alone does not).
     StoreError::Postgres(match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
@@ -364,15 +445,15 @@ fn placeholders(sql: &str) -> String {
     out
 }
 
-impl postgres::types::ToSql for P<'_> {
+impl tokio_postgres::types::ToSql for P<'_> {
     fn to_sql(
         &self,
-        ty: &postgres::types::Type,
+        ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
-    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        use postgres::types::Type;
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::Type;
         match *self {
-            P::Null => Ok(postgres::types::IsNull::Yes),
+            P::Null => Ok(tokio_postgres::types::IsNull::Yes),
             P::Int(i) => match *ty {
                 Type::INT8 => i.to_sql(ty, out),
                 Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
@@ -385,15 +466,15 @@ impl postgres::types::ToSql for P<'_> {
         }
     }
 
-    fn accepts(_: &postgres::types::Type) -> bool {
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
-fn pg_value(r: &postgres::Row, i: usize) -> Result<V, StoreError> {
-    use postgres::types::Type;
+fn pg_value(r: &tokio_postgres::Row, i: usize) -> Result<V, StoreError> {
+    use tokio_postgres::types::Type;
     let ty = r.columns()[i].type_().clone();
     let v = match ty {
         Type::INT8 => r.try_get::<_, Option<i64>>(i).map(|v| v.map(V::Int)),
@@ -419,9 +500,18 @@ impl Db for PgDb {
 
     fn execute(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize, StoreError> {
         let st = self.statement(sql)?;
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        if self.in_transaction {
+            // Pipelined (see the type's comment); the count is not known yet.
+            self.queued
+                .push((st, params.iter().map(Owned::of).collect()));
+            return Ok(0);
+        }
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as _).collect();
-        Ok(self.client.execute(&st, &refs).map_err(pg)? as usize)
+        Ok(self
+            .rt
+            .block_on(self.client.execute(&st, &refs))
+            .map_err(pg)? as usize)
     }
 
     fn each(
@@ -430,32 +520,45 @@ impl Db for PgDb {
         params: &[P<'_>],
         f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        use postgres::fallible_iterator::FallibleIterator;
+        use futures_util::TryStreamExt;
+        self.flush()?;
         let st = self.statement(sql)?;
-        let mut rows = self.client.query_raw(&st, params.iter()).map_err(pg)?;
-        while let Some(r) = rows.next().map_err(pg)? {
-            let vals = (0..r.len())
-                .map(|i| pg_value(&r, i))
-                .collect::<Result<Vec<_>, _>>()?;
-            f(Row(vals))?;
-        }
-        Ok(())
+        let (rt, client) = (&self.rt, &self.client);
+        rt.block_on(async {
+            let rows = client.query_raw(&st, params.iter()).await.map_err(pg)?;
+            futures_util::pin_mut!(rows);
+            while let Some(r) = rows.try_next().await.map_err(pg)? {
+                let vals = (0..r.len())
+                    .map(|i| pg_value(&r, i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                f(Row(vals))?;
+            }
+            Ok(())
+        })
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        self.client.batch_execute(sql).map_err(pg)
+        self.flush()?;
+        self.rt.block_on(self.client.batch_execute(sql)).map_err(pg)
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {
-        self.client.batch_execute("BEGIN").map_err(pg)
+        self.batch("BEGIN")?;
+        self.in_transaction = true;
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.client.batch_execute("COMMIT").map_err(pg)
+        let flushed = self.flush();
+        self.in_transaction = false;
+        flushed?;
+        self.batch("COMMIT")
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
-        self.client.batch_execute("ROLLBACK").map_err(pg)
+        self.queued.clear();
+        self.in_transaction = false;
+        self.batch("ROLLBACK")
     }
 }
 

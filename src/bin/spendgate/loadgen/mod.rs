@@ -23,6 +23,10 @@ pub struct Args {
     /// A running server; without it, one is started on a temporary data directory.
     #[arg(long)]
     pub addr: Option<SocketAddr>,
+    /// With --addr: more instances of the same service (several on one PostgreSQL store)
+    /// to spread the measured connections over, round robin, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub spread: Vec<SocketAddr>,
     /// Admin key of the running server (with --addr).
     #[arg(long, env = "SPENDGATE_ADMIN_KEY")]
     pub admin_key: Option<String>,
@@ -115,7 +119,8 @@ fn field(json: &str, key: &str) -> Option<String> {
 }
 
 struct Setup {
-    addr: SocketAddr,
+    /// Where the measured connections go, round robin.
+    targets: Vec<SocketAddr>,
     api_key: String,
     cards: Vec<String>,
 }
@@ -227,7 +232,7 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
         cards.extend(h.await.map_err(|x| x.to_string())??);
     }
     Ok(Setup {
-        addr,
+        targets: vec![addr],
         api_key,
         cards,
     })
@@ -270,7 +275,7 @@ async fn drive(
         let (s, stop, run) = (s.clone(), stop.clone(), run.to_string());
         hs.push(tokio::spawn(async move {
             let mut out = Sample::default();
-            let Ok(mut c) = Conn::open(s.addr).await else {
+            let Ok(mut c) = Conn::open(s.targets[w % s.targets.len()]).await else {
                 out.errors += 1;
                 return out;
             };
@@ -552,7 +557,10 @@ pub fn run(args: Args) -> ExitCode {
         }
         let t = Instant::now();
         let s = match setup(addr, &admin, args.cards).await {
-            Ok(s) => Arc::new(s),
+            Ok(mut s) => {
+                s.targets.extend(&args.spread);
+                Arc::new(s)
+            }
             Err(e) => {
                 eprintln!("loadgen: setup: {e}");
                 return ExitCode::FAILURE;
