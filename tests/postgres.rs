@@ -242,3 +242,28 @@ fn a_takeover_waits_for_the_old_owners_batch_in_flight() {
         .collect();
     assert_eq!(ids, vec!["in flight"]);
 }
+
+#[test]
+fn the_retention_sweep_deletes_only_expired_answers() {
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let (_client, fence) = lease(&url, "first", 60_000);
+    let mut db = spendgate::store::postgres::connect(&url).unwrap();
+    let answer = |key: &str, at_ms: i64| Write::Idempotency {
+        scope: "fund",
+        key: key.into(),
+        request_hash: "h".into(),
+        response: "{}".into(),
+        at_ms,
+    };
+    let writes = [answer("old-1", 10), answer("old-2", 20), answer("new", 30)];
+    spendgate::store::commit(&mut db, Some(&fence), &writes).unwrap();
+    let sweep = Write::IdempotencySweep { before_ms: 25 };
+    spendgate::store::commit(&mut db, Some(&fence), [&sweep]).unwrap();
+    let keys: Vec<String> = snapshot_of_postgres(&url)
+        .idempotency
+        .into_iter()
+        .map(|(_, k, _, _)| k)
+        .collect();
+    assert_eq!(keys, vec!["new"]);
+}

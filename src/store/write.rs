@@ -192,9 +192,10 @@ fn write_one(c: &mut dyn Db, w: &Write) -> Result<(), StoreError> {
                     "DELETE FROM idempotency WHERE rowid IN
                        (SELECT rowid FROM idempotency WHERE at_ms < ?1 LIMIT ?2)"
                 }
+                // By key, not `ctid`: CockroachDB and YugabyteDB have no `ctid`.
                 Backend::Postgres => {
-                    "DELETE FROM idempotency WHERE ctid IN
-                       (SELECT ctid FROM idempotency WHERE at_ms < ?1 LIMIT ?2)"
+                    "DELETE FROM idempotency WHERE (scope, key) IN
+                       (SELECT scope, key FROM idempotency WHERE at_ms < ?1 LIMIT ?2)"
                 }
             };
             c.execute(sql, params![before_ms, ROWS_PER_SWEEP_MAX])?;
