@@ -116,7 +116,7 @@ impl Gate {
             .filter(|h| h.live)
             .map(|h| h.address.clone());
         let body = serde_json::json!({
-            "type": "https://spendgate.dev/problems/not-owner",
+            "type": "/problems/not_owner",
             "title": "This instance does not own the cards",
             "status": 503,
             "detail": detail,
