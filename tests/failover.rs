@@ -10,6 +10,8 @@
 //! Needs `SPENDGATE_TEST_POSTGRES` (see tests/postgres.rs); without it, says it did NOT
 //! run and passes.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,37 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pg::{base_url, fresh_schema};
 use rust_decimal::Decimal;
 
 const ADMIN: &str = "adm_failover_test_key_0123456789";
 const LEASE_MS: u64 = 1_500;
 const CARDS: usize = 8;
 const FUNDED: &str = "60.00";
-
-fn base_url() -> Option<String> {
-    match std::env::var("SPENDGATE_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            use std::io::Write;
-            // Straight to stderr: the harness captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\nSPENDGATE_TEST_POSTGRES is not set: the failover test in tests/failover.rs \
-                 did NOT run\n"
-            );
-            None
-        }
-    }
-}
-
-fn fresh_schema(base: &str) -> String {
-    let name = format!("f_{}", uuid::Uuid::new_v4().simple());
-    use spendgate::store::sql::Db;
-    let mut c = spendgate::store::postgres::connect(base).expect("test database");
-    c.batch(&format!("CREATE SCHEMA {name}")).unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{name}")
-}
 
 /// One `spendgate serve` process; killed when dropped.
 struct Instance {

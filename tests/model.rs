@@ -219,7 +219,18 @@ fn to_cents(s: &str) -> i64 {
         .unwrap()
 }
 
+/// Where the harness keeps the engine's store.
+enum Backend {
+    Sqlite,
+    /// A schema of its own in the test database, and the lease of the engine open on it.
+    Postgres {
+        url: String,
+        lease: Option<Box<(spendgate::cluster::LeaseClient, spendgate::cluster::Fence)>>,
+    },
+}
+
 struct Harness {
+    backend: Backend,
     dir: tempfile::TempDir,
     rules: tempfile::TempDir,
     clock: Arc<ManualClock>,
@@ -228,13 +239,14 @@ struct Harness {
 }
 
 impl Harness {
-    fn new() -> Harness {
+    fn new(backend: Backend) -> Harness {
         let rules = tempfile::tempdir().unwrap();
         std::fs::write(rules.path().join("model.yaml"), POLICY).unwrap();
         let clock = Arc::new(ManualClock::new(
             Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
         ));
         let mut h = Harness {
+            backend,
             dir: tempfile::tempdir().unwrap(),
             rules,
             clock,
@@ -255,12 +267,21 @@ impl Harness {
 
     fn open(&mut self) {
         let policies = load_policy_dir(self.rules.path()).unwrap();
-        let (store, snapshot) = Store::open(self.dir.path(), Durability::Off).unwrap();
-        self.engine = Some(
-            Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default())
-                .unwrap()
-                .with_clock(self.clock.clone()),
-        );
+        let engine = match &mut self.backend {
+            Backend::Sqlite => {
+                let (store, snapshot) = Store::open(self.dir.path(), Durability::Off).unwrap();
+                Engine::open(policies, Arc::new(store), snapshot, EngineConfig::default())
+            }
+            Backend::Postgres { url, lease } => {
+                // Each start is a new owner: the last one gave its lease up when it closed.
+                let (client, fence) = common::pg::lease(url, "model", 60_000);
+                let engine =
+                    Engine::open_postgres(policies, url, fence.clone(), EngineConfig::default());
+                *lease = Some(Box::new((client, fence)));
+                engine
+            }
+        };
+        self.engine = Some(engine.unwrap().with_clock(self.clock.clone()));
     }
 
     fn restart(&mut self, point: bool) {
@@ -269,6 +290,13 @@ impl Harness {
                 e.save_recovery_point().wait();
             }
             e.store().unwrap().close();
+        }
+        if let Backend::Postgres {
+            lease: Some(held), ..
+        } = &mut self.backend
+        {
+            let (client, fence) = &mut **held;
+            client.release(fence).unwrap();
         }
         self.open();
     }
@@ -318,8 +346,12 @@ fn run(ops: &[Op]) -> Result<(), (usize, String)> {
 }
 
 fn run_counting(ops: &[Op]) -> Result<Seen, (usize, String)> {
+    run_on(Backend::Sqlite, ops)
+}
+
+fn run_on(backend: Backend, ops: &[Op]) -> Result<Seen, (usize, String)> {
     let mut seen = Seen::default();
-    let mut h = Harness::new();
+    let mut h = Harness::new(backend);
     let mut m = Model {
         now_ms: h.clock.now().timestamp_millis(),
         posted: [START_CENTS; CARDS],
@@ -620,6 +652,42 @@ fn a_million_operations_agree_with_the_reference_model() {
         ("expiries", seen.expired),
         ("replays", seen.replayed),
         ("conflicts", seen.conflicts),
+        ("restarts", seen.restarts),
+    ] {
+        assert!(n > 0, "the run never exercised {what}: {seen:?}");
+    }
+}
+
+/// The same reference model against the PostgreSQL store: random sequences with restarts
+/// (each a new lease holder reading the recovery point and the log after it).
+#[test]
+fn the_engine_on_postgres_agrees_with_the_reference_model() {
+    let Some(base) = common::pg::base_url() else {
+        return;
+    };
+    let total: usize = std::env::var("MODEL_OPS_POSTGRES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000);
+    const CHUNK: usize = 1_000;
+    let mut seen = Seen::default();
+    for (i, done) in (0..total).step_by(CHUNK).enumerate() {
+        let seed = 1_000 + i as u64;
+        let ops = random_ops(seed, CHUNK.min(total - done));
+        let backend = Backend::Postgres {
+            url: common::pg::fresh_schema(&base),
+            lease: None,
+        };
+        match run_on(backend, &ops) {
+            Ok(s) => seen.add(s),
+            Err((step, what)) => panic!("seed {seed}: diverged at step {step}: {what}"),
+        }
+    }
+    for (what, n) in [
+        ("approvals", seen.approved),
+        ("captures", seen.captured),
+        ("reversals", seen.reversed),
+        ("replays", seen.replayed),
         ("restarts", seen.restarts),
     ] {
         assert!(n > 0, "the run never exercised {what}: {seen:?}");

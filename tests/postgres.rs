@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ops::{first_difference, issue, observe, op, run};
+use common::pg::{base_url, fresh_schema, lease};
 use common::{fresh_clock, rules};
 use proptest::prelude::*;
 use spendgate::clock::SequentialIds;
@@ -21,45 +22,6 @@ use spendgate::issuing::Program;
 use spendgate::money::Currency;
 use spendgate::service::{Engine, EngineConfig};
 use spendgate::store::{Durability, Store, StoreError, Write};
-
-/// The database URL, or `None` (and a line saying so) when the tests cannot run.
-fn base_url() -> Option<String> {
-    match std::env::var("SPENDGATE_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            // Straight to stderr (the test harness captures `eprintln!` of passing tests),
-            // so a run without a database says so.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\nSPENDGATE_TEST_POSTGRES is not set: the PostgreSQL tests in tests/postgres.rs \
-                     did NOT run (set it to a database URL, e.g. \
-                     postgres://postgres@127.0.0.1:5432/test)\n"
-                );
-            });
-            None
-        }
-    }
-}
-
-/// A schema of its own in the test database; the URL that works in it.
-fn fresh_schema(base: &str) -> String {
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    use spendgate::store::sql::Db;
-    let mut c = spendgate::store::postgres::connect(base).expect("test database");
-    c.batch(&format!("CREATE SCHEMA {name}")).unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{name}")
-}
-
-/// Takes the lease as `owner` (it must be free).
-fn lease(url: &str, owner: &str, lease_ms: i64) -> (LeaseClient, Fence) {
-    let mut client = LeaseClient::connect(url, owner, "http://127.0.0.1:1", lease_ms).unwrap();
-    let fence = client.try_acquire().0.unwrap().expect("the lease is free");
-    (client, fence)
-}
 
 fn open_pg(url: &str, fence: Fence) -> Engine {
     Engine::open_postgres(rules(), url, fence, EngineConfig::default())

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod pg;
 
 use std::cell::RefCell;
 use std::path::Path;
