@@ -54,6 +54,8 @@ impl Gate {
         }
         match req.uri().path() {
             "/healthz" => return (StatusCode::OK, "standby").into_response(),
+            // Each instance's own metrics (a standby's: its lease gauges), never the owner's.
+            "/metrics" => return super::server::metrics_handle().render().into_response(),
             "/readyz" => return self.unavailable("this instance is a standby"),
             _ => {}
         }
@@ -164,6 +166,8 @@ pub async fn serve_cluster(
         .store
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no PostgreSQL store configured"))?;
+    // The recorder first, so the lease gauges below are recorded.
+    let _ = super::server::metrics_handle();
     let me = format!("spendgate-{}", uuid::Uuid::new_v4().simple());
     let address = config.advertise.clone().unwrap_or_else(|| {
         format!(
@@ -210,6 +214,7 @@ pub async fn serve_cluster(
             .await??
     };
     tracing::info!(instance = %me, %address, "standing by for the lease");
+    metrics::gauge!("spendgate_lease_held").set(0.0);
     let fence = loop {
         let (client, (acquired, holder)) = tokio::task::spawn_blocking(move || {
             let r = lease_client.try_acquire();
@@ -224,7 +229,8 @@ pub async fn serve_cluster(
             Err(e) => tracing::warn!(error = %e, "lease check failed; will retry"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis((lease_ms / 4).max(100) as u64)) => {}
+            // Often enough that a clean handover (the owner gives the lease up) is quick.
+            _ = tokio::time::sleep(Duration::from_millis((lease_ms / 10).clamp(100, 500) as u64)) => {}
             _ = stop_rx.wait_for(|s| *s) => {
                 let _ = server.await;
                 return Ok(());
@@ -244,6 +250,8 @@ pub async fn serve_cluster(
         load_ms = taken.elapsed().as_millis() as u64,
         "serving as the owner"
     );
+    metrics::gauge!("spendgate_lease_held").set(1.0);
+    metrics::gauge!("spendgate_lease_epoch").set(fence.epoch as f64);
     super::server::reload_on_hangup(&state);
     let background = Background::start(&state);
     gate.app.store(Some(Arc::new(app(state.clone()))));

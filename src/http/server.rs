@@ -18,7 +18,7 @@ use crate::policy_tests::run_policy_tests;
 use crate::service::Engine;
 
 /// The process-wide Prometheus recorder (installed once, shared by every server).
-fn metrics_handle() -> PrometheusHandle {
+pub(super) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
