@@ -229,3 +229,47 @@ fn the_retention_sweep_deletes_only_expired_answers() {
         .collect();
     assert_eq!(keys, vec!["new"]);
 }
+
+/// The two schemas are written out separately (each in its own dialect); this keeps them
+/// from drifting: every table and column a fresh SQLite store has, PostgreSQL has too.
+#[test]
+fn postgres_has_every_table_and_column_sqlite_has() {
+    use spendgate::store::sql::Db;
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), Durability::Off).unwrap().0.close();
+    let mut sqlite =
+        rusqlite::Connection::open(dir.path().join(spendgate::store::DB_FILE)).unwrap();
+    let db: &mut dyn Db = &mut sqlite;
+    let sqlite_columns = db
+        .rows(
+            "SELECT m.name, c.name FROM sqlite_master m JOIN pragma_table_info(m.name) c
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1, 2",
+            &[],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        )
+        .unwrap();
+    assert!(sqlite_columns.len() > 50, "{sqlite_columns:?}");
+    let _ = lease(&url, "schema", 60_000); // connecting migrates
+    let mut pg = spendgate::store::postgres::connect(&url).unwrap();
+    let db: &mut dyn Db = &mut pg;
+    let pg_columns: std::collections::HashSet<(String, String)> = db
+        .rows(
+            "SELECT table_name, column_name FROM information_schema.columns
+             WHERE table_schema = current_schema()",
+            &[],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        )
+        .unwrap()
+        .into_iter()
+        .collect();
+    let missing: Vec<_> = sqlite_columns
+        .iter()
+        .filter(|c| !pg_columns.contains(*c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the PostgreSQL schema: {missing:?}"
+    );
+}

@@ -194,7 +194,12 @@ pub async fn serve_cluster(
     });
     let front = {
         let gate = gate.clone();
-        Router::new().fallback(move |req: Request| gate.clone().handle(req))
+        // A standby holds each forwarded request open: as bounded as the owner's own.
+        Router::new()
+            .fallback(move |req: Request| gate.clone().handle(req))
+            .layer(tower::limit::ConcurrencyLimitLayer::new(
+                config.requests_in_flight_max,
+            ))
     };
     let server = {
         let mut stop = stop_rx.clone();
