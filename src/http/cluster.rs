@@ -63,6 +63,9 @@ impl Gate {
         let Some(h) = holder.as_ref().as_ref().filter(|h| h.live) else {
             return self.unavailable("no instance owns the cards right now; retry shortly");
         };
+        if h.owner == self.me {
+            return self.unavailable("this instance took the lease and is loading the store");
+        }
         if req.headers().contains_key(FORWARDED) {
             return self.unavailable("forwarded to an instance that is not the owner");
         }
