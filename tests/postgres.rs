@@ -273,3 +273,31 @@ fn postgres_has_every_table_and_column_sqlite_has() {
         "not in the PostgreSQL schema: {missing:?}"
     );
 }
+
+/// Writes go out pipelined with the COMMIT, which PostgreSQL answers as a rollback after a
+/// failed statement: the batch must report the failure, and nothing of it may stay.
+#[test]
+fn a_failed_write_fails_its_whole_pipelined_batch() {
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let (_client, fence) = lease(&url, "first", 60_000);
+    let mut db = spendgate::store::postgres::connect(&url).unwrap();
+    let resolved = Write::HoldResolved {
+        card_id: "c".into(),
+        auth_id: "a".into(),
+        status: spendgate::ledger::HoldStatus::Voided,
+        at_ms: 1,
+    };
+    // A hold resolves once: the second resolution violates its unique key.
+    let batch = [program("kept?"), resolved.clone(), resolved];
+    match spendgate::store::commit(&mut db, Some(&fence), &batch) {
+        Err(StoreError::Postgres(why)) => assert!(why.contains("23505"), "{why}"),
+        other => panic!("a unique violation must fail the batch, got {other:?}"),
+    }
+    // The connection is usable again, and the failed batch left nothing.
+    spendgate::store::commit(&mut db, Some(&fence), &[program("after")]).unwrap();
+    let snapshot = snapshot_of_postgres(&url);
+    let ids: Vec<String> = snapshot.programs.into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec!["after"]);
+    assert!(snapshot.ledger.hold_resolutions.is_empty());
+}

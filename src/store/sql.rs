@@ -322,14 +322,17 @@ impl rusqlite::ToSql for P<'_> {
 /// threads; see `postgres::Reader`).
 ///
 /// Inside a transaction, statements without results are pipelined: queued, and sent
-/// together (each still its own statement, in order) before the next query, the commit
-/// or the rollback, so a batch of a thousand writes costs about one round trip, not a
-/// thousand. The first failure fails the transaction, as it would have one by one.
+/// together (each still its own statement, in order) with the next query or with the
+/// commit, and `BEGIN` goes out with the first of them; a fenced batch costs two round
+/// trips (BEGIN + lease check, then the writes + COMMIT), not one per row. The first
+/// failure fails the transaction, as it would have one by one.
 pub struct PgDb {
     rt: tokio::runtime::Runtime,
     client: tokio_postgres::Client,
     statements: HashMap<String, tokio_postgres::Statement>,
     in_transaction: bool,
+    /// `BEGIN` not sent yet: it goes out with the transaction's first statement.
+    begin_queued: bool,
     queued: Vec<(tokio_postgres::Statement, Vec<Owned>)>,
 }
 
@@ -381,6 +384,7 @@ impl PgDb {
             client,
             statements: HashMap::new(),
             in_transaction: false,
+            begin_queued: false,
             queued: Vec::new(),
         })
     }
@@ -397,9 +401,13 @@ impl PgDb {
         Ok(st)
     }
 
-    /// Sends every queued statement at once and waits for all of them.
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.queued.is_empty() {
+    /// Sends what is queued — `BEGIN` if not yet sent, the statements, then `tail` (the
+    /// `COMMIT`) — in one pipeline, and waits for all of it. Every result is checked: after
+    /// a failed statement PostgreSQL answers the `COMMIT` as a rollback, so a failure is
+    /// always the statement's error, never a silent success.
+    fn send(&mut self, tail: Option<&str>) -> Result<(), StoreError> {
+        let begin = std::mem::take(&mut self.begin_queued);
+        if !begin && self.queued.is_empty() && tail.is_none() {
             return Ok(());
         }
         let queued = std::mem::take(&mut self.queued);
@@ -412,14 +420,30 @@ impl PgDb {
             .map(|ps| ps.iter().map(|p| p as _).collect())
             .collect();
         let client = &self.client;
-        let sends = queued
-            .iter()
-            .zip(&refs)
-            .map(|((st, _), ps)| client.execute(st, ps));
-        self.rt
-            .block_on(futures_util::future::try_join_all(sends))
-            .map_err(pg)?;
-        Ok(())
+        // Each request goes out when its future is first polled, and `join3` and
+        // `try_join_all` poll in order: BEGIN, the statements, then the tail.
+        let head = async {
+            match begin {
+                true => client.batch_execute("BEGIN").await,
+                false => Ok(()),
+            }
+        };
+        let statements = futures_util::future::try_join_all(
+            queued
+                .iter()
+                .zip(&refs)
+                .map(|((st, _), ps)| client.execute(st, ps)),
+        );
+        let tail = async {
+            match tail {
+                Some(t) => client.batch_execute(t).await,
+                None => Ok(()),
+            }
+        };
+        let (h, w, t) = self
+            .rt
+            .block_on(futures_util::future::join3(head, statements, tail));
+        h.and(w.map(|_| ())).and(t).map_err(pg)
     }
 }
 
@@ -521,11 +545,24 @@ impl Db for PgDb {
         f: &mut dyn FnMut(Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
-        self.flush()?;
+        if !self.queued.is_empty() {
+            self.send(None)?;
+        }
         let st = self.statement(sql)?;
+        // A transaction's first query (the fence check) carries its BEGIN along.
+        let begin = std::mem::take(&mut self.begin_queued);
         let (rt, client) = (&self.rt, &self.client);
         rt.block_on(async {
-            let rows = client.query_raw(&st, params.iter()).await.map_err(pg)?;
+            let head = async {
+                match begin {
+                    true => client.batch_execute("BEGIN").await,
+                    false => Ok(()),
+                }
+            };
+            let (began, rows) =
+                futures_util::future::join(head, client.query_raw(&st, params.iter())).await;
+            began.map_err(pg)?;
+            let rows = rows.map_err(pg)?;
             futures_util::pin_mut!(rows);
             while let Some(r) = rows.try_next().await.map_err(pg)? {
                 let vals = (0..r.len())
@@ -538,27 +575,35 @@ impl Db for PgDb {
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        self.flush()?;
+        self.send(None)?;
         self.rt.block_on(self.client.batch_execute(sql)).map_err(pg)
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {
-        self.batch("BEGIN")?;
         self.in_transaction = true;
+        self.begin_queued = true;
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        let flushed = self.flush();
         self.in_transaction = false;
-        flushed?;
-        self.batch("COMMIT")
+        if self.begin_queued && self.queued.is_empty() {
+            // Nothing was sent: there is no transaction to commit.
+            self.begin_queued = false;
+            return Ok(());
+        }
+        self.send(Some("COMMIT"))
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
         self.queued.clear();
         self.in_transaction = false;
-        self.batch("ROLLBACK")
+        if std::mem::take(&mut self.begin_queued) {
+            return Ok(());
+        }
+        self.rt
+            .block_on(self.client.batch_execute("ROLLBACK"))
+            .map_err(pg)
     }
 }
 
