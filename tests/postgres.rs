@@ -301,3 +301,50 @@ fn a_failed_write_fails_its_whole_pipelined_batch() {
     assert_eq!(ids, vec!["after"]);
     assert!(snapshot.ledger.hold_resolutions.is_empty());
 }
+
+/// A batch of hundreds of statements goes out as one pipeline; they must still run in
+/// order (each transfer's postings reference it), and read back in that order.
+#[test]
+fn a_large_pipelined_batch_runs_in_order() {
+    use rust_decimal::Decimal;
+    use spendgate::ledger::{AccountId, Posting, Transfer, TransferKind};
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let (_client, fence) = lease(&url, "first", 60_000);
+    let mut db = spendgate::store::postgres::connect(&url).unwrap();
+    let transfers: Vec<Write> = (0..400)
+        .map(|i| {
+            let amount = Decimal::new(i + 1, 2);
+            Write::Transfer(Transfer {
+                id: format!("t{i:03}"),
+                kind: TransferKind::TopUp,
+                reference: "c".into(),
+                postings: [
+                    Posting {
+                        account: AccountId("funding:p:USD".into()),
+                        currency: Currency::USD,
+                        amount: -amount,
+                    },
+                    Posting {
+                        account: AccountId("card:c".into()),
+                        currency: Currency::USD,
+                        amount,
+                    },
+                ]
+                .into_iter()
+                .collect(),
+                fx_rate: None,
+                forced: false,
+                at_ms: i,
+            })
+        })
+        .collect();
+    spendgate::store::commit(&mut db, Some(&fence), &transfers).unwrap();
+    let stored = snapshot_of_postgres(&url).ledger.transfers;
+    let ids: Vec<&str> = stored.iter().map(|t| t.id.as_str()).collect();
+    let want: Vec<String> = (0..400).map(|i| format!("t{i:03}")).collect();
+    assert_eq!(ids, want.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stored
+        .iter()
+        .all(|t| t.postings.len() == 2 && t.postings[0].amount < Decimal::ZERO));
+}
