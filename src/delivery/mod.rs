@@ -84,6 +84,27 @@ pub fn signature_headers(
 /// the store).
 const PENDING_READ_PER_ENDPOINT: usize = 200;
 
+/// Resolves names as the system does, then keeps only public addresses: a name that
+/// leads to a private one (an internal name, DNS rebinding) is refused at delivery, not
+/// only literal addresses at registration.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !crate::service::webhooks::private_ip(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 #[derive(Default)]
 struct InFlight {
     /// (endpoint, sequence) being attempted.
@@ -97,12 +118,14 @@ pub async fn run(
     cfg: DeliveryConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let client = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .user_agent(concat!("spendgate-webhooks/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+        .redirect(reqwest::redirect::Policy::none());
+    if !engine.webhook_private_urls() {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "webhook delivery cannot start");
@@ -248,6 +271,16 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A webhook URL whose name leads to a loopback or private address: refused when it
+    /// is resolved for delivery, not only when the URL names the address literally.
+    #[tokio::test]
+    async fn a_name_that_resolves_to_a_private_address_is_refused() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = PublicOnly.resolve(name).await.err().expect("refused");
+        assert!(err.to_string().contains("no public address"), "{err}");
+    }
 
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_cap_with_bounded_jitter() {

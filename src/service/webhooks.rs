@@ -105,7 +105,9 @@ pub struct EndpointInput {
 
 /// An address a tenant must not make the server call: loopback, private, link-local,
 /// unspecified, shared (CGNAT) or unique-local.
-fn private_ip(ip: std::net::IpAddr) -> bool {
+/// Loopback, private, link-local, carrier-grade NAT, unique-local and unspecified
+/// addresses: where a webhook must not go (unless `webhook_private_urls`).
+pub fn private_ip(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v) => {
             v.is_loopback()
@@ -126,7 +128,8 @@ fn private_ip(ip: std::net::IpAddr) -> bool {
 }
 
 /// An http(s) URL; unless `private_allowed`, not a literal private address or a local
-/// name (names that resolve to private addresses are not caught here).
+/// name (names that resolve to private addresses are refused at delivery, by the
+/// dispatcher's resolver).
 fn check_url(url: &str, private_allowed: bool) -> Result<(), Rejection> {
     let parsed = reqwest::Url::parse(url)
         .ok()
@@ -168,6 +171,11 @@ fn check_types(types: &[String]) -> Result<(), Rejection> {
 }
 
 impl Engine {
+    /// Whether webhooks may go to private addresses (tests, closed networks).
+    pub fn webhook_private_urls(&self) -> bool {
+        self.config.webhook_private_urls
+    }
+
     fn new_secret(&self) -> String {
         use base64::Engine as _;
         let raw = format!("{}{}", self.ids.hex128(), self.ids.hex128());
