@@ -224,11 +224,21 @@ pub async fn serve_cluster(
     tracing::info!(instance = %me, %address, "standing by for the lease");
     metrics::gauge!("spendgate_lease_held").set(0.0);
     let fence = loop {
-        let (client, (acquired, holder)) = tokio::task::spawn_blocking(move || {
-            let r = lease_client.try_acquire();
-            (lease_client, r)
-        })
-        .await?;
+        let (client, (acquired, holder)) = {
+            let (url, me, address) = (url.clone(), me.clone(), address.clone());
+            tokio::task::spawn_blocking(move || {
+                let r = lease_client.try_acquire();
+                if r.0.is_err() {
+                    // The database may have restarted: a fresh connection (the old one is
+                    // dropped here, off the runtime: it owns a runtime of its own).
+                    if let Ok(fresh) = LeaseClient::connect(&url, &me, &address, lease_ms) {
+                        lease_client = fresh;
+                    }
+                }
+                (lease_client, r)
+            })
+            .await?
+        };
         lease_client = client;
         gate.holder.store(Arc::new(holder));
         match acquired {
@@ -241,6 +251,8 @@ pub async fn serve_cluster(
             _ = tokio::time::sleep(Duration::from_millis((lease_ms / 10).clamp(100, 500) as u64)) => {}
             _ = stop_rx.wait_for(|s| *s) => {
                 let _ = server.await;
+                // Its connection owns a runtime: dropped off this one.
+                let _ = tokio::task::spawn_blocking(move || drop(lease_client)).await;
                 return Ok(());
             }
         }
