@@ -505,3 +505,43 @@ async fn three_instances_fail_over_without_losing_or_overspending() {
         acked.top_ups.len()
     );
 }
+
+/// A standby stopped by SIGTERM drains and exits cleanly (its lease connection owns a
+/// runtime of its own, which once panicked when dropped on the server's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stops_cleanly_on_sigterm() {
+    let Some(base) = base_url() else { return };
+    let url = tokio::task::spawn_blocking(move || fresh_schema(&base))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let owner = Instance::start(&url, dir.path(), "owner");
+    wait_owner(&client, &[&owner], Duration::from_secs(60)).await;
+    let mut standby = Instance::start(&url, dir.path(), "standby");
+    let started = Instant::now();
+    while status(&client, &standby.url("/healthz")).await != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "standby never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    standby.signal("-TERM");
+    let stopping = Instant::now();
+    let exit = loop {
+        if let Some(s) = standby.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "the standby kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = standby.log_text();
+    assert!(exit.success(), "{exit:?}: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    // The owner never noticed.
+    assert_eq!(status(&client, &owner.url("/readyz")).await, Some(200));
+}
