@@ -316,8 +316,10 @@ impl Store {
             "SET idle_in_transaction_session_timeout = {}",
             fence.lease_ms.max(1)
         ))?;
-        let mut reader = postgres::Reader::connect(url)?;
-        let snapshot = load_live(&mut reader)?;
+        // Loaded on the writer's connection, which streams rows (the reader's thread would
+        // hand each result over whole).
+        let snapshot = load_live(&mut writer)?;
+        let reader = postgres::Reader::connect(url)?;
         Store::start(
             Location::Postgres(url.to_string()),
             Opened {
