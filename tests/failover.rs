@@ -137,6 +137,22 @@ async fn post(
     Ok((status, json))
 }
 
+/// A schema of its own and the first instance on it, serving as the owner.
+async fn first_owner(
+    base: String,
+    name: &str,
+) -> (String, tempfile::TempDir, reqwest::Client, Instance) {
+    // The postgres client blocks: never on the test's runtime threads.
+    let url = tokio::task::spawn_blocking(move || fresh_schema(&base))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let owner = Instance::start(&url, dir.path(), name);
+    wait_owner(&client, &[&owner], Duration::from_secs(60)).await;
+    (url, dir, client, owner)
+}
+
 /// What the load was told: approvals and top-ups, each with the phase it came in.
 #[derive(Default)]
 struct Acknowledged {
@@ -147,15 +163,7 @@ struct Acknowledged {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_fail_over_without_losing_or_overspending() {
     let Some(base) = base_url() else { return };
-    // The postgres client blocks: never on the test's runtime threads.
-    let url = tokio::task::spawn_blocking(move || fresh_schema(&base))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-
-    let first = Instance::start(&url, dir.path(), "first");
-    wait_owner(&client, &[&first], Duration::from_secs(60)).await;
+    let (url, dir, client, first) = first_owner(base, "first").await;
     let second = Instance::start(&url, dir.path(), "second");
     let third = Instance::start(&url, dir.path(), "third");
     // A standby answers once it knows the owner (its 503 names it).
@@ -511,13 +519,7 @@ async fn three_instances_fail_over_without_losing_or_overspending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_stops_cleanly_on_sigterm() {
     let Some(base) = base_url() else { return };
-    let url = tokio::task::spawn_blocking(move || fresh_schema(&base))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let owner = Instance::start(&url, dir.path(), "owner");
-    wait_owner(&client, &[&owner], Duration::from_secs(60)).await;
+    let (url, dir, client, owner) = first_owner(base, "owner").await;
     let mut standby = Instance::start(&url, dir.path(), "standby");
     let started = Instant::now();
     while status(&client, &standby.url("/healthz")).await != Some(200) {

@@ -111,8 +111,7 @@ pub fn connect(url: &str) -> Result<PgDb, StoreError> {
 /// Creates the schema (idempotent), one instance at a time; refuses a database a newer
 /// spendgate wrote.
 pub fn migrate(db: &mut dyn Db) -> Result<(), StoreError> {
-    db.begin()?;
-    let r = (|| {
+    db.transaction(|db| {
         db.execute(
             "SELECT pg_advisory_xact_lock(?1)",
             super::sql::params![MIGRATION_LOCK],
@@ -134,14 +133,7 @@ pub fn migrate(db: &mut dyn Db) -> Result<(), StoreError> {
             super::sql::params![SCHEMA_VERSION],
         )?;
         Ok(())
-    })();
-    match r {
-        Ok(()) => db.commit(),
-        Err(e) => {
-            let _ = db.rollback();
-            Err(e)
-        }
-    }
+    })
 }
 
 enum Request {

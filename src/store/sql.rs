@@ -190,6 +190,21 @@ pub trait Db: Send {
 }
 
 impl dyn Db + '_ {
+    /// Runs `f` in one transaction: committed if it succeeds, rolled back if not.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.begin()?;
+        match f(self) {
+            Ok(v) => self.commit().map(|()| v),
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
     /// Every row, decoded by `f`.
     pub fn rows<T>(
         &mut self,

@@ -21,8 +21,7 @@ pub fn commit<'a>(
     fence: Option<&Fence>,
     writes: impl IntoIterator<Item = &'a Write>,
 ) -> Result<(), StoreError> {
-    db.begin()?;
-    let r = (|| {
+    db.transaction(|db| {
         if let Some(f) = fence {
             f.check(db)?;
         }
@@ -30,14 +29,7 @@ pub fn commit<'a>(
             write_one(db, w)?;
         }
         Ok(())
-    })();
-    match r {
-        Ok(()) => db.commit(),
-        Err(e) => {
-            let _ = db.rollback();
-            Err(e)
-        }
-    }
+    })
 }
 
 fn write_one(c: &mut dyn Db, w: &Write) -> Result<(), StoreError> {
