@@ -74,6 +74,15 @@ fn snapshot_of_postgres(url: &str) -> spendgate::store::Snapshot {
     spendgate::store::load_snapshot(&mut db).unwrap()
 }
 
+/// The ids of the programs stored, in order.
+fn program_ids(url: &str) -> Vec<String> {
+    snapshot_of_postgres(url)
+        .programs
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
 fn snapshot_of_sqlite(dir: &std::path::Path) -> spendgate::store::Snapshot {
     let mut c = rusqlite::Connection::open(dir.join(spendgate::store::DB_FILE)).unwrap();
     spendgate::store::load_snapshot(&mut c).unwrap()
@@ -155,11 +164,7 @@ fn a_writer_whose_lease_moved_is_refused_and_writes_nothing() {
     }
     assert!(!first.renew(&old).unwrap());
     spendgate::store::commit(&mut db, Some(&new), &[program("new owner")]).unwrap();
-    let ids: Vec<String> = snapshot_of_postgres(&url)
-        .programs
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let ids = program_ids(&url);
     assert_eq!(ids, vec!["before", "new owner"]);
 }
 
@@ -197,11 +202,7 @@ fn a_takeover_waits_for_the_old_owners_batch_in_flight() {
         taken_at >= committed_at,
         "the lease moved while the old owner's batch was still in flight"
     );
-    let ids: Vec<String> = snapshot_of_postgres(&url)
-        .programs
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let ids = program_ids(&url);
     assert_eq!(ids, vec!["in flight"]);
 }
 
@@ -296,10 +297,11 @@ fn a_failed_write_fails_its_whole_pipelined_batch() {
     }
     // The connection is usable again, and the failed batch left nothing.
     spendgate::store::commit(&mut db, Some(&fence), &[program("after")]).unwrap();
-    let snapshot = snapshot_of_postgres(&url);
-    let ids: Vec<String> = snapshot.programs.into_iter().map(|p| p.id).collect();
-    assert_eq!(ids, vec!["after"]);
-    assert!(snapshot.ledger.hold_resolutions.is_empty());
+    assert_eq!(program_ids(&url), vec!["after"]);
+    assert!(snapshot_of_postgres(&url)
+        .ledger
+        .hold_resolutions
+        .is_empty());
 }
 
 /// A batch of hundreds of statements goes out as one pipeline; they must still run in
