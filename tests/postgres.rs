@@ -147,15 +147,18 @@ fn a_writer_whose_lease_moved_is_refused_and_writes_nothing() {
     let mut db = spendgate::store::postgres::connect(&url).unwrap();
     spendgate::store::commit(&mut db, Some(&old), &[program("before")]).unwrap();
     // Nobody can take a live lease.
-    let mut second = LeaseClient::connect(&url, "second", "http://127.0.0.1:2", 300).unwrap();
-    assert!(second.try_acquire().0.unwrap().is_none());
+    let mut second = LeaseClient::connect(&url, "second", "http://127.0.0.1:2", 300, 1).unwrap();
+    assert!(second.try_acquire(0).unwrap().is_none());
     // The first owner pauses past its lease; the second takes over.
     std::thread::sleep(Duration::from_millis(450));
-    let (new, holder) = second.try_acquire();
-    let new = new.unwrap().expect("an expired lease is free");
+    let new = second
+        .try_acquire(0)
+        .unwrap()
+        .expect("an expired lease is free");
+    let holders = second.observe(1).unwrap().holders;
     assert_eq!(
-        (new.epoch, holder.unwrap().owner),
-        (old.epoch + 1, "second".into())
+        (new.epoch, holders[0].as_ref().unwrap().owner.as_str()),
+        (old.epoch + 1, "second")
     );
     // The old owner wakes up: its batch is refused, its renewal finds the lease gone.
     match spendgate::store::commit(&mut db, Some(&old), &[program("after")]) {
@@ -187,10 +190,10 @@ fn a_takeover_waits_for_the_old_owners_batch_in_flight() {
         (r, Instant::now())
     });
     std::thread::sleep(Duration::from_millis(300));
-    let mut second = LeaseClient::connect(&url, "second", "http://127.0.0.1:2", 200).unwrap();
+    let mut second = LeaseClient::connect(&url, "second", "http://127.0.0.1:2", 200, 1).unwrap();
     // Attempts behind the batch give up (lock timeout) and ask again.
     let (taken, taken_at) = loop {
-        if let (Ok(Some(f)), _) = second.try_acquire() {
+        if let Ok(Some(f)) = second.try_acquire(0) {
             break (f, Instant::now());
         }
         std::thread::sleep(Duration::from_millis(20));

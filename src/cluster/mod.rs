@@ -1,11 +1,14 @@
-//! Several instances on one PostgreSQL store: the lease that makes one of them the owner
-//! of the cards, and what an owner and a standby do about it (see `store::lease` for the
-//! fencing itself; `http::cluster` for the front door that forwards to the owner).
+//! Several instances on one PostgreSQL store: the leases that make each of them the owner
+//! of some shards (programs, see `domain::shard`), how the shards are shared out
+//! (`balance`), and what an owner does to keep a lease (see `store::lease` for the fencing
+//! itself; `http::cluster` for the front door that routes to the owners).
+
+pub mod balance;
 
 use std::time::{Duration, Instant};
 
 use crate::store::lease;
-pub use crate::store::lease::{Fence, Holder, SHARD_ALL};
+pub use crate::store::lease::{Fence, Holder};
 use crate::store::postgres;
 use crate::store::sql::{Db, PgDb};
 use crate::store::{Location, StoreError};
@@ -30,9 +33,11 @@ impl LeaseClient {
         owner: &str,
         address: &str,
         lease_ms: i64,
+        shards: u32,
     ) -> Result<LeaseClient, StoreError> {
         let mut db = postgres::connect(url)?;
-        postgres::migrate(&mut db)?;
+        postgres::migrate(&mut db, 0)?;
+        postgres::agree_shards(&mut db, shards)?;
         // Behind an owner's batch in flight, give up and ask again rather than queue.
         db.batch(&format!("SET lock_timeout = {}", (lease_ms / 2).max(100)))?;
         Ok(LeaseClient {
@@ -43,17 +48,30 @@ impl LeaseClient {
         })
     }
 
-    /// Takes the lease if no live owner holds it (blocking); and who holds it now.
-    pub fn try_acquire(&mut self) -> (Result<Option<Fence>, StoreError>, Option<Holder>) {
-        let acquired = lease::try_acquire(
+    /// Takes `shard`'s lease if no live owner holds it (blocking).
+    pub fn try_acquire(&mut self, shard: u32) -> Result<Option<Fence>, StoreError> {
+        lease::try_acquire(
             &mut self.db,
-            SHARD_ALL,
+            i64::from(shard),
             &self.owner,
             &self.address,
             self.lease_ms,
-        );
-        let holder = lease::holder(&mut self.db, SHARD_ALL).ok().flatten();
-        (acquired, holder)
+        )
+    }
+
+    /// Says this instance is alive for another lease period (blocking); and what the
+    /// cluster looks like now: each shard's holder, and the live instances.
+    pub fn observe(&mut self, shards: u32) -> Result<balance::View, StoreError> {
+        lease::heartbeat(&mut self.db, &self.owner, &self.address, self.lease_ms)?;
+        Ok(balance::View {
+            holders: lease::holders(&mut self.db, shards)?,
+            members: lease::members(&mut self.db)?,
+        })
+    }
+
+    /// Leaves the cluster (clean shutdown), so the others share the shards out at once.
+    pub fn leave(&mut self) -> Result<(), StoreError> {
+        lease::leave(&mut self.db, &self.owner)
     }
 
     /// Extends `fence`'s lease (blocking); `false` once another instance took it.

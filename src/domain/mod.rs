@@ -5,6 +5,7 @@
 
 mod codes;
 mod ids;
+pub mod shard;
 
 pub use codes::{ResponseCode, KNOWN_CODES};
 pub use ids::{check_id, contains_card_number, shorten, IdError, ID_LEN_MAX};

@@ -24,6 +24,10 @@ pub struct Config {
     /// one owns the cards (`SPENDGATE_ADVERTISE`); `http://` and the listen address
     /// when unset.
     pub advertise: Option<String>,
+    /// With a PostgreSQL store: how many shards the programs are split into
+    /// (`SPENDGATE_SHARDS`); fixed when the database is first set up, the same on every
+    /// instance. 1: one instance owns everything, the others stand by.
+    pub shards: u32,
     /// Rules directory (`SPENDGATE_RULES`).
     pub rules_dir: PathBuf,
     /// Admin key (`SPENDGATE_ADMIN_KEY`) or a file holding it (`SPENDGATE_ADMIN_KEY_FILE`).
@@ -61,6 +65,7 @@ impl Default for Config {
             store: None,
             lease_ms: 5_000,
             advertise: None,
+            shards: 1,
             rules_dir: "rules".into(),
             admin_key: None,
             admin_key_file: None,
@@ -105,6 +110,11 @@ impl Config {
             c.lease_ms = v
                 .parse()
                 .map_err(|_| "SPENDGATE_LEASE_MS must be a number".to_string())?;
+        }
+        if let Some(v) = env("SPENDGATE_SHARDS") {
+            c.shards = v
+                .parse()
+                .map_err(|_| "SPENDGATE_SHARDS must be a number".to_string())?;
         }
         if let Some(v) = env("SPENDGATE_RULES") {
             c.rules_dir = v.into();
@@ -155,6 +165,15 @@ impl Config {
             if c.lease_ms < 500 {
                 return Err("lease_ms must be at least 500".into());
             }
+        }
+        if !(1..=crate::domain::shard::SHARDS_MAX).contains(&c.shards) {
+            return Err(format!(
+                "shards must be 1 to {}",
+                crate::domain::shard::SHARDS_MAX
+            ));
+        }
+        if c.shards > 1 && c.store.is_none() {
+            return Err("shards split a PostgreSQL store; the SQLite store is one shard".into());
         }
         Ok(c)
     }

@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 
 use super::responses::{balance, CardResponse};
 use super::{holder_key, live, valid_id, Engine, Pending, Rejection};
+use crate::domain::shard::{key_for_shard, shard_of_program};
 use crate::domain::{CardStatus, Expiry, KycStatus};
 use crate::issuing::{
     transition, CardAction, CardKind, CardRecord, Cardholder, Program, SpendingControls,
@@ -50,6 +51,15 @@ impl Engine {
                 return Err(Rejection::InvalidRequest(
                     "program id must be 1 to 64 of a-z, 0-9, _ and -".into(),
                 ));
+            }
+            let shard = shard_of_program(&p.id, self.config.shards);
+            if shard != self.config.shard {
+                // The front door routes by the same function; only a caller going round it
+                // gets here, and the program would be unreachable in this shard.
+                return Err(Rejection::InvalidRequest(format!(
+                    "program `{}` belongs to shard {shard}; this instance's engine serves shard {}",
+                    p.id, self.config.shard
+                )));
             }
             if self.programs.contains_key(&p.id) {
                 return Err(Rejection::AlreadyExists {
@@ -346,7 +356,8 @@ impl Engine {
         if !self.programs.contains_key(program) {
             return Err(Rejection::UnknownProgram(program.to_string()));
         }
-        let key = format!("sk_{}{}", self.ids.hex128(), self.ids.hex128());
+        let random = format!("{}{}", self.ids.hex128(), self.ids.hex128());
+        let key = key_for_shard(&random, self.config.shard, self.config.shards);
         let hash = super::request_hash(key.as_bytes());
         self.api_keys.insert(hash.clone(), program.to_string());
         let seq = self.persist(vec![Write::ApiKey {

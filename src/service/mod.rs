@@ -86,6 +86,10 @@ pub struct EngineConfig {
     /// Webhook endpoints may point at loopback, private or link-local addresses (off: a
     /// tenant must not make the server call into its own network).
     pub webhook_private_urls: bool,
+    /// With several instances on PostgreSQL: the shard this engine serves, of `shards`
+    /// (programs are split between shards; see `domain::shard`). 0 of 1 unsharded.
+    pub shard: u32,
+    pub shards: u32,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +104,8 @@ impl Default for EngineConfig {
             recovery_point_operations: 250_000,
             recovery_point_interval_s: 600,
             webhook_private_urls: false,
+            shard: 0,
+            shards: 1,
         }
     }
 }

@@ -15,14 +15,13 @@
 //! lease can move. Takeover attempts run with a `lock_timeout`, so a standby keeps
 //! checking rather than queue behind a batch.
 //!
-//! Today one shard (0) covers every card: one owner serves, the other instances stand by
-//! and forward to it, and take over when its lease expires.
+//! Each shard (a fixed share of the programs, see `domain::shard`) has its own lease, so
+//! instances split the shards and take over a dead one's. Instances also say they are
+//! alive (`spendgate_members`, expiring like a lease) so the shards can be shared out
+//! evenly among the live ones.
 
 use super::sql::{params, Db};
 use super::StoreError;
-
-/// The shard every card is in until cards are split across owners.
-pub const SHARD_ALL: i64 = 0;
 
 /// What a holder proves in every commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,4 +130,67 @@ pub fn holder(db: &mut dyn Db, shard: i64) -> Result<Option<Holder>, StoreError>
             })
         },
     )
+}
+
+/// Every shard's holder, by shard (`None`: never held).
+pub fn holders(db: &mut dyn Db, shards: u32) -> Result<Vec<Option<Holder>>, StoreError> {
+    let mut out = vec![None; shards as usize];
+    db.each(
+        "SELECT shard, owner, address, epoch, expires_at > now() FROM spendgate_leases
+         WHERE shard < ?1",
+        params![i64::from(shards)],
+        &mut |r| {
+            let shard: i64 = r.get(0)?;
+            if let Some(slot) = out.get_mut(shard as usize) {
+                *slot = Some(Holder {
+                    owner: r.get(1)?,
+                    address: r.get(2)?,
+                    epoch: r.get(3)?,
+                    live: r.get(4)?,
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// This instance is alive for another `lease_ms` (by the database's clock).
+pub fn heartbeat(
+    db: &mut dyn Db,
+    owner: &str,
+    address: &str,
+    lease_ms: i64,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO spendgate_members (owner, address, expires_at)
+         VALUES (?1, ?2, now() + ?3::bigint * interval '1 millisecond')
+         ON CONFLICT (owner) DO UPDATE SET address = excluded.address,
+             expires_at = excluded.expires_at",
+        params![owner, address, lease_ms],
+    )?;
+    // Long-dead members are forgotten (bounded table).
+    db.execute(
+        "DELETE FROM spendgate_members WHERE expires_at < now() - interval '1 hour'",
+        &[],
+    )?;
+    Ok(())
+}
+
+/// The live instances, by name.
+pub fn members(db: &mut dyn Db) -> Result<Vec<String>, StoreError> {
+    db.rows(
+        "SELECT owner FROM spendgate_members WHERE expires_at > now() ORDER BY owner",
+        &[],
+        |r| r.get(0),
+    )
+}
+
+/// This instance is gone (clean shutdown).
+pub fn leave(db: &mut dyn Db, owner: &str) -> Result<(), StoreError> {
+    db.execute(
+        "DELETE FROM spendgate_members WHERE owner = ?1",
+        params![owner],
+    )?;
+    Ok(())
 }

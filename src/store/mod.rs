@@ -308,8 +308,8 @@ impl Store {
     /// schema, loads what recovery needs, and starts a writer whose every commit is
     /// refused once the lease has moved.
     pub fn open_postgres(url: &str, fence: Fence) -> Result<(Store, Snapshot), StoreError> {
-        let mut writer = postgres::connect(url)?;
-        postgres::migrate(&mut writer)?;
+        let mut writer = postgres::connect_shard(url, fence.shard)?;
+        postgres::migrate(&mut writer, fence.shard)?;
         // A writer paused inside a transaction must not hold the lease row (and so every
         // takeover) for longer than the lease: the database ends that transaction.
         writer.batch(&format!(
@@ -319,7 +319,7 @@ impl Store {
         // Loaded on the writer's connection, which streams rows (the reader's thread would
         // hand each result over whole).
         let snapshot = load_live(&mut writer)?;
-        let reader = postgres::Reader::connect(url)?;
+        let reader = postgres::Reader::connect(url, fence.shard)?;
         Store::start(
             Location::Postgres(url.to_string()),
             Opened {

@@ -15,11 +15,21 @@ use super::StoreError;
 /// The schema version this code writes (the same numbering as SQLite's `user_version`).
 pub const SCHEMA_VERSION: i64 = 6;
 
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS spendgate_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+/// What the instances share, in the connection's own schema: the leases, the shard
+/// count fixed at set-up, and which instances are alive (for sharing the shards out).
+pub const CLUSTER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS spendgate_leases (
     shard INTEGER PRIMARY KEY, owner TEXT NOT NULL, address TEXT NOT NULL, epoch BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS spendgate_cluster (id INTEGER PRIMARY KEY CHECK (id = 1), shards INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS spendgate_members (
+    owner TEXT PRIMARY KEY, address TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+";
+
+/// One shard's tables: shard 0's in the connection's own schema, shard k's in the schema
+/// `<that schema>_shard_k` (see [`enter_shard`]).
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS spendgate_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS programs (
     id TEXT PRIMARY KEY, policy TEXT NOT NULL, currency TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cardholders (
@@ -108,14 +118,85 @@ pub fn connect(url: &str) -> Result<PgDb, StoreError> {
         .unwrap_or_else(|_| Err(StoreError::Postgres("connect panicked".into())))
 }
 
+/// `connect`, then into `shard`'s tables (see [`enter_shard`]).
+pub fn connect_shard(url: &str, shard: i64) -> Result<PgDb, StoreError> {
+    let mut db = connect(url)?;
+    enter_shard(&mut db, shard)?;
+    Ok(db)
+}
+
+/// Points a fresh connection at `shard`'s tables. Shard 0 is the connection's own schema
+/// (so an unsharded database is shard 0 as it stands); shard k > 0 is the schema
+/// `<own>_shard_k`, searched first, with the own schema behind it for the cluster tables
+/// (leases), which exist only there.
+pub fn enter_shard(db: &mut dyn Db, shard: i64) -> Result<(), StoreError> {
+    if shard == 0 {
+        return Ok(());
+    }
+    let own: String = db.value("SELECT current_schema()", &[])?;
+    let name = shard_schema(&own, shard);
+    db.batch(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {name}; SET search_path TO {name}, {}",
+        quote_ident(&own)
+    ))
+}
+
+/// The schema holding shard `shard` (> 0) of the database whose own schema is `own`.
+pub fn shard_schema(own: &str, shard: i64) -> String {
+    quote_ident(&format!("{own}_shard_{shard}"))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Fixes the shard count when the database is first set up and refuses an instance
+/// started with another (programs would land in other shards than their data).
+pub fn agree_shards(db: &mut dyn Db, shards: u32) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO spendgate_cluster (id, shards) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+        super::sql::params![i64::from(shards)],
+    )?;
+    let fixed: Option<i64> = db.row(
+        "SELECT shards FROM spendgate_cluster WHERE id = 1",
+        &[],
+        |r| r.get(0),
+    )?;
+    match fixed {
+        Some(n) if n == i64::from(shards) => Ok(()),
+        Some(n) => Err(StoreError::Corrupt(format!(
+            "this database was set up with {n} shard(s); this instance was started with {shards} \
+             (the count cannot change: start it with --shards {n})"
+        ))),
+        None => Err(StoreError::Corrupt("spendgate_cluster has no row".into())),
+    }
+}
+
+/// The shard count the database was set up with (1 when it never ran sharded).
+pub fn shard_count(db: &mut dyn Db) -> Result<u32, StoreError> {
+    if !db.has_table("spendgate_cluster")? {
+        return Ok(1);
+    }
+    let n: Option<i64> = db.row(
+        "SELECT shards FROM spendgate_cluster WHERE id = 1",
+        &[],
+        |r| r.get(0),
+    )?;
+    Ok(n.map_or(1, |n| n.clamp(1, i64::from(u32::MAX)) as u32))
+}
+
 /// Creates the schema (idempotent), one instance at a time; refuses a database a newer
-/// spendgate wrote.
-pub fn migrate(db: &mut dyn Db) -> Result<(), StoreError> {
+/// spendgate wrote. On shard 0's connection (the database's own schema) the cluster
+/// tables too; on shard k's, only that shard's tables.
+pub fn migrate(db: &mut dyn Db, shard: i64) -> Result<(), StoreError> {
     db.transaction(|db| {
         db.execute(
             "SELECT pg_advisory_xact_lock(?1)",
             super::sql::params![MIGRATION_LOCK],
         )?;
+        if shard == 0 {
+            db.batch(CLUSTER_SCHEMA)?;
+        }
         db.batch(SCHEMA)?;
         let version: Option<i64> = db.row(
             "SELECT version FROM spendgate_schema WHERE id = 1",
@@ -158,14 +239,18 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn connect(url: &str) -> Result<Reader, StoreError> {
+    /// A reader of `shard`'s tables.
+    pub fn connect(url: &str, shard: i64) -> Result<Reader, StoreError> {
         let (tx, rx) = mpsc::channel::<Call>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let url = url.to_string();
         std::thread::Builder::new()
             .name("spendgate-pg-reader".into())
             .spawn(move || {
-                let mut db = match PgDb::connect(&url) {
+                let mut db = match PgDb::connect(&url).and_then(|mut db| {
+                    enter_shard(&mut db, shard)?;
+                    Ok(db)
+                }) {
                     Ok(db) => {
                         let _ = ready_tx.send(Ok(()));
                         db

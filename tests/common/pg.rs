@@ -36,9 +36,9 @@ pub fn fresh_schema(base: &str) -> String {
     format!("{base}{sep}options=-csearch_path%3D{name}")
 }
 
-/// Takes the lease as `owner` (it must be free).
+/// Takes shard 0's lease as `owner` (it must be free), in an unsharded database.
 pub fn lease(url: &str, owner: &str, lease_ms: i64) -> (LeaseClient, Fence) {
-    let mut client = LeaseClient::connect(url, owner, "http://127.0.0.1:1", lease_ms).unwrap();
-    let fence = client.try_acquire().0.unwrap().expect("the lease is free");
+    let mut client = LeaseClient::connect(url, owner, "http://127.0.0.1:1", lease_ms, 1).unwrap();
+    let fence = client.try_acquire(0).unwrap().expect("the lease is free");
     (client, fence)
 }

@@ -40,6 +40,10 @@ pub enum Command {
         /// SQLite store in the data directory, or SPENDGATE_STORE].
         #[arg(long)]
         store: Option<String>,
+        /// With a PostgreSQL store: how many shards the programs are split into, the same
+        /// on every instance and fixed at the first start [default: 1, or SPENDGATE_SHARDS].
+        #[arg(long)]
+        shards: Option<u32>,
     },
     /// Load benchmark: drive mixed authorization traffic at a server and report latency.
     Loadgen(crate::loadgen::Args),
@@ -145,12 +149,38 @@ fn print_errors(errors: &[PolicyError]) {
 }
 
 /// Everything in a store: a data directory's SQLite file, or a `postgres://…` database.
+/// A sharded PostgreSQL database: shard 0 (`open_snapshots` reads every shard).
 pub fn open_snapshot(data: &Path) -> Result<spendgate::store::Snapshot, String> {
+    open_snapshots(data)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the store has no shard".to_string())
+}
+
+/// Every shard's contents (one for SQLite and an unsharded PostgreSQL database).
+pub fn open_snapshots(data: &Path) -> Result<Vec<spendgate::store::Snapshot>, String> {
+    use spendgate::store::postgres;
     if let spendgate::store::Location::Postgres(url) =
         spendgate::store::Location::parse(&data.to_string_lossy())
     {
-        let mut db = spendgate::store::postgres::connect(&url).map_err(|e| e.to_string())?;
-        return spendgate::store::load_snapshot(&mut db).map_err(|e| e.to_string());
+        let mut db = postgres::connect(&url).map_err(|e| e.to_string())?;
+        let shards = postgres::shard_count(&mut db).map_err(|e| e.to_string())?;
+        let mut out = vec![spendgate::store::load_snapshot(&mut db).map_err(|e| e.to_string())?];
+        for shard in 1..shards {
+            let mut db =
+                postgres::connect_shard(&url, i64::from(shard)).map_err(|e| e.to_string())?;
+            // A shard never owned has no tables yet (and must not read shard 0's behind it).
+            let tables: &mut dyn spendgate::store::sql::Db = &mut db;
+            if !tables
+                .has_table("spendgate_schema")
+                .map_err(|e| e.to_string())?
+            {
+                out.push(spendgate::store::Snapshot::default());
+                continue;
+            }
+            out.push(spendgate::store::load_snapshot(&mut db).map_err(|e| e.to_string())?);
+        }
+        return Ok(out);
     }
     let path = data.join(spendgate::store::DB_FILE);
     if !path.exists() {
@@ -159,36 +189,47 @@ pub fn open_snapshot(data: &Path) -> Result<spendgate::store::Snapshot, String> 
     let mut conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| e.to_string())?;
-    spendgate::store::load_snapshot(&mut conn).map_err(|e| e.to_string())
+    Ok(vec![
+        spendgate::store::load_snapshot(&mut conn).map_err(|e| e.to_string())?
+    ])
 }
 
 fn ledger_verify(data: &Path) -> ExitCode {
-    let snapshot = match open_snapshot(data) {
+    let snapshots = match open_snapshots(data) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("spendgate: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let r = spendgate::ledger::verify::verify(&snapshot.ledger);
-    println!("transfers:      {}", r.transfers);
-    println!("accounts:       {}", r.accounts);
-    println!(
-        "holds:          {} pending, {} resolved",
-        r.holds_pending, r.holds_resolved
-    );
-    for (c, total) in &r.totals {
-        let cards = r.card_balances.get(c).copied().unwrap_or_default();
-        println!("{c}:            sum of balances {total}, held on cards {cards}");
-    }
-    if r.ok() {
-        println!("ok: every invariant holds");
-        ExitCode::SUCCESS
-    } else {
+    let sharded = snapshots.len() > 1;
+    let mut violations = 0;
+    // Each shard is a ledger of its own (its programs' money never leaves it).
+    for (shard, snapshot) in snapshots.iter().enumerate() {
+        if sharded {
+            println!("shard {shard}:");
+        }
+        let r = spendgate::ledger::verify::verify(&snapshot.ledger);
+        println!("transfers:      {}", r.transfers);
+        println!("accounts:       {}", r.accounts);
+        println!(
+            "holds:          {} pending, {} resolved",
+            r.holds_pending, r.holds_resolved
+        );
+        for (c, total) in &r.totals {
+            let cards = r.card_balances.get(c).copied().unwrap_or_default();
+            println!("{c}:            sum of balances {total}, held on cards {cards}");
+        }
         for v in &r.violations {
             println!("VIOLATION: {v}");
         }
-        println!("{} violation(s)", r.violations.len());
+        violations += r.violations.len();
+    }
+    if violations == 0 {
+        println!("ok: every invariant holds");
+        ExitCode::SUCCESS
+    } else {
+        println!("{violations} violation(s)");
         ExitCode::FAILURE
     }
 }
@@ -250,10 +291,14 @@ pub fn run(cli: Cli) -> ExitCode {
             data,
             rules,
             store,
+            shards,
         } => {
+            // Through the environment, so the configuration checks them like the others.
             if let Some(s) = store {
-                // Through the environment, so the configuration checks it like the others.
                 std::env::set_var("SPENDGATE_STORE", s);
+            }
+            if let Some(n) = shards {
+                std::env::set_var("SPENDGATE_SHARDS", n.to_string());
             }
             let mut c = match spendgate::http::Config::load(config.as_deref()) {
                 Ok(c) => c,
