@@ -13,129 +13,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::instance::{post, status, wait_owner, Instance, ADMIN, LEASE_MS};
 use common::pg::{base_url, fresh_schema};
 use rust_decimal::Decimal;
 
-const ADMIN: &str = "adm_failover_test_key_0123456789";
-const LEASE_MS: u64 = 1_500;
 const CARDS: usize = 8;
 const FUNDED: &str = "60.00";
-
-/// One `spendgate serve` process; killed when dropped.
-struct Instance {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Instance {
-    fn start(url: &str, dir: &std::path::Path, name: &str) -> Instance {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = dir.join(format!("{name}.log"));
-        let data = dir.join(name);
-        let child = Command::new(env!("CARGO_BIN_EXE_spendgate"))
-            .args([
-                "serve",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                url,
-            ])
-            .arg("--rules")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stress"))
-            .env("SPENDGATE_ADMIN_KEY", ADMIN)
-            .env("SPENDGATE_LEASE_MS", LEASE_MS.to_string())
-            .env("SPENDGATE_DATA", &data)
-            .env("SPENDGATE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Instance { child, port, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn status(client: &reqwest::Client, url: &str) -> Option<u16> {
-    client
-        .get(url)
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-}
-
-/// Waits until one of `instances` answers `/readyz` 200 (the owner); returns its index.
-async fn wait_owner(client: &reqwest::Client, instances: &[&Instance], within: Duration) -> usize {
-    let started = Instant::now();
-    loop {
-        for (i, inst) in instances.iter().enumerate() {
-            if status(client, &inst.url("/readyz")).await == Some(200) {
-                return i;
-            }
-        }
-        assert!(
-            started.elapsed() < within,
-            "no instance became the owner within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: String,
-    auth: &str,
-    key: Option<&str>,
-    body: serde_json::Value,
-) -> Result<(u16, serde_json::Value), String> {
-    let mut req = client
-        .post(url)
-        .bearer_auth(auth)
-        .timeout(Duration::from_secs(5))
-        .json(&body);
-    if let Some(k) = key {
-        req = req.header("idempotency-key", k);
-    }
-    let r = req.send().await.map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let json = r.json().await.unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
-}
 
 /// A schema of its own and the first instance on it, serving as the owner.
 async fn first_owner(

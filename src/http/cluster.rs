@@ -86,6 +86,10 @@ struct Gate {
     admin_hash: String,
     me: String,
     client: reqwest::Client,
+    /// How often the lease table is read.
+    poll: Duration,
+    /// Woken after each read of the lease table and each shard loaded.
+    observed: tokio::sync::Notify,
 }
 
 impl Gate {
@@ -173,28 +177,41 @@ impl Gate {
     /// owner otherwise.
     async fn dispatch(&self, shard: u32, req: Request) -> Response {
         let slot = &self.slots[shard as usize];
-        {
-            let _counted = InFlight::enter(&slot.in_flight);
-            if let Some(app) = slot.app.load_full() {
-                return match app.as_ref().clone().oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
+        // A shard between owners (its lease just taken, or being loaded) is usually
+        // served again within a poll or two: wait that long rather than refuse at once.
+        let patience = Instant::now() + self.poll * 3;
+        let h = loop {
+            let observed = self.observed.notified();
+            {
+                let _counted = InFlight::enter(&slot.in_flight);
+                if let Some(app) = slot.app.load_full() {
+                    return match app.as_ref().clone().oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    };
+                }
             }
-        }
-        let holder = slot.holder.load_full();
-        let Some(h) = holder.as_ref().as_ref().filter(|h| h.live) else {
-            return self.unavailable(
-                Some(shard),
-                "no instance owns this shard right now; retry shortly",
-            );
+            let holder = slot.holder.load_full();
+            let live = holder.as_ref().as_ref().filter(|h| h.live);
+            if let Some(h) = live.filter(|h| h.owner != self.me) {
+                break h.clone();
+            }
+            let now = Instant::now();
+            if now < patience {
+                let _ = tokio::time::timeout(patience - now, observed).await;
+                continue;
+            }
+            return match live {
+                None => self.unavailable(
+                    Some(shard),
+                    "no instance owns this shard right now; retry shortly",
+                ),
+                Some(_) => self.unavailable(
+                    Some(shard),
+                    "this instance is taking this shard over or handing it over",
+                ),
+            };
         };
-        if h.owner == self.me {
-            return self.unavailable(
-                Some(shard),
-                "this instance is taking this shard over or handing it over",
-            );
-        }
         if req.headers().contains_key(FORWARDED) {
             return self.unavailable(
                 Some(shard),
@@ -431,6 +448,8 @@ pub async fn serve_cluster(
         lease_ms: config.lease_ms as i64,
         config: config.clone(),
     };
+    // Often enough that a handover (the owner gives the lease up) is quick.
+    let poll = Duration::from_millis((me.lease_ms / 10).clamp(100, 500) as u64);
     let gate = Arc::new(Gate {
         slots: (0..config.shards).map(|_| Slot::default()).collect(),
         admin_hash: crate::service::request_hash(admin.as_bytes()),
@@ -439,6 +458,8 @@ pub async fn serve_cluster(
             .pool_max_idle_per_host(256)
             .timeout(Duration::from_millis(config.deadline_ms.max(1_000) * 2))
             .build()?,
+        poll,
+        observed: tokio::sync::Notify::new(),
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -478,7 +499,6 @@ pub async fn serve_cluster(
     let mut loading: BTreeSet<u32> = BTreeSet::new();
     let (loaded_tx, mut loaded_rx) =
         tokio::sync::mpsc::unbounded_channel::<(u32, i64, anyhow::Result<(Shared, Renewer)>)>();
-    let poll = Duration::from_millis((me.lease_ms / 10).clamp(100, 500) as u64);
     let mut failure = None;
     loop {
         let (back, view) = {
@@ -503,6 +523,7 @@ pub async fn serve_cluster(
                 for (slot, h) in gate.slots.iter().zip(&view.holders) {
                     slot.holder.store(Arc::new(h.clone()));
                 }
+                gate.observed.notify_waiters();
                 let moves = balance::plan(&name, &view);
                 for shard in moves.take {
                     let (taken, c) = {
@@ -558,6 +579,7 @@ pub async fn serve_cluster(
                         slot.state.store(Some(state.clone()));
                         slot.app.store(Some(Arc::new(app(state.clone()))));
                         owned.insert(shard, Owned { state, background, renewer });
+                        gate.observed.notify_waiters();
                         metrics::gauge!("spendgate_lease_held").set(owned.len() as f64);
                         metrics::gauge!("spendgate_lease_epoch", "shard" => shard.to_string()).set(epoch as f64);
                         tracing::info!(instance = %name, shard, epoch, "serving the shard");

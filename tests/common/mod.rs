@@ -1,6 +1,7 @@
 //! Fixtures shared by the integration tests: the real rules directory and transactions.
 #![allow(dead_code)]
 
+pub mod instance;
 pub mod ops;
 pub mod pg;
 
