@@ -24,6 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -456,6 +457,7 @@ pub async fn serve_cluster(
         me: name.clone(),
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
             .timeout(Duration::from_millis(config.deadline_ms.max(1_000) * 2))
             .build()?,
         poll,
@@ -480,11 +482,17 @@ pub async fn serve_cluster(
     let server = {
         let mut stop = halt_rx;
         tokio::spawn(async move {
-            axum::serve(listener, front)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            // Forwarded answers are small writes on a hop that waits for them: no Nagle.
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                front,
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         })
     };
     reload_on_hangup(gate.clone());

@@ -36,6 +36,18 @@ pub struct Authorized {
 }
 
 impl Engine {
+    /// Whether deciding `txn` may read the store: its id is not among the answers in
+    /// memory and older answers exist only in the store (after a restart from a
+    /// recovery point, or once answers were evicted). Such a read is a round trip on
+    /// PostgreSQL, which callers keep off async workers.
+    pub fn authorization_may_block(&self, txn: &Authorization, ctx: &AuthContext) -> bool {
+        self.store.is_some()
+            && self
+                .idem
+                .would_ask_store("authorization", &self.authorization_key(txn, ctx))
+            && self.stored_ids.may_be_stored(&txn.id)
+    }
+
     /// Decides an authorization, places its hold and queues both for the store. The
     /// processor's authorization id is the idempotency key. A card of another tenant is
     /// as unknown as a card that does not exist (code 14), and is never touched.

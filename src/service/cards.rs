@@ -413,6 +413,31 @@ mod tests {
     }
 
     #[test]
+    fn a_sharded_engine_takes_only_its_own_programs_and_its_keys_name_its_shard() {
+        let set = crate::policy::load_policy_dir(std::path::Path::new("rules")).unwrap();
+        let mut e = Engine::new(set);
+        (e.config.shard, e.config.shards) = (1, 4);
+        let program = |id: &str| Program {
+            id: id.into(),
+            policy: "consumer-prepaid-africa".into(),
+            currency: Currency::USD,
+        };
+        let ids: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+        let mine = ids.iter().find(|p| shard_of_program(p, 4) == 1).unwrap();
+        let other = ids.iter().find(|p| shard_of_program(p, 4) != 1).unwrap();
+        match e.create_program(program(other)) {
+            Err(Rejection::InvalidRequest(why)) => assert!(why.contains("shard"), "{why}"),
+            Err(r) => panic!("refused for the wrong reason: {r:?}"),
+            Ok(_) => panic!("took another shard's program"),
+        }
+        assert!(e.program(other).is_none());
+        e.create_program(program(mine)).unwrap().wait();
+        let key = e.create_api_key(mine).unwrap().wait();
+        assert_eq!(crate::domain::shard::shard_of_key(&key, 4), Some(1));
+        assert_eq!(e.program_for_key(&key).as_deref(), Some(mine.as_str()));
+    }
+
+    #[test]
     fn an_issued_card_token_never_looks_like_a_card_number() {
         let set = crate::policy::load_policy_dir(std::path::Path::new("rules")).unwrap();
         let e = Engine::new(set).with_ids(std::sync::Arc::new(DigitsFirst(Default::default())));

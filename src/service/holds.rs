@@ -47,6 +47,18 @@ impl Engine {
         }
     }
 
+    /// Whether an operation on this authorization (capture, reversal) may read the
+    /// store: its card is not in the bounded index, or its idempotency key may be one
+    /// only the store remembers. A round trip on PostgreSQL, which callers keep off
+    /// async workers.
+    pub fn authorization_may_read_store(&self, program: &str, auth_id: &str) -> bool {
+        self.store.is_some()
+            && (self.idem.is_partial()
+                || !self
+                    .auth_index
+                    .contains_key(&super::auth_key(program, auth_id)))
+    }
+
     /// Whether `program` placed an authorization with this id (another program's is as
     /// unknown as one never made).
     pub fn has_authorization(&self, program: &str, auth_id: &str) -> bool {

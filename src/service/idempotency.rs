@@ -109,6 +109,18 @@ impl Idempotency {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether answers have left memory (misses ask the store).
+    pub fn is_partial(&self) -> bool {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `begin_with` would look `key` up in the store (answers have left memory
+    /// and this one is not in it).
+    pub fn would_ask_store(&self, scope: &'static str, key: &str) -> bool {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.map.contains_key(&(scope, key.to_string()))
+    }
+
     /// Like `begin`; a key not in memory is first looked up with `stored` once answers
     /// have been evicted, and a stored answer is replayed (or conflicts) as if it had
     /// stayed in memory.
@@ -307,6 +319,11 @@ impl super::Engine {
             Begin::Replay { response, seq } => return Ok(self.pending(response, seq)),
             Begin::Conflict => return Err(Rejection::IdempotencyConflict),
             Begin::Go => {}
+        }
+        if scope == "authorization" {
+            if let Some((_, auth_id)) = key.split_once('/') {
+                self.stored_ids.record(auth_id);
+            }
         }
         // Removes the in-flight entry if `op` fails or panics, so retries are not
         // turned away for a key that never finished.

@@ -28,6 +28,7 @@ mod rebuild;
 mod recovery;
 mod recovery_point;
 pub mod responses;
+mod stored_ids;
 pub mod webhooks;
 
 pub use crate::store::{
@@ -195,6 +196,9 @@ pub struct Engine {
     /// `program/authorization id` → card id, for captures and reversals; at most
     /// `authorization_index_entries_max`, oldest first out (the store answers the rest).
     auth_index: DashMap<String, String>,
+    /// Which authorization ids only the store may answer for (PostgreSQL, after a start
+    /// from a recovery point), so new ones skip the lookup.
+    stored_ids: Arc<stored_ids::StoredIds>,
     auth_order: Mutex<std::collections::VecDeque<String>>,
     /// SHA-256 of each API key → its program.
     api_keys: DashMap<String, String>,
@@ -247,6 +251,7 @@ impl Engine {
             programs: DashMap::new(),
             cardholders: DashMap::new(),
             auth_index: DashMap::new(),
+            stored_ids: Arc::default(),
             auth_order: Mutex::new(std::collections::VecDeque::new()),
             api_keys: DashMap::new(),
             card_tokens: DashMap::new(),
@@ -293,6 +298,9 @@ impl Engine {
             e.idem.mark_partial();
         }
         e.recover(snapshot)?;
+        if e.idem.is_partial() && matches!(store.location(), crate::store::Location::Postgres(_)) {
+            e.stored_ids.build_from(store.clone());
+        }
         e.store = Some(store);
         // The next start reads this point instead of replaying the same log again.
         if tail > 0 || first {
@@ -478,6 +486,14 @@ impl Engine {
         let fail = |e: &dyn std::fmt::Display| -> ! {
             crate::store::fail_stop(&format!("idempotency lookup: {e}"))
         };
+        if scope == "authorization" {
+            // A new id (the common case) is certainly not stored: no round trip.
+            if let Some((_, auth_id)) = key.split_once('/') {
+                if !self.stored_ids.may_be_stored(auth_id) {
+                    return None;
+                }
+            }
+        }
         let answer = store.stored_answer(scope, key).unwrap_or_else(|e| fail(&e));
         if answer.is_some() || scope != "authorization" {
             return answer;
@@ -528,6 +544,12 @@ impl Engine {
     /// Whether answers are made durable (an engine on a store).
     pub fn is_durable(&self) -> bool {
         self.store.is_some()
+    }
+
+    /// Whether new authorization ids skip the store lookup (see `stored_ids`): after a
+    /// start from a recovery point on PostgreSQL, once the stored ids are indexed.
+    pub fn stored_ids_indexed(&self) -> bool {
+        self.stored_ids.is_ready()
     }
 
     /// Flushes every queued write and stops the store's writer (shutdown).

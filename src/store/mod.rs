@@ -188,6 +188,51 @@ impl Location {
     }
 }
 
+/// Connections for history reads (never the writer's). SQLite has one (a local read);
+/// PostgreSQL has [`PG_READERS`], since each read there is a round trip and concurrent
+/// lookups (idempotency keys and authorizations only the store remembers, after a
+/// takeover) must not queue behind one connection.
+struct Readers {
+    pool: Vec<Mutex<Option<Box<dyn Db>>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// Reader connections per PostgreSQL store (each: a connection and its thread).
+const PG_READERS: usize = 4;
+
+impl Readers {
+    fn new(readers: Vec<Box<dyn Db>>) -> Readers {
+        Readers {
+            pool: readers.into_iter().map(|r| Mutex::new(Some(r))).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` on a free reader, else waits for the next one in turn.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let n = self.pool.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let free = (0..n).find_map(|i| self.pool.get((start + i) % n)?.try_lock());
+        let mut reader = match free {
+            Some(r) => r,
+            None => self.pool.get(start % n).ok_or(StoreError::Closed)?.lock(),
+        };
+        match reader.as_deref_mut() {
+            Some(c) => f(c),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    fn close(&self) {
+        for r in &self.pool {
+            r.lock().take();
+        }
+    }
+}
+
 /// Handle to the store's writer. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
@@ -198,7 +243,7 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// A read-only connection for history listings, separate from the writer.
-    reader: Mutex<Option<Box<dyn Db>>>,
+    readers: Readers,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -257,7 +302,8 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
 /// and WAL bound only apply to a directory store.
 struct Opened {
     writer: Box<dyn Db>,
-    reader: Box<dyn Db>,
+    /// History reads go through these (see [`Readers`]).
+    readers: Vec<Box<dyn Db>>,
     snapshot: Snapshot,
     fence: Option<Fence>,
     wal: Option<(PathBuf, u64)>,
@@ -295,7 +341,7 @@ impl Store {
             Location::Dir(dir.to_path_buf()),
             Opened {
                 writer: Box::new(conn),
-                reader: Box::new(query::open_reader(&path)?),
+                readers: vec![Box::new(query::open_reader(&path)?)],
                 snapshot,
                 fence: None,
                 wal: Some((wal, wal_bytes_max)),
@@ -319,12 +365,16 @@ impl Store {
         // Loaded on the writer's connection, which streams rows (the reader's thread would
         // hand each result over whole).
         let snapshot = load_live(&mut writer)?;
-        let reader = postgres::Reader::connect(url, fence.shard)?;
+        let readers = (0..PG_READERS)
+            .map(|_| {
+                postgres::Reader::connect(url, fence.shard).map(|r| Box::new(r) as Box<dyn Db>)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Store::start(
             Location::Postgres(url.to_string()),
             Opened {
                 writer: Box::new(writer),
-                reader: Box::new(reader),
+                readers,
                 snapshot,
                 fence: Some(fence),
                 wal: None,
@@ -370,7 +420,7 @@ impl Store {
                 durable,
                 stats,
                 writer: Mutex::new(Some(writer)),
-                reader: Mutex::new(Some(o.reader)),
+                readers: Readers::new(o.readers),
                 checkpointer: Mutex::new(checkpointer),
             },
             o.snapshot,
@@ -449,7 +499,7 @@ impl Store {
 
     /// Flushes everything queued and stops the writer.
     pub fn close(&self) {
-        self.reader.lock().take();
+        self.readers.close();
         let last = *self.next_seq.lock();
         self.wait(last);
         self.tx.lock().take();

@@ -370,10 +370,7 @@ impl Store {
         endpoint_id: &str,
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => pending(c, endpoint_id, limit),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| pending(c, endpoint_id, limit))
     }
 
     pub fn deliveries(
@@ -381,10 +378,7 @@ impl Store {
         endpoint_id: &str,
         limit: usize,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => deliveries(c, endpoint_id, limit),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| deliveries(c, endpoint_id, limit))
     }
 
     pub fn delivery_sequence(
@@ -392,17 +386,12 @@ impl Store {
         endpoint_id: &str,
         event_id: &str,
     ) -> Result<Option<i64>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => delivery_sequence(c, endpoint_id, event_id),
-            None => Err(StoreError::Closed),
-        }
+        self.readers
+            .with(|c| delivery_sequence(c, endpoint_id, event_id))
     }
 
     pub fn queue_stats(&self) -> Result<(i64, Option<i64>), StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => queue_stats(c),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| queue_stats(c))
     }
 }
 

@@ -249,10 +249,7 @@ impl Store {
         &self,
         card_id: &str,
     ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => card_history(c, card_id),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| card_history(c, card_id))
     }
 
     /// The stored decisions of an authorization id, on any card (the caller checks the
@@ -261,26 +258,18 @@ impl Store {
         &self,
         auth_id: &str,
     ) -> Result<Vec<StoredDecision>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => decisions_of_authorization(c, auth_id),
-            None => Err(StoreError::Closed),
-        }
+        self.readers
+            .with(|c| decisions_of_authorization(c, auth_id))
     }
 
     /// A policy's activations, newest first (at most [`HISTORY_ROWS_MAX`]).
     pub fn policy_activations(&self, policy: &str) -> Result<Vec<PolicyActivation>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => policy_activations(c, policy),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| policy_activations(c, policy))
     }
 
     /// A stored policy version's source (JSON of `PolicySource`).
     pub fn policy_source(&self, policy: &str, version: &str) -> Result<Option<String>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => policy_source(c, policy, version),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| policy_source(c, policy, version))
     }
 
     /// The stored answer of an idempotent operation (see [`query::stored_answer`]).
@@ -289,10 +278,7 @@ impl Store {
         scope: &str,
         key: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => stored_answer(c, scope, key),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| stored_answer(c, scope, key))
     }
 
     /// The card an authorization of `program` placed its hold on.
@@ -301,10 +287,8 @@ impl Store {
         program: &str,
         auth_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => card_of_authorization(c, program, auth_id),
-            None => Err(StoreError::Closed),
-        }
+        self.readers
+            .with(|c| card_of_authorization(c, program, auth_id))
     }
 
     /// Stored decisions newest first while `keep` accepts them (the scan stops at the
@@ -317,10 +301,9 @@ impl Store {
         let mut out = Vec::new();
         let mut before = i64::MAX;
         loop {
-            let page = match self.reader.lock().as_deref_mut() {
-                Some(c) => decisions_before(c, before, SCAN_PAGE_ROWS)?,
-                None => return Err(StoreError::Closed),
-            };
+            let page = self
+                .readers
+                .with(|c| decisions_before(c, before, SCAN_PAGE_ROWS))?;
             let full = page.len() as i64 == SCAN_PAGE_ROWS;
             for (seq, d) in page {
                 if !keep(&d) {
@@ -335,12 +318,51 @@ impl Store {
         }
     }
 
+    /// The highest decision sequence stored (0 with none): at least the count of
+    /// decisions, so a bound for sizing what indexes them.
+    pub fn decision_seq_max(&self) -> Result<i64, StoreError> {
+        self.readers.with(|c| {
+            c.value::<Option<i64>>("SELECT max(seq) FROM decision_log", &[])
+                .map(|v| v.unwrap_or(0))
+        })
+    }
+
+    /// A page of the authorization ids the store answers for: each stored decision's
+    /// `auth_hash` after `seq`, in order, with its sequence (for the next page).
+    pub fn authorization_hashes(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.readers.with(|c| {
+            c.rows(
+                "SELECT seq, auth_hash FROM decision_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                params![seq, limit],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+    }
+
+    /// A page of the authorization keys (`program/id`) answered from the idempotency table
+    /// (decisions whose deadline passed: their 91), after `key`, in order.
+    pub fn authorization_idempotency_keys(
+        &self,
+        key: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.readers.with(|c| {
+            c.rows(
+                "SELECT key FROM idempotency WHERE scope = 'authorization' AND key > ?1
+                 ORDER BY key LIMIT ?2",
+                params![key, limit],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// Stored decisions after `seq`, in commit order.
     pub fn decisions_after(&self, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => decisions_after(c, seq),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| decisions_after(c, seq))
     }
 
     /// Velocity releases at or after `at_ms`.
@@ -348,9 +370,6 @@ impl Store {
         &self,
         at_ms: i64,
     ) -> Result<Vec<(String, String, rust_decimal::Decimal, i64)>, StoreError> {
-        match self.reader.lock().as_deref_mut() {
-            Some(c) => releases_since(c, at_ms),
-            None => Err(StoreError::Closed),
-        }
+        self.readers.with(|c| releases_since(c, at_ms))
     }
 }

@@ -58,7 +58,20 @@ pub async fn decide_within(
         tenant: Some(program),
         request_id,
     };
-    let pending = s.engine.authorize(txn, &ctx)?;
+    let may_block = s.engine.authorization_may_block(txn, &ctx);
+    let pending = if may_block {
+        let (txn, program, request_id) = (txn.clone(), program.to_string(), request_id.to_string());
+        super::on_engine(s, true, move |s| {
+            let ctx = AuthContext {
+                tenant: Some(&program),
+                request_id: &request_id,
+            };
+            s.engine.authorize(&txn, &ctx)
+        })
+        .await?
+    } else {
+        s.engine.authorize(txn, &ctx)?
+    };
     let replayed = pending.peek().replayed;
     let remaining = budget.saturating_sub(arrival.elapsed());
     let on_time = if replayed {
@@ -106,11 +119,15 @@ pub async fn capture(
     PathId(id): PathId,
     hook: Hook<CaptureBody>,
 ) -> ApiResult {
-    own_auth(&s, &hook.program, &id)?;
     let b = hook.body;
-    let r = s
-        .engine
-        .capture(&hook.program, &key, &id, amount(&b.amount)?, b.is_final);
+    let amount = amount(&b.amount)?;
+    let program = hook.program;
+    let may_block = s.engine.authorization_may_read_store(&program, &id);
+    let r = super::on_engine(&s, may_block, move |s| {
+        own_auth(s, &program, &id)?;
+        Ok::<_, Problem>(s.engine.capture(&program, &key, &id, amount, b.is_final))
+    })
+    .await?;
     respond(StatusCode::CREATED, r).await
 }
 
@@ -124,8 +141,13 @@ pub async fn reversal(
     hook: Hook<ReversalBody>,
 ) -> ApiResult {
     let a = hook.body.amount.as_deref().map(amount).transpose()?;
+    let program = hook.program;
+    let may_block = s.engine.authorization_may_read_store(&program, &id);
     // Another tenant's authorization with this id is as unknown as one never made.
-    let r = s.engine.reverse(&hook.program, &key, &id, a);
+    let r = super::on_engine(&s, may_block, move |s| {
+        s.engine.reverse(&program, &key, &id, a)
+    })
+    .await;
     respond(StatusCode::CREATED, r).await
 }
 

@@ -32,6 +32,11 @@ pub struct Args {
     pub admin_key: Option<String>,
     #[arg(long, default_value_t = 10_000)]
     pub cards: usize,
+    /// Programs the cards are spread over, round robin (`loadgen`, `loadgen-1`, …): with
+    /// several instances on sharded PostgreSQL, programs in different shards spread the
+    /// load over the owners.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub programs: u64,
     /// Connection counts to measure, comma-separated.
     #[arg(long, default_value = "4,64", value_delimiter = ',')]
     pub connections: Vec<usize>,
@@ -121,11 +126,53 @@ fn field(json: &str, key: &str) -> Option<String> {
 struct Setup {
     /// Where the measured connections go, round robin.
     targets: Vec<SocketAddr>,
-    api_key: String,
-    cards: Vec<String>,
+    /// Each program's `Bearer` header.
+    auths: Vec<String>,
+    /// Each card, with its program's index in `auths`.
+    cards: Vec<(String, usize)>,
 }
 
-async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String> {
+async fn setup(addr: SocketAddr, admin: &str, n: usize, programs: usize) -> Result<Setup, String> {
+    let mut auths = Vec::new();
+    for p in 0..programs {
+        let program = if p == 0 {
+            "loadgen".to_string()
+        } else {
+            format!("loadgen-{p}")
+        };
+        auths.push(format!(
+            "Bearer {}",
+            program_key(addr, admin, &program).await?
+        ));
+    }
+    // Issue and fund cards over 16 connections.
+    let workers = 16;
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let auths = auths.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await.map_err(|x| x.to_string())?;
+            let mut ids = Vec::new();
+            for i in (w..n).step_by(workers) {
+                let p = i % auths.len();
+                ids.push((issue_card(&mut c, &auths[p], i).await?, p));
+            }
+            Ok::<_, String>(ids)
+        }));
+    }
+    let mut cards = Vec::new();
+    for h in handles {
+        cards.extend(h.await.map_err(|x| x.to_string())??);
+    }
+    Ok(Setup {
+        targets: vec![addr],
+        auths,
+        cards,
+    })
+}
+
+/// Creates `program` (or finds it), funds it, and returns a fresh API key for it.
+async fn program_key(addr: SocketAddr, admin: &str, program: &str) -> Result<String, String> {
     let e = |x: std::io::Error| x.to_string();
     let mut c = Conn::open(addr).await.map_err(e)?;
     let bearer = format!("Bearer {admin}");
@@ -134,7 +181,7 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
             "POST",
             "/v1/programs",
             &[("authorization", &bearer)],
-            r#"{"id":"loadgen","policy":"consumer-prepaid-africa","currency":"NGN"}"#,
+            &format!(r#"{{"id":"{program}","policy":"consumer-prepaid-africa","currency":"NGN"}}"#),
         )
         .await
         .map_err(e)?;
@@ -144,7 +191,7 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
     let (st, body) = c
         .request(
             "POST",
-            "/v1/programs/loadgen/api_keys",
+            &format!("/v1/programs/{program}/api_keys"),
             &[("authorization", &bearer)],
             "",
         )
@@ -158,7 +205,7 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
     let (st, body) = c
         .request(
             "POST",
-            "/v1/programs/loadgen/deposits",
+            &format!("/v1/programs/{program}/deposits"),
             &[
                 ("authorization", &auth),
                 ("idempotency-key", "loadgen-deposit"),
@@ -170,72 +217,55 @@ async fn setup(addr: SocketAddr, admin: &str, n: usize) -> Result<Setup, String>
     if st != 201 {
         return Err(format!("deposit: {st} {body}"));
     }
-    // Issue and fund cards over 16 connections.
-    let workers = 16;
-    let mut handles = Vec::new();
-    for w in 0..workers {
-        let auth = auth.clone();
-        handles.push(tokio::spawn(async move {
-            let mut c = Conn::open(addr).await.map_err(|x| x.to_string())?;
-            let mut ids = Vec::new();
-            for i in (w..n).step_by(workers) {
-                let h = format!("lg-holder-{i}");
-                let k1 = format!("lg-h-{i}");
-                let body = format!(r#"{{"id":"{h}","name":"Load Gen","kyc":"verified"}}"#);
-                let (st, b) = c
-                    .request(
-                        "POST",
-                        "/v1/cardholders",
-                        &[("authorization", &auth), ("idempotency-key", &k1)],
-                        &body,
-                    )
-                    .await
-                    .map_err(|x| x.to_string())?;
-                if st != 201 {
-                    return Err(format!("cardholder: {st} {b}"));
-                }
-                let k2 = format!("lg-c-{i}");
-                let body = format!(r#"{{"cardholder_id":"{h}","kind":"virtual"}}"#);
-                let (st, b) = c
-                    .request(
-                        "POST",
-                        "/v1/cards",
-                        &[("authorization", &auth), ("idempotency-key", &k2)],
-                        &body,
-                    )
-                    .await
-                    .map_err(|x| x.to_string())?;
-                if st != 201 {
-                    return Err(format!("card: {st} {b}"));
-                }
-                let id = field(&b, "id").ok_or("no card id")?;
-                let k3 = format!("lg-f-{i}");
-                let (st, b) = c
-                    .request(
-                        "POST",
-                        &format!("/v1/cards/{id}/fund"),
-                        &[("authorization", &auth), ("idempotency-key", &k3)],
-                        r#"{"amount":"1000000.00"}"#,
-                    )
-                    .await
-                    .map_err(|x| x.to_string())?;
-                if st != 201 {
-                    return Err(format!("fund: {st} {b}"));
-                }
-                ids.push(id);
-            }
-            Ok::<_, String>(ids)
-        }));
+    Ok(api_key)
+}
+
+/// Issues card `i` (its own cardholder) and funds it; its id.
+async fn issue_card(c: &mut Conn, auth: &str, i: usize) -> Result<String, String> {
+    let h = format!("lg-holder-{i}");
+    let k1 = format!("lg-h-{i}");
+    let body = format!(r#"{{"id":"{h}","name":"Load Gen","kyc":"verified"}}"#);
+    let (st, b) = c
+        .request(
+            "POST",
+            "/v1/cardholders",
+            &[("authorization", auth), ("idempotency-key", &k1)],
+            &body,
+        )
+        .await
+        .map_err(|x| x.to_string())?;
+    if st != 201 {
+        return Err(format!("cardholder: {st} {b}"));
     }
-    let mut cards = Vec::new();
-    for h in handles {
-        cards.extend(h.await.map_err(|x| x.to_string())??);
+    let k2 = format!("lg-c-{i}");
+    let body = format!(r#"{{"cardholder_id":"{h}","kind":"virtual"}}"#);
+    let (st, b) = c
+        .request(
+            "POST",
+            "/v1/cards",
+            &[("authorization", auth), ("idempotency-key", &k2)],
+            &body,
+        )
+        .await
+        .map_err(|x| x.to_string())?;
+    if st != 201 {
+        return Err(format!("card: {st} {b}"));
     }
-    Ok(Setup {
-        targets: vec![addr],
-        api_key,
-        cards,
-    })
+    let id = field(&b, "id").ok_or("no card id")?;
+    let k3 = format!("lg-f-{i}");
+    let (st, b) = c
+        .request(
+            "POST",
+            &format!("/v1/cards/{id}/fund"),
+            &[("authorization", auth), ("idempotency-key", &k3)],
+            r#"{"amount":"1000000.00"}"#,
+        )
+        .await
+        .map_err(|x| x.to_string())?;
+    if st != 201 {
+        return Err(format!("fund: {st} {b}"));
+    }
+    Ok(id)
 }
 
 #[derive(Default)]
@@ -279,16 +309,16 @@ async fn drive(
                 out.errors += 1;
                 return out;
             };
-            let auth = format!("Bearer {}", s.api_key);
             let mut i = w as u64;
-            let mut approved: Vec<String> = Vec::new();
+            let mut approved: Vec<(String, usize)> = Vec::new();
             let mut settled = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += conns as u64;
                 // `settle_percent` of requests settle an earlier approval: half captures,
                 // half reversals.
                 if i % 100 < settle_percent {
-                    if let Some(a) = approved.pop() {
+                    if let Some((a, p)) = approved.pop() {
+                        let auth = &s.auths[p];
                         settled += 1;
                         let capture = settled % 2 == 0;
                         let key = format!("{run}-s{i}");
@@ -304,7 +334,7 @@ async fn drive(
                             .request(
                                 "POST",
                                 &path,
-                                &[("authorization", &auth), ("idempotency-key", &key)],
+                                &[("authorization", auth), ("idempotency-key", &key)],
                                 body,
                             )
                             .await
@@ -316,7 +346,8 @@ async fn drive(
                         continue;
                     }
                 }
-                let card = &s.cards[(i as usize * 7919) % s.cards.len()];
+                let (card, p) = &s.cards[(i as usize * 7919) % s.cards.len()];
+                let auth = &s.auths[*p];
                 let id = format!("{run}-{i}");
                 let body = auth_body(&id, card, i);
                 let t = Instant::now();
@@ -324,7 +355,7 @@ async fn drive(
                     .request(
                         "POST",
                         "/v1/authorizations",
-                        &[("authorization", &auth)],
+                        &[("authorization", auth)],
                         &body,
                     )
                     .await
@@ -333,7 +364,7 @@ async fn drive(
                         out.latencies_us.push(t.elapsed().as_micros() as u64);
                         let code = field(&resp, "response_code").unwrap_or_default();
                         if code == "00" {
-                            approved.push(id);
+                            approved.push((id, *p));
                         }
                         *out.by_code.entry(code).or_default() += 1;
                     }
@@ -556,7 +587,7 @@ pub fn run(args: Args) -> ExitCode {
             };
         }
         let t = Instant::now();
-        let s = match setup(addr, &admin, args.cards).await {
+        let s = match setup(addr, &admin, args.cards, args.programs as usize).await {
             Ok(mut s) => {
                 s.targets.extend(&args.spread);
                 Arc::new(s)
