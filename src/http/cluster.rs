@@ -390,14 +390,14 @@ struct Me {
 }
 
 impl Me {
-    fn lease_client(&self) -> Result<LeaseClient, crate::store::StoreError> {
-        LeaseClient::connect(
+    fn lease_client(&self) -> anyhow::Result<LeaseClient> {
+        Ok(LeaseClient::connect(
             &self.url,
             &self.name,
             &self.address,
             self.lease_ms,
             self.config.shards,
-        )
+        )?)
     }
 
     /// After taking `fence`'s lease (blocking): keeps renewing it and loads the shard.
