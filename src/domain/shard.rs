@@ -8,7 +8,8 @@
 //! function of its id, so any instance routes without a lookup.
 
 /// The most shards a database may be split into (each owned shard costs its owner a
-/// writer thread and three database connections).
+/// writer thread and four database connections: writer, two readers, lease — mind
+/// PostgreSQL's `max_connections`).
 pub const SHARDS_MAX: u32 = 256;
 
 /// Hex digits after `sk_` that name a key's shard in a sharded deployment.

@@ -198,7 +198,7 @@ struct Readers {
 }
 
 /// Reader connections per PostgreSQL store (each: a connection and its thread).
-const PG_READERS: usize = 4;
+const PG_READERS: usize = 2;
 
 impl Readers {
     fn new(readers: Vec<Box<dyn Db>>) -> Readers {
