@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::instance::{post, status, wait_owner, Instance, ADMIN, LEASE_MS};
+use common::instance::{post, set_up_program, status, wait_owner, Instance, LEASE_MS};
 use common::pg::{base_url, fresh_schema};
 use rust_decimal::Decimal;
 
@@ -71,73 +71,7 @@ async fn three_instances_fail_over_without_losing_or_overspending() {
     }
 
     // Set up through a standby: forwarded to the owner.
-    let s = |p: &str| second.url(p);
-    let (code, _) = post(
-        &client,
-        s("/v1/programs"),
-        ADMIN,
-        None,
-        serde_json::json!(
-        {"id": "p", "policy": "stress", "currency": "USD"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, 201);
-    let (_, key) = post(
-        &client,
-        s("/v1/programs/p/api_keys"),
-        ADMIN,
-        None,
-        serde_json::json!({}),
-    )
-    .await
-    .unwrap();
-    let key = key["api_key"].as_str().expect("an API key").to_string();
-    let (code, _) = post(
-        &client,
-        s("/v1/programs/p/deposits"),
-        &key,
-        Some("dep"),
-        serde_json::json!({"amount": "1000000.00", "currency": "USD"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, 201);
-    let mut cards = Vec::new();
-    for i in 0..CARDS {
-        let (code, _) = post(
-            &client,
-            s("/v1/cardholders"),
-            &key,
-            Some(&format!("h{i}")),
-            serde_json::json!({"id": format!("h{i}"), "name": "Ama Mensah", "kyc": "verified"}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
-        let (code, card) = post(
-            &client,
-            s("/v1/cards"),
-            &key,
-            Some(&format!("c{i}")),
-            serde_json::json!({"cardholder_id": format!("h{i}"), "kind": "virtual"}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(code, 201, "{card}");
-        let id = card["id"].as_str().unwrap().to_string();
-        let (code, _) = post(
-            &client,
-            s(&format!("/v1/cards/{id}/fund")),
-            &key,
-            Some(&format!("f{i}")),
-            serde_json::json!({"amount": FUNDED}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
-        cards.push(id);
-    }
+    let (key, cards) = set_up_program(&client, &second.url(""), "p", CARDS, FUNDED).await;
 
     // Load through all three instances until told to stop.
     let ports = [first.port, second.port, third.port];

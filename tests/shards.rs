@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::instance::{post, stress_rules, Instance, ADMIN};
+use common::instance::{post, set_up_program, stress_rules, Instance, ADMIN};
 use common::pg::{base_url, fresh_schema};
 use rust_decimal::Decimal;
 use spendgate::domain::shard::{shard_of_key, shard_of_program};
@@ -92,77 +92,12 @@ fn program_ids() -> Vec<String> {
 }
 
 async fn set_up(client: &reqwest::Client, base: &str, program: &str) -> Tenant {
-    let url = |p: &str| format!("{base}{p}");
-    let (code, body) = post(
-        client,
-        url("/v1/programs"),
-        ADMIN,
-        None,
-        serde_json::json!({"id": program, "policy": "stress", "currency": "USD"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, 201, "{body}");
-    let (_, key) = post(
-        client,
-        url(&format!("/v1/programs/{program}/api_keys")),
-        ADMIN,
-        None,
-        serde_json::json!({}),
-    )
-    .await
-    .unwrap();
-    let key = key["api_key"].as_str().expect("an API key").to_string();
+    let (key, cards) = set_up_program(client, base, program, CARDS_PER_PROGRAM, FUNDED).await;
     // The key names its program's shard, so any instance routes it without a lookup.
     assert_eq!(
         shard_of_key(&key, SHARDS),
         Some(shard_of_program(program, SHARDS))
     );
-    let (code, _) = post(
-        client,
-        url(&format!("/v1/programs/{program}/deposits")),
-        &key,
-        Some("dep"),
-        serde_json::json!({"amount": "100000.00", "currency": "USD"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(code, 201);
-    let mut cards = Vec::new();
-    for i in 0..CARDS_PER_PROGRAM {
-        let (code, _) = post(
-            client,
-            url("/v1/cardholders"),
-            &key,
-            Some(&format!("h{i}")),
-            serde_json::json!({"id": format!("h{i}"), "name": "Ama Mensah", "kyc": "verified"}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
-        let (code, card) = post(
-            client,
-            url("/v1/cards"),
-            &key,
-            Some(&format!("c{i}")),
-            serde_json::json!({"cardholder_id": format!("h{i}"), "kind": "virtual"}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(code, 201, "{card}");
-        let id = card["id"].as_str().unwrap().to_string();
-        let (code, _) = post(
-            client,
-            url(&format!("/v1/cards/{id}/fund")),
-            &key,
-            Some(&format!("f{i}")),
-            serde_json::json!({"amount": FUNDED}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(code, 201);
-        cards.push(id);
-    }
     Tenant {
         program: program.to_string(),
         key,

@@ -141,3 +141,82 @@ pub async fn post(
     let json = r.json().await.unwrap_or(serde_json::Value::Null);
     Ok((status, json))
 }
+
+/// A program on the stress policy, set up through the instance at `base` (forwarded to
+/// its owner as need be): a funded funding account and `cards` cards, one verified holder
+/// each, topped up with `funded`. Its API key and card ids.
+pub async fn set_up_program(
+    client: &reqwest::Client,
+    base: &str,
+    program: &str,
+    cards: usize,
+    funded: &str,
+) -> (String, Vec<String>) {
+    let url = |p: &str| format!("{base}{p}");
+    let (code, body) = post(
+        client,
+        url("/v1/programs"),
+        ADMIN,
+        None,
+        serde_json::json!({"id": program, "policy": "stress", "currency": "USD"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let (_, key) = post(
+        client,
+        url(&format!("/v1/programs/{program}/api_keys")),
+        ADMIN,
+        None,
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    let key = key["api_key"].as_str().expect("an API key").to_string();
+    let (code, _) = post(
+        client,
+        url(&format!("/v1/programs/{program}/deposits")),
+        &key,
+        Some("dep"),
+        serde_json::json!({"amount": "1000000.00", "currency": "USD"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201);
+    let mut ids = Vec::new();
+    for i in 0..cards {
+        let (code, _) = post(
+            client,
+            url("/v1/cardholders"),
+            &key,
+            Some(&format!("h{i}")),
+            serde_json::json!({"id": format!("h{i}"), "name": "Ama Mensah", "kyc": "verified"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201);
+        let (code, card) = post(
+            client,
+            url("/v1/cards"),
+            &key,
+            Some(&format!("c{i}")),
+            serde_json::json!({"cardholder_id": format!("h{i}"), "kind": "virtual"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201, "{card}");
+        let id = card["id"].as_str().unwrap().to_string();
+        let (code, _) = post(
+            client,
+            url(&format!("/v1/cards/{id}/fund")),
+            &key,
+            Some(&format!("f{i}")),
+            serde_json::json!({"amount": funded}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 201);
+        ids.push(id);
+    }
+    (key, ids)
+}
