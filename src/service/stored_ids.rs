@@ -12,8 +12,10 @@
 //! the scan (an owner's store gets no writes but its own, by the fence), and ids decided
 //! while the scan runs are remembered and added when it ends.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use fastbloom::AtomicBloomFilter;
 use parking_lot::Mutex;
 
@@ -28,32 +30,21 @@ const PENDING_IDS_MAX: usize = 2_000_000;
 const PAGE_ROWS: i64 = 50_000;
 const FALSE_POSITIVE_RATE: f64 = 0.01;
 
-enum State {
-    /// No filter: every miss asks the store.
-    Off,
-    /// The scan runs; ids decided meanwhile.
-    Building(Vec<u64>),
-    Ready(Arc<AtomicBloomFilter>),
-}
-
-/// The filter and how far it is.
+/// The filter and how far it is. Lock-free once built (every authorization records its
+/// id): the lock is taken only while the scan runs.
+#[derive(Default)]
 pub(super) struct StoredIds {
-    state: Mutex<State>,
-}
-
-impl Default for StoredIds {
-    fn default() -> Self {
-        StoredIds {
-            state: Mutex::new(State::Off),
-        }
-    }
+    ready: ArcSwapOption<AtomicBloomFilter>,
+    building: AtomicBool,
+    /// Ids decided while the scan runs.
+    pending: Mutex<Vec<u64>>,
 }
 
 impl StoredIds {
     /// Starts building from `store` on a thread of its own (ids recorded from now on
     /// are kept for it).
     pub(super) fn build_from(self: &Arc<Self>, store: Arc<Store>) {
-        *self.state.lock() = State::Building(Vec::new());
+        self.building.store(true, Ordering::SeqCst);
         let ids = self.clone();
         let started = std::time::Instant::now();
         let spawned = std::thread::Builder::new()
@@ -69,57 +60,73 @@ impl StoredIds {
                         );
                     }
                 }
-                Ok(None) => *ids.state.lock() = State::Off,
+                Ok(None) => ids.give_up(),
                 Err(e) => {
                     tracing::warn!(error = %e, "indexing stored authorization ids failed; new ids are looked up");
-                    *ids.state.lock() = State::Off;
+                    ids.give_up();
                 }
             });
         if spawned.is_err() {
-            *self.state.lock() = State::Off;
+            self.give_up();
         }
     }
 
     /// An authorization id about to be decided (it will be stored).
     pub(super) fn record(&self, auth_id: &str) {
-        let hash = id_hash(auth_id) as u64;
-        let mut state = self.state.lock();
-        match &mut *state {
-            State::Off => {}
-            State::Building(pending) if pending.len() < PENDING_IDS_MAX => pending.push(hash),
-            // Too many to keep: lookups stay (correct, slower).
-            State::Building(_) => *state = State::Off,
-            State::Ready(f) => {
-                f.insert_hash(hash);
+        if let Some(f) = &*self.ready.load() {
+            f.insert_hash(id_hash(auth_id) as u64);
+            return;
+        }
+        if !self.building.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut pending = self.pending.lock();
+        // The build may have finished since: then the filter takes it.
+        if let Some(f) = &*self.ready.load() {
+            f.insert_hash(id_hash(auth_id) as u64);
+        } else if self.building.load(Ordering::SeqCst) {
+            if pending.len() < PENDING_IDS_MAX {
+                pending.push(id_hash(auth_id) as u64);
+            } else {
+                // Too many to keep: lookups stay (correct, slower).
+                drop(pending);
+                self.give_up();
             }
         }
     }
 
     /// Whether the filter is built and in use.
     pub(super) fn is_ready(&self) -> bool {
-        matches!(&*self.state.lock(), State::Ready(_))
+        self.ready.load().is_some()
     }
 
     /// False only when the store certainly holds no decision with this id.
     pub(super) fn may_be_stored(&self, auth_id: &str) -> bool {
-        let filter = match &*self.state.lock() {
-            State::Ready(f) => f.clone(),
-            _ => return true,
-        };
-        filter.contains_hash(id_hash(auth_id) as u64)
+        match &*self.ready.load() {
+            Some(f) => f.contains_hash(id_hash(auth_id) as u64),
+            None => true,
+        }
     }
 
     /// The scan is done: the ids decided meanwhile join it, and it is used from now on.
     fn finish(&self, filter: AtomicBloomFilter) -> bool {
-        let mut state = self.state.lock();
-        let State::Building(pending) = &*state else {
+        let mut pending = self.pending.lock();
+        if !self.building.load(Ordering::SeqCst) {
             return false;
-        };
-        for h in pending {
-            filter.insert_hash(*h);
         }
-        *state = State::Ready(Arc::new(filter));
+        for h in pending.drain(..) {
+            filter.insert_hash(h);
+        }
+        self.ready.store(Some(Arc::new(filter)));
+        self.building.store(false, Ordering::SeqCst);
         true
+    }
+
+    /// No filter: every miss asks the store.
+    fn give_up(&self) {
+        let mut pending = self.pending.lock();
+        self.building.store(false, Ordering::SeqCst);
+        *pending = Vec::new();
     }
 }
 
@@ -167,7 +174,7 @@ mod tests {
     fn ids_decided_while_the_filter_is_built_are_never_missed() {
         let ids = StoredIds::default();
         assert!(ids.may_be_stored("a"), "no filter: every id may be stored");
-        *ids.state.lock() = State::Building(Vec::new());
+        ids.building.store(true, Ordering::SeqCst);
         ids.record("decided-meanwhile");
         assert!(
             ids.may_be_stored("anything"),
@@ -189,7 +196,9 @@ mod tests {
     #[test]
     fn a_build_given_up_leaves_every_id_to_the_store() {
         let ids = StoredIds::default();
-        *ids.state.lock() = State::Off;
+        ids.building.store(true, Ordering::SeqCst);
+        ids.record("before");
+        ids.give_up();
         let f = AtomicBloomFilter::with_false_pos(0.01).expected_items(10);
         assert!(
             !ids.finish(f),
