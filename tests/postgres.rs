@@ -394,57 +394,12 @@ fn each_shard_has_its_own_tables_and_its_own_lease() {
     assert_eq!(postgres::shard_count(&mut db).unwrap(), 4);
 }
 
-/// After a start from a recovery point, answers before it are in the store only; the
-/// index of stored authorization ids lets new ids skip the store, but an old id (and a
-/// deadline's 91, kept in the idempotency table) must still be found and replayed.
+/// After a start from a recovery point, an old authorization id is still replayed once
+/// the stored ids are indexed (see `common::ops::retries_replay_after_a_restart`).
 #[test]
 fn after_a_restart_a_retried_authorization_replays_once_stored_ids_are_indexed() {
-    use spendgate::service::{AuthContext, Pending};
     let Some(base) = base_url() else { return };
     let url = fresh_schema(&base);
     let (_client, fence) = lease(&url, "owner", 60_000);
-    let ctx = AuthContext {
-        tenant: Some("p"),
-        request_id: "r",
-    };
-    let (card, first) = {
-        let e = open_pg(&url, fence.clone());
-        let card = issue(&e, 1).remove(0);
-        let first = e
-            .authorize(&common::txn("old-1", &card, "12.00", "USD"), &ctx)
-            .map(Pending::wait)
-            .unwrap();
-        assert!(first.approved && !first.replayed);
-        e.save_recovery_point().wait();
-        e.close();
-        (card, first)
-    };
-    let e = open_pg(&url, fence);
-    let started = Instant::now();
-    while !e.stored_ids_indexed() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "stored ids never indexed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let again = e
-        .authorize(&common::txn("old-1", &card, "12.00", "USD"), &ctx)
-        .map(Pending::wait)
-        .unwrap();
-    assert!(again.replayed, "the retry was decided a second time");
-    assert_eq!(again.json, first.json);
-    let other_body = e.authorize(&common::txn("old-1", &card, "13.00", "USD"), &ctx);
-    assert!(other_body.is_err(), "same id, other body: a conflict");
-    let new = e
-        .authorize(&common::txn("new-1", &card, "12.00", "USD"), &ctx)
-        .map(Pending::wait)
-        .unwrap();
-    assert!(new.approved && !new.replayed);
-    // Decided after the index was built: a retry of it replays too.
-    let new_again = e
-        .authorize(&common::txn("new-1", &card, "12.00", "USD"), &ctx)
-        .map(Pending::wait)
-        .unwrap();
-    assert!(new_again.replayed);
+    common::ops::retries_replay_after_a_restart(|| open_pg(&url, fence.clone()));
 }

@@ -127,3 +127,9 @@ proptest! {
         prop_assert_eq!(first_difference(&from_point, &live), None, "from the point");
     }
 }
+
+#[test]
+fn after_a_restart_a_retried_authorization_replays_once_stored_ids_are_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    common::ops::retries_replay_after_a_restart(|| open(dir.path()));
+}

@@ -196,8 +196,8 @@ pub struct Engine {
     /// `program/authorization id` → card id, for captures and reversals; at most
     /// `authorization_index_entries_max`, oldest first out (the store answers the rest).
     auth_index: DashMap<String, String>,
-    /// Which authorization ids only the store may answer for (PostgreSQL, after a start
-    /// from a recovery point), so new ones skip the lookup.
+    /// Which authorization ids only the store may answer for (after a start from a
+    /// recovery point), so new ones skip the lookup.
     stored_ids: Arc<stored_ids::StoredIds>,
     auth_order: Mutex<std::collections::VecDeque<String>>,
     /// SHA-256 of each API key → its program.
@@ -298,7 +298,7 @@ impl Engine {
             e.idem.mark_partial();
         }
         e.recover(snapshot)?;
-        if e.idem.is_partial() && matches!(store.location(), crate::store::Location::Postgres(_)) {
+        if e.idem.is_partial() && store.authorization_ids_indexable().unwrap_or(false) {
             e.stored_ids.build_from(store.clone());
         }
         e.store = Some(store);
@@ -547,7 +547,7 @@ impl Engine {
     }
 
     /// Whether new authorization ids skip the store lookup (see `stored_ids`): after a
-    /// start from a recovery point on PostgreSQL, once the stored ids are indexed.
+    /// start from a recovery point, once the stored ids are indexed.
     pub fn stored_ids_indexed(&self) -> bool {
         self.stored_ids.is_ready()
     }

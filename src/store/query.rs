@@ -327,6 +327,14 @@ impl Store {
         })
     }
 
+    /// Whether every authorization answer is found by [`Store::authorization_hashes`] and
+    /// [`Store::authorization_idempotency_keys`]: not in a store that still has the
+    /// version-4 `decisions` table (its ids are read from there only).
+    pub fn authorization_ids_indexable(&self) -> Result<bool, StoreError> {
+        self.readers
+            .with(|c| super::schema::has_legacy_decisions(c).map(|legacy| !legacy))
+    }
+
     /// A page of the authorization ids the store answers for: each stored decision's
     /// `auth_hash` after `seq`, in order, with its sequence (for the next page).
     pub fn authorization_hashes(

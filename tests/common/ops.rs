@@ -166,3 +166,54 @@ pub fn first_difference(got: &[String], want: &[String]) -> Option<(String, Stri
         .find(|(a, b)| a != b)
         .map(|(a, b)| (a.clone(), b.clone()))
 }
+
+/// After a start from a recovery point, answers before it are in the store only; the
+/// index of stored authorization ids lets new ids skip the store, but an old id must
+/// still be found and replayed (never decided twice), and so must one decided after the
+/// index was built. `open` opens the same store each time.
+pub fn retries_replay_after_a_restart(open: impl Fn() -> Engine) {
+    use std::time::{Duration, Instant};
+    let ctx = AuthContext {
+        tenant: Some("p"),
+        request_id: "r",
+    };
+    let (card, first) = {
+        let e = open();
+        let card = issue(&e, 1).remove(0);
+        let first = e
+            .authorize(&txn("old-1", &card, "12.00", "USD"), &ctx)
+            .map(Pending::wait)
+            .unwrap();
+        assert!(first.approved && !first.replayed);
+        e.save_recovery_point().wait();
+        e.close();
+        (card, first)
+    };
+    let e = open();
+    let started = Instant::now();
+    while !e.stored_ids_indexed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "stored ids never indexed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let again = e
+        .authorize(&txn("old-1", &card, "12.00", "USD"), &ctx)
+        .map(Pending::wait)
+        .unwrap();
+    assert!(again.replayed, "the retry was decided a second time");
+    assert_eq!(again.json, first.json);
+    let other_body = e.authorize(&txn("old-1", &card, "13.00", "USD"), &ctx);
+    assert!(other_body.is_err(), "same id, other body: a conflict");
+    let new = e
+        .authorize(&txn("new-1", &card, "12.00", "USD"), &ctx)
+        .map(Pending::wait)
+        .unwrap();
+    assert!(new.approved && !new.replayed);
+    let new_again = e
+        .authorize(&txn("new-1", &card, "12.00", "USD"), &ctx)
+        .map(Pending::wait)
+        .unwrap();
+    assert!(new_again.replayed);
+}
