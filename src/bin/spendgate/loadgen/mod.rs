@@ -603,6 +603,9 @@ pub fn run(args: Args) -> ExitCode {
             t.elapsed().as_secs_f64()
         );
         let mut base = 0.0;
+        // Authorization ids unique to this invocation: a second run against the same
+        // server must decide, not replay the first run's answers.
+        let session = &uuid::Uuid::new_v4().simple().to_string()[..8];
         for (n, conns) in args.connections.iter().enumerate() {
             println!("{conns} connections, {} s each:", args.seconds);
             if n == 0 || !args.baseline_once {
@@ -613,7 +616,7 @@ pub fn run(args: Args) -> ExitCode {
                 s.clone(),
                 *conns,
                 args.seconds,
-                &format!("r{n}"),
+                &format!("r{n}-{session}"),
                 args.settle_percent,
             )
             .await;
