@@ -41,11 +41,13 @@ impl Engine {
     /// recovery point, or once answers were evicted). Such a read is a round trip on
     /// PostgreSQL, which callers keep off async workers.
     pub fn authorization_may_block(&self, txn: &Authorization, ctx: &AuthContext) -> bool {
+        // Cheapest first: nothing is looked up until answers have left memory.
         self.store.is_some()
+            && self.idem.is_partial()
+            && self.stored_ids.may_be_stored(&txn.id)
             && self
                 .idem
                 .would_ask_store("authorization", &self.authorization_key(txn, ctx))
-            && self.stored_ids.may_be_stored(&txn.id)
     }
 
     /// Decides an authorization, places its hold and queues both for the store. The
