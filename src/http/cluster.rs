@@ -569,7 +569,7 @@ pub async fn serve_cluster(
                 if let Some(shard) = moves.give_up {
                     if let Some(o) = owned.remove(&shard) {
                         tracing::info!(instance = %name, shard, "handing the shard over");
-                        hand_over(&gate.slots[shard as usize], o).await;
+                        hand_over(&gate.slots[shard as usize], shard, o).await;
                         metrics::gauge!("spendgate_lease_held").set(owned.len() as f64);
                     }
                 }
@@ -623,7 +623,7 @@ pub async fn serve_cluster(
         }
     }
     for (shard, o) in std::mem::take(&mut owned) {
-        hand_over(&gate.slots[shard as usize], o).await;
+        hand_over(&gate.slots[shard as usize], shard, o).await;
     }
     tokio::task::spawn_blocking(move || {
         if let Err(e) = client.leave() {
@@ -642,7 +642,7 @@ pub async fn serve_cluster(
 /// Hands a shard over: no new requests into it, the ones inside finish, its background
 /// work stops, a recovery point is saved and its store flushed, then the lease is given
 /// up (so the next owner takes it at once and finds nothing to replay).
-async fn hand_over(slot: &Slot, o: Owned) {
+async fn hand_over(slot: &Slot, shard: u32, o: Owned) {
     slot.app.store(None);
     slot.state.store(None);
     while slot.in_flight.load(Ordering::SeqCst) > 0 {
@@ -651,6 +651,8 @@ async fn hand_over(slot: &Slot, o: Owned) {
     o.background.stop(&o.state).await;
     let renewer = o.renewer;
     let _ = tokio::task::spawn_blocking(move || renewer.release()).await;
+    // No epoch for a shard this instance no longer holds.
+    metrics::gauge!("spendgate_lease_epoch", "shard" => shard.to_string()).set(0.0);
 }
 
 /// SIGHUP reloads the rules on every shard this instance serves.
