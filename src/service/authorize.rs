@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::decision_record;
+use super::idempotency::{authorization_digest, RequestDigest};
 use super::responses::{authorization_response, step_decline, AuthorizationResponse};
-use super::{request_hash, Engine, Pending, Rejection};
+use super::{Engine, Pending, Rejection};
 use crate::decision::{Authorization, DecisionSummary, TraceLine};
 use crate::domain::VelocityScope;
 use crate::store::{id_hash, Write};
@@ -61,7 +62,9 @@ impl Engine {
         let started = Instant::now();
         let mut out = None;
         let key = self.authorization_key(txn, ctx);
-        let pending = self.idempotent("authorization", &key, txn, || {
+        let json = || serde_json::to_vec(txn).unwrap_or_default();
+        let digest = RequestDigest::new(&decision_record::request_bytes(txn), &json);
+        let pending = self.idempotent_digest("authorization", &key, &digest, || {
             let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) else {
                 let r = step_decline(
                     txn,
@@ -168,7 +171,7 @@ impl Engine {
         ctx: &AuthContext,
     ) -> Pending<Arc<str>> {
         let key = self.authorization_key(txn, ctx);
-        let hash = request_hash(&serde_json::to_vec(txn).unwrap_or_default());
+        let hash = authorization_digest(txn);
         let mut writes = Vec::new();
         let mut guard = None;
         let mut at_ms = self.now().timestamp_millis();

@@ -64,16 +64,79 @@ impl Default for Idempotency {
 /// Default number of answers kept in memory (≈ 1.2 KB each for authorizations).
 pub const IDEMPOTENCY_ENTRIES_DEFAULT: usize = 500_000;
 
-/// SHA-256 of a canonical request encoding, as lowercase hex. (Written out by hand: a
-/// `format!` per byte was a fifth of an in-memory authorization's instructions.)
+/// SHA-256 of `bytes`, as lowercase hex: how answers stored before [`RequestDigest`]
+/// identify their request (the SHA-256 of its JSON), and how admin keys are compared.
 pub fn request_hash(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
-    for b in Sha256::digest(bytes) {
+    push_hex(&mut s, &Sha256::digest(bytes));
+    s
+}
+
+// Written out by hand: a `format!` per byte was a fifth of an authorization's instructions.
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
         s.push(char::from(HEX[usize::from(b >> 4)]));
         s.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
+}
+
+/// Marks a digest of the current scheme; stored digests without it are legacy SHA-256.
+const DIGEST_TAG: &str = "b3:";
+
+/// What identifies a request under its idempotency key: `b3:` and the BLAKE3 of the
+/// request's canonical bytes (an authorization's compact record encoding, any other
+/// request's JSON), as hex. On this project's CPUs without SHA extensions, SHA-256 of
+/// the request's JSON was an eighth of an in-memory authorization's instructions.
+/// Answers stored before carry the untagged SHA-256 of the request's JSON and stay
+/// honoured: [`RequestDigest::matches`] computes that form only when it meets one.
+pub struct RequestDigest<'a> {
+    tagged: String,
+    legacy: std::cell::OnceCell<String>,
+    legacy_json: &'a dyn Fn() -> Vec<u8>,
+}
+
+impl<'a> RequestDigest<'a> {
+    /// `canonical`: the bytes hashed now; `legacy_json`: the request's JSON, asked for
+    /// only to compare with an answer stored under the old scheme.
+    pub fn new(canonical: &[u8], legacy_json: &'a dyn Fn() -> Vec<u8>) -> Self {
+        RequestDigest {
+            tagged: digest_hex(canonical),
+            legacy: std::cell::OnceCell::new(),
+            legacy_json,
+        }
+    }
+
+    /// The digest to store and keep in memory.
+    pub fn as_str(&self) -> &str {
+        &self.tagged
+    }
+
+    /// Whether `stored` (a digest kept with an answer) names this same request.
+    pub fn matches(&self, stored: &str) -> bool {
+        if stored.starts_with(DIGEST_TAG) {
+            stored == self.tagged
+        } else {
+            stored
+                == self
+                    .legacy
+                    .get_or_init(|| request_hash(&(self.legacy_json)()))
+        }
+    }
+}
+
+/// `b3:` and the BLAKE3 of `canonical`, as hex.
+pub fn digest_hex(canonical: &[u8]) -> String {
+    let mut s = String::with_capacity(DIGEST_TAG.len() + 64);
+    s.push_str(DIGEST_TAG);
+    push_hex(&mut s, blake3::hash(canonical).as_bytes());
     s
+}
+
+/// An authorization's digest: of its compact record encoding (the form its stored
+/// decision keeps, so a retry after a restart derives the same digest).
+pub fn authorization_digest(txn: &crate::decision::Authorization) -> String {
+    digest_hex(&super::decision_record::request_bytes(txn))
 }
 
 impl Idempotency {
@@ -128,7 +191,7 @@ impl Idempotency {
         &self,
         scope: &'static str,
         key: &str,
-        hash: &str,
+        digest: &RequestDigest,
         stored: impl FnOnce() -> Option<(String, String)>,
     ) -> Begin {
         if self.evicted.load(std::sync::atomic::Ordering::Relaxed)
@@ -148,12 +211,26 @@ impl Idempotency {
                 self.evict(0);
             }
         }
-        self.begin(scope, key, hash)
+        self.begin_matching(scope, key, digest.as_str(), &|h| digest.matches(h))
     }
 
+    /// `begin` for a request identified by exactly `hash`.
     pub fn begin(&self, scope: &'static str, key: &str, hash: &str) -> Begin {
+        self.begin_matching(scope, key, hash, &|h| h == hash)
+    }
+
+    /// Starts `key` as in flight with `hash`, or answers what a kept entry says: the
+    /// same request (`same` says whether a kept digest names it) replays, another
+    /// conflicts.
+    fn begin_matching(
+        &self,
+        scope: &'static str,
+        key: &str,
+        hash: &str,
+        same: &dyn Fn(&str) -> bool,
+    ) -> Begin {
         let mut waited = false;
-        let r = self.begin_or_wait(scope, key, hash, &mut waited);
+        let r = self.begin_or_wait(scope, key, hash, same, &mut waited);
         if waited {
             self.waiting
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -166,6 +243,7 @@ impl Idempotency {
         scope: &'static str,
         key: &str,
         hash: &str,
+        same: &dyn Fn(&str) -> bool,
         waited: &mut bool,
     ) -> Begin {
         let deadline = Instant::now() + IN_FLIGHT_WAIT_MAX;
@@ -186,7 +264,7 @@ impl Idempotency {
                         response,
                         seq,
                     } => {
-                        return if h == hash {
+                        return if same(h) {
                             Begin::Replay {
                                 response: response.clone(),
                                 seq: *seq,
@@ -195,7 +273,7 @@ impl Idempotency {
                             Begin::Conflict
                         };
                     }
-                    Entry::InFlight { hash: h } if h != hash => return Begin::Conflict,
+                    Entry::InFlight { hash: h } if !same(h) => return Begin::Conflict,
                     Entry::InFlight { .. } => {}
                 },
             }
@@ -308,14 +386,27 @@ impl super::Engine {
         request: &impl serde::Serialize,
         op: impl FnOnce() -> Result<(R, Vec<Write>, Option<super::CardGuard>), Rejection>,
     ) -> Result<Pending<Arc<str>>, Rejection> {
+        let json = || serde_json::to_vec(request).unwrap_or_default();
+        let digest = RequestDigest::new(&json(), &json);
+        self.idempotent_digest(scope, key, &digest, op)
+    }
+
+    /// `idempotent` for a request already digested (an authorization's compact form).
+    pub(super) fn idempotent_digest<R: serde::Serialize>(
+        &self,
+        scope: &'static str,
+        key: &str,
+        digest: &RequestDigest,
+        op: impl FnOnce() -> Result<(R, Vec<Write>, Option<super::CardGuard>), Rejection>,
+    ) -> Result<Pending<Arc<str>>, Rejection> {
         if key.is_empty() || key.len() > KEY_LEN_MAX {
             return Err(Rejection::InvalidRequest(format!(
                 "idempotency key must be 1 to {KEY_LEN_MAX} characters"
             )));
         }
-        let hash = request_hash(&serde_json::to_vec(request).unwrap_or_default());
+        let hash = digest.as_str();
         let stored = || self.stored_answer(scope, key);
-        match self.idem.begin_with(scope, key, &hash, stored) {
+        match self.idem.begin_with(scope, key, digest, stored) {
             Begin::Replay { response, seq } => return Ok(self.pending(response, seq)),
             Begin::Conflict => return Err(Rejection::IdempotencyConflict),
             Begin::Go => {}
@@ -346,14 +437,14 @@ impl super::Engine {
             writes.push(Write::Idempotency {
                 scope,
                 key: key.to_string(),
-                request_hash: hash.clone(),
+                request_hash: hash.to_string(),
                 response: json.clone(),
                 at_ms: self.now().timestamp_millis(),
             });
         }
         let seq = self.persist(writes);
         self.idem
-            .finish(scope, key, &hash, json.clone(), seq, self.durable_seq());
+            .finish(scope, key, hash, json.clone(), seq, self.durable_seq());
         std::mem::forget(in_flight);
         // The card's lock was held until its writes were queued: commit order for one
         // card equals the order its state changed in memory.
@@ -386,6 +477,31 @@ mod tests {
             request_hash(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn answers_stored_with_the_old_sha256_hash_still_replay_and_still_conflict() {
+        let idem = Idempotency::default();
+        let same = br#"{"card_id":"c1","amount":"5.00"}"#.to_vec();
+        let other = br#"{"card_id":"c1","amount":"6.00"}"#.to_vec();
+        // As a store written before BLAKE3 digests holds it: SHA-256 of the JSON.
+        idem.restore("fund", "k".into(), request_hash(&same), "answer".into());
+        idem.restore("fund", "k2".into(), request_hash(&same), "answer".into());
+        let same_json = || same.clone();
+        let other_json = || other.clone();
+        let retry = RequestDigest::new(&same, &same_json);
+        let changed = RequestDigest::new(&other, &other_json);
+        assert!(retry.as_str().starts_with("b3:") && retry.as_str().len() == 67);
+        match idem.begin_with("fund", "k", &retry, || None) {
+            Begin::Replay { response, .. } => assert_eq!(&*response, "answer"),
+            _ => panic!("a retry of an answer stored under the old hash must replay"),
+        }
+        assert!(matches!(
+            idem.begin_with("fund", "k2", &changed, || None),
+            Begin::Conflict
+        ));
+        // New answers carry the new digest, and it tells requests apart too.
+        assert!(retry.matches(&digest_hex(&same)) && !retry.matches(&digest_hex(&other)));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::effects::{CodecError, EffectsRecord};
-use super::request_hash;
+use super::idempotency::authorization_digest;
 use super::responses::AuthorizationResponse;
 use crate::decision::{Authorization, Effects, TraceLine};
 use crate::money::Currency;
@@ -84,6 +84,14 @@ pub fn encode(
             },
         ),
     }
+}
+
+/// The request's compact encoding, exactly as its record's body holds it: what an
+/// authorization's idempotency digest is taken of.
+pub fn request_bytes(txn: &Authorization) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    postcard::to_io(txn, &mut out).expect("postcard writes to a Vec");
+    out
 }
 
 /// The answer record alone (a deadline's 91 replaces a decision's answer).
@@ -215,9 +223,7 @@ impl DecodedDecision {
     /// The idempotency hash of the request.
     pub fn request_hash(&self) -> String {
         match &self.source {
-            Source::Record { request, .. } => {
-                request_hash(&serde_json::to_vec(request).unwrap_or_default())
-            }
+            Source::Record { request, .. } => authorization_digest(request),
             Source::Legacy(l) => l.request_hash.clone(),
         }
     }
@@ -469,10 +475,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(d.response(), serde_json::to_string(&r).unwrap());
-        assert_eq!(
-            d.request_hash(),
-            request_hash(&serde_json::to_vec(&t).unwrap())
-        );
+        assert_eq!(d.request_hash(), authorization_digest(&t));
         assert_eq!(d.request_id, "a07e4d44c3e144f68e46eb7d86643d9d");
         assert_eq!(
             (d.auth_id.as_str(), d.card_id.as_str()),
