@@ -156,10 +156,22 @@ pub fn parse_amount(s: &str, currency: Currency) -> Result<Decimal, MoneyError> 
 
 /// Formats an amount with exactly the currency's number of fraction digits.
 pub fn format_amount(amount: Decimal, currency: Currency) -> String {
-    let mut a =
-        amount.round_dp_with_strategy(currency.exponent(), RoundingStrategy::MidpointNearestEven);
-    a.rescale(currency.exponent());
-    a.to_string()
+    Amount(amount, currency).to_string()
+}
+
+/// [`format_amount`] as a `Display`: written into a larger text without a String of its
+/// own (explanations write several per line).
+#[derive(Debug, Clone, Copy)]
+pub struct Amount(pub Decimal, pub Currency);
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Amount(amount, currency) = *self;
+        let mut a = amount
+            .round_dp_with_strategy(currency.exponent(), RoundingStrategy::MidpointNearestEven);
+        a.rescale(currency.exponent());
+        fmt::Display::fmt(&a, f)
+    }
 }
 
 /// Exact money value: an amount in a currency.

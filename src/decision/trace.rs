@@ -1,12 +1,14 @@
 //! The decision trace: one entry per step and rule, stored compactly (indices and
 //! numbers, no strings) and rendered to text only when someone reads it.
 
+use std::fmt::Write as _;
+
 use rhai::ImmutableString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::{Country, LatLon, ResponseCode};
-use crate::money::format_amount;
+use crate::money::Amount;
 use crate::policy::{Check, CompiledPolicy, Rule};
 use crate::velocity::Totals;
 
@@ -182,7 +184,7 @@ impl TraceEntry {
             RuleRef::Controls(_) => controls.map_or(policy.currency, |c| c.currency),
             _ => policy.currency,
         };
-        let fmt = |d: Decimal| format_amount(d, currency);
+        let fmt = |d: Decimal| Amount(d, currency);
         let detail = match (&self.detail, rule.map(|r| &r.check)) {
             (Detail::None, Some(Check::Conditions)) if self.outcome != TraceOutcome::Pass => {
                 let r = rule.expect("matched Some");
@@ -230,32 +232,40 @@ impl TraceEntry {
                 },
                 Some(Check::Velocity(v)),
             ) => {
-                let mut parts = Vec::new();
+                // Written into one String: every declined velocity rule explains itself,
+                // so this runs on the authorization path.
+                let mut text = String::with_capacity(128);
+                let amt = |d: Decimal| Amount(d, currency);
                 if let Some(max) = v.amount_max {
                     let total = used.amount + amount;
                     let op = if total > max { ">" } else { "<=" };
                     let left = (max - used.amount).max(Decimal::ZERO);
-                    parts.push(format!(
+                    let _ = write!(
+                        text,
                         "{} + {} {op} {} {currency} ({} left)",
-                        fmt(used.amount),
-                        fmt(*amount),
-                        fmt(max),
-                        fmt(left)
-                    ));
+                        amt(used.amount),
+                        amt(*amount),
+                        amt(max),
+                        amt(left)
+                    );
                 }
                 if let Some(max) = v.count_max {
+                    if !text.is_empty() {
+                        text.push_str(", ");
+                    }
                     let left = u64::from(max).saturating_sub(used.count);
-                    match v.counts {
+                    let _ = match v.counts {
                         crate::policy::Counts::Approved => {
                             let op = if used.count + 1 > u64::from(max) {
                                 ">"
                             } else {
                                 "<="
                             };
-                            parts.push(format!(
+                            write!(
+                                text,
                                 "{} + 1 {op} {max} transactions ({left} left)",
                                 used.count
-                            ));
+                            )
                         }
                         crate::policy::Counts::Declined => {
                             let op = if used.count >= u64::from(max) {
@@ -263,19 +273,14 @@ impl TraceEntry {
                             } else {
                                 "<"
                             };
-                            parts.push(format!("{} declines {op} {max}", used.count));
+                            write!(text, "{} declines {op} {max}", used.count)
                         }
-                    }
+                    };
                 }
-                let mut text = format!(
-                    "{} in {} ({} scope)",
-                    parts.join(", "),
-                    v.window,
-                    v.scope.as_str()
-                );
+                let _ = write!(text, " in {} ({} scope)", v.window, v.scope.as_str());
                 if let Some(reset) = velocity_reset(v, *used, *oldest, *now_ms, policy.timezone) {
                     text.push_str("; ");
-                    text.push_str(&reset.render(v, currency));
+                    reset.write_to(&mut text, v, currency);
                 }
                 text
             }
@@ -338,28 +343,37 @@ pub struct VelocityReset {
 }
 
 impl VelocityReset {
-    fn render(&self, v: &crate::policy::VelocityCheck, currency: crate::money::Currency) -> String {
-        let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.at_ms)
-            .map_or_else(String::new, |t| {
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            });
-        let mut what = Vec::new();
+    /// Appends `frees <amount> and <count> at <time>` to `text`.
+    fn write_to(
+        &self,
+        text: &mut String,
+        v: &crate::policy::VelocityCheck,
+        currency: crate::money::Currency,
+    ) {
+        text.push_str("frees ");
         if v.amount_max.is_some() {
-            what.push(format!(
-                "{} {currency}",
-                format_amount(self.amount, currency)
-            ));
+            let _ = write!(text, "{} {currency}", Amount(self.amount, currency));
         }
         if v.count_max.is_some() {
+            if v.amount_max.is_some() {
+                text.push_str(" and ");
+            }
             let noun = match (v.counts, self.count) {
                 (crate::policy::Counts::Declined, 1) => "decline",
                 (crate::policy::Counts::Declined, _) => "declines",
                 (_, 1) => "transaction",
                 _ => "transactions",
             };
-            what.push(format!("{} {noun}", self.count));
+            let _ = write!(text, "{} {noun}", self.count);
         }
-        format!("frees {} at {at}", what.join(" and "))
+        text.push_str(" at ");
+        if let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.at_ms) {
+            let _ = write!(
+                text,
+                "{}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
     }
 }
 

@@ -63,7 +63,8 @@ impl Engine {
         let mut out = None;
         let key = self.authorization_key(txn, ctx);
         let json = || serde_json::to_vec(txn).unwrap_or_default();
-        let digest = RequestDigest::new(&decision_record::request_bytes(txn), &json);
+        let request = decision_record::request_bytes(txn);
+        let digest = RequestDigest::new(&request, &json);
         let pending = self.idempotent_digest("authorization", &key, &digest, || {
             let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) else {
                 let r = step_decline(
@@ -132,7 +133,13 @@ impl Engine {
                     detail: "a reversal for this authorization arrived before it".into(),
                 });
             }
-            let record = decision_record::encode(txn, ctx.request_id, &d.effects, &response);
+            let record = decision_record::encode_with_request(
+                txn,
+                &request,
+                ctx.request_id,
+                &d.effects,
+                &response,
+            );
             writes.insert(0, Write::Decision(Box::new(record)));
             out = Some((d.approved, d.response_code.to_string(), d.rule.clone()));
             Ok((response, writes, Some(c)))

@@ -292,6 +292,9 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
     // so copying the WAL back into the database never stalls a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement the writer uses (about 30; rusqlite keeps
+    // 16 by default, so a mixed batch could evict and re-parse statements).
+    conn.set_prepared_statement_cache_capacity(64);
     // When the WAL rewinds after a complete checkpoint, its file is cut back to this.
     conn.pragma_update(None, "journal_size_limit", WAL_BYTES_MAX as i64)?;
     schema::migrate(&conn)?;

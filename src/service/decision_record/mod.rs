@@ -70,19 +70,34 @@ pub fn encode(
     effects: &Effects,
     response: &AuthorizationResponse,
 ) -> DecisionWrite {
+    encode_with_request(txn, &request_bytes(txn), request_id, effects, response)
+}
+
+/// [`encode`] with the request already encoded ([`request_bytes`], which the
+/// authorization's digest was taken of): the body is the same bytes as [`BodyRef`]'s,
+/// since postcard writes a struct as its fields one after the other.
+pub fn encode_with_request(
+    txn: &Authorization,
+    request: &[u8],
+    request_id: &str,
+    effects: &Effects,
+    response: &AuthorizationResponse,
+) -> DecisionWrite {
+    let mut body = Vec::with_capacity(16 + request.len() + 128);
+    body.push(BODY_FORMAT);
+    // Plain fields always serialize.
+    postcard::to_io(&effects.at_ms, &mut body).expect("postcard writes to a Vec");
+    body.extend_from_slice(request);
+    postcard::to_io(
+        &(RequestId::of(request_id), PackedEffects::of(effects, txn)),
+        &mut body,
+    )
+    .expect("postcard writes to a Vec");
     DecisionWrite {
         auth_hash: id_hash(&txn.id),
         card_hash: id_hash(&txn.card_id),
         answer: encode_answer(response),
-        body: framed(
-            BODY_FORMAT,
-            &BodyRef {
-                at_ms: effects.at_ms,
-                request: txn,
-                request_id: RequestId::of(request_id),
-                effects: PackedEffects::of(effects, txn),
-            },
-        ),
+        body,
     }
 }
 
@@ -321,7 +336,9 @@ struct Answer {
     latency_us: u64,
 }
 
+/// The body's layout; `encode_with_request` writes the same bytes field by field.
 /// `at_ms` first: start-up orders decisions by it before decoding the rest.
+#[cfg(test)]
 #[derive(Serialize)]
 struct BodyRef<'a> {
     at_ms: i64,
@@ -461,6 +478,23 @@ mod tests {
             }],
             latency_us: 29,
         }
+    }
+
+    #[test]
+    fn a_body_from_the_encoded_request_is_the_body_the_struct_encodes() {
+        let t = txn();
+        let e = effects(&t);
+        let whole = framed(
+            BODY_FORMAT,
+            &BodyRef {
+                at_ms: e.at_ms,
+                request: &t,
+                request_id: RequestId::of("a07e4d44c3e144f68e46eb7d86643d9d"),
+                effects: PackedEffects::of(&e, &t),
+            },
+        );
+        let w = encode(&t, "a07e4d44c3e144f68e46eb7d86643d9d", &e, &response(&t));
+        assert_eq!(w.body, whole);
     }
 
     #[test]
