@@ -147,7 +147,7 @@ impl Gate {
         let Some(key) = key else {
             return Ok((Route::Shard(0), req));
         };
-        if crate::service::request_hash(key.as_bytes()) != self.admin_hash {
+        if crate::service::key_hash(key) != self.admin_hash {
             return Ok((Route::Shard(shard_of_key(key, shards).unwrap_or(0)), req));
         }
         let post = req.method() == Method::POST;
@@ -453,7 +453,7 @@ pub async fn serve_cluster(
     let poll = Duration::from_millis((me.lease_ms / 10).clamp(100, 500) as u64);
     let gate = Arc::new(Gate {
         slots: (0..config.shards).map(|_| Slot::default()).collect(),
-        admin_hash: crate::service::request_hash(admin.as_bytes()),
+        admin_hash: crate::service::key_hash(&admin),
         me: name.clone(),
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)

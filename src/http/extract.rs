@@ -40,8 +40,8 @@ impl FromRequestParts<Shared> for Tenant {
         if let Some(t) = parts.extensions.get::<Tenant>() {
             return Ok(t.clone());
         }
-        let key = bearer(&parts.headers)?;
-        if s.is_admin(key) {
+        let key = crate::service::key_hash(bearer(&parts.headers)?);
+        if s.is_admin_hash(&key) {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -50,7 +50,7 @@ impl FromRequestParts<Shared> for Tenant {
         }
         let program = s
             .engine
-            .program_for_key(key)
+            .program_for_key_hash(&key)
             .ok_or_else(|| Problem::unauthorized("unknown API key"))?;
         s.rate.check(&program)?;
         let t = Tenant(program);
@@ -66,10 +66,10 @@ impl FromRequestParts<Shared> for Admin {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Admin, Problem> {
-        let key = bearer(&parts.headers)?;
-        if s.is_admin(key) {
+        let key = crate::service::key_hash(bearer(&parts.headers)?);
+        if s.is_admin_hash(&key) {
             Ok(Admin)
-        } else if s.engine.program_for_key(key).is_some() {
+        } else if s.engine.program_for_key_hash(&key).is_some() {
             Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -88,8 +88,8 @@ impl FromRequestParts<Shared> for AnyKey {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<AnyKey, Problem> {
-        let key = bearer(&parts.headers)?;
-        if s.is_admin(key) || s.engine.program_for_key(key).is_some() {
+        let key = crate::service::key_hash(bearer(&parts.headers)?);
+        if s.is_admin_hash(&key) || s.engine.program_for_key_hash(&key).is_some() {
             Ok(AnyKey)
         } else {
             Err(Problem::unauthorized("unknown API key"))

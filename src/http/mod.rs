@@ -49,7 +49,13 @@ pub type Shared = Arc<AppState>;
 
 impl AppState {
     pub fn is_admin(&self, key: &str) -> bool {
-        crate::service::request_hash(key.as_bytes()) == self.admin_hash
+        self.is_admin_hash(&crate::service::key_hash(key))
+    }
+
+    /// `is_admin` for a key already hashed ([`crate::service::key_hash`]): a request's
+    /// key is hashed once for both checks.
+    pub fn is_admin_hash(&self, key_hash: &str) -> bool {
+        key_hash == self.admin_hash
     }
 
     /// Reloads the rules: validated and tested first; the old policies stay on failure.

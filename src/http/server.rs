@@ -140,7 +140,7 @@ pub(super) fn build_state_on(config: Config, fence: Option<Fence>) -> anyhow::Re
     let admin = admin_key(&config)?;
     Ok(Arc::new(AppState {
         engine: Arc::new(engine),
-        admin_hash: crate::service::request_hash(admin.as_bytes()),
+        admin_hash: crate::service::key_hash(&admin),
         hooks: HookVerifier::new(secrets),
         rate: RateLimiter::new(config.rate_per_key_per_s),
         metrics: metrics_handle(),

@@ -36,7 +36,7 @@ pub use crate::store::{
 };
 pub use authorize::{AuthContext, Authorized};
 pub use card::CardState;
-pub use cards::NewCard;
+pub use cards::{key_hash, NewCard};
 pub use effects::{CodecError, EffectsRecord};
 pub use errors::Rejection;
 pub use idempotency::{request_hash, Begin, Idempotency};
