@@ -48,12 +48,8 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 impl AppState {
-    pub fn is_admin(&self, key: &str) -> bool {
-        self.is_admin_hash(&crate::service::key_hash(key))
-    }
-
-    /// `is_admin` for a key already hashed ([`crate::service::key_hash`]): a request's
-    /// key is hashed once for both checks.
+    /// Whether a key, hashed with [`crate::service::key_hash`], is the admin key (a
+    /// request's key is hashed once for this and the program check).
     pub fn is_admin_hash(&self, key_hash: &str) -> bool {
         key_hash == self.admin_hash
     }

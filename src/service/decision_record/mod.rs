@@ -74,8 +74,8 @@ pub fn encode(
 }
 
 /// [`encode`] with the request already encoded ([`request_bytes`], which the
-/// authorization's digest was taken of): the body is the same bytes as [`BodyRef`]'s,
-/// since postcard writes a struct as its fields one after the other.
+/// authorization's digest was taken of): the body is the same bytes as the `BodyRef`
+/// layout's, since postcard writes a struct as its fields one after the other.
 pub fn encode_with_request(
     txn: &Authorization,
     request: &[u8],
@@ -235,7 +235,7 @@ impl DecodedDecision {
         }
     }
 
-    /// The idempotency hash of the request.
+    /// The request's idempotency digest (the form stored with its answer).
     pub fn request_hash(&self) -> String {
         match &self.source {
             Source::Record { request, .. } => authorization_digest(request),
