@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use super::{Pending, Rejection};
@@ -43,7 +42,7 @@ pub enum Begin {
 /// the card's lock), so a duplicate's wait in `begin` is short; a failed or panicking
 /// operation removes its entry (see `InFlightGuard`).
 pub struct Idempotency {
-    map: DashMap<(&'static str, String), Entry>,
+    map: super::FastMap<(&'static str, String), Entry>,
     /// Finished keys, oldest first, with the store sequence that makes each durable.
     order: parking_lot::Mutex<std::collections::VecDeque<((&'static str, String), u64)>>,
     entries_max: usize,
@@ -147,7 +146,7 @@ impl Idempotency {
 
     pub fn with_capacity(entries_max: usize) -> Idempotency {
         Idempotency {
-            map: DashMap::new(),
+            map: super::FastMap::default(),
             order: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             entries_max: entries_max.max(1),
             evicted: std::sync::atomic::AtomicBool::new(false),
@@ -426,7 +425,7 @@ impl super::Engine {
         // No recovery point is taken between this operation's change and its writes.
         let _quiet = self.quiet.read_recursive();
         let (response, mut writes, mut guard) = op()?;
-        let json: Arc<str> = serde_json::to_string(&response).unwrap_or_default().into();
+        let json = response_json(&response);
         // What the operation reports goes out in its own commit (the outbox).
         let events = self.operation_events(scope, &json, guard.as_deref_mut(), &writes);
         writes.extend(events);
@@ -451,6 +450,17 @@ impl super::Engine {
         drop(guard);
         Ok(self.pending(json, seq))
     }
+}
+
+/// An answer's JSON, written into room for a typical authorization's (≈ 700 bytes):
+/// `serde_json::to_string` starts at 128 bytes and copies as it grows.
+fn response_json(response: &impl serde::Serialize) -> Arc<str> {
+    let mut out = Vec::with_capacity(1024);
+    if serde_json::to_writer(&mut out, response).is_err() {
+        return Arc::from("");
+    }
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default().into()
 }
 
 /// Aborts an in-flight key when dropped: on an error return and on unwinding.

@@ -183,46 +183,51 @@ impl<T> Pending<T> {
 }
 
 type Shared<T> = Arc<Mutex<T>>;
+
+/// The engine's maps, hashed with aHash: SipHash (the default) was ≈ 1.5 k instructions
+/// of every authorization. aHash's keys are random per process (`runtime-rng`), so keys a
+/// client chooses still cannot be aimed at one bucket.
+pub(crate) type FastMap<K, V> = DashMap<K, V, ahash::RandomState>;
 type CardGuard = parking_lot::ArcMutexGuard<parking_lot::RawMutex, CardState>;
 
 /// Live state: cards, holders, programs, house accounts, idempotency, policies, store.
 pub struct Engine {
-    cards: DashMap<String, Shared<CardState>>,
-    records: DashMap<String, CardRecord>,
-    holder_velocity: DashMap<String, Shared<VelocityState>>,
-    program_velocity: DashMap<String, Shared<VelocityState>>,
-    programs: DashMap<String, Program>,
-    cardholders: DashMap<String, Cardholder>,
+    cards: FastMap<String, Shared<CardState>>,
+    records: FastMap<String, CardRecord>,
+    holder_velocity: FastMap<String, Shared<VelocityState>>,
+    program_velocity: FastMap<String, Shared<VelocityState>>,
+    programs: FastMap<String, Program>,
+    cardholders: FastMap<String, Cardholder>,
     /// `program/authorization id` → card id, for captures and reversals; at most
     /// `authorization_index_entries_max`, oldest first out (the store answers the rest).
-    auth_index: DashMap<String, String>,
+    auth_index: FastMap<String, String>,
     /// Which authorization ids only the store may answer for (after a start from a
     /// recovery point), so new ones skip the lookup.
     stored_ids: Arc<stored_ids::StoredIds>,
     auth_order: Mutex<std::collections::VecDeque<String>>,
     /// SHA-256 of each API key → its program.
-    api_keys: DashMap<String, String>,
+    api_keys: FastMap<String, String>,
     /// `program/processor card token` → card id; one entry per card that has a token.
-    card_tokens: DashMap<String, String>,
+    card_tokens: FastMap<String, String>,
     /// `program/processor` → that program's hook configuration (at most four per program).
-    hook_configs: DashMap<String, Arc<crate::processors::HookConfig>>,
+    hook_configs: FastMap<String, Arc<crate::processors::HookConfig>>,
     /// Webhook endpoints by id (at most `ENDPOINTS_PER_PROGRAM_MAX` per program).
-    webhook_endpoints: DashMap<String, Arc<webhooks::WebhookEndpoint>>,
+    webhook_endpoints: FastMap<String, Arc<webhooks::WebhookEndpoint>>,
     /// Alert thresholds by program.
-    alerts: DashMap<String, Arc<events::Alerts>>,
+    alerts: FastMap<String, Arc<events::Alerts>>,
     /// Funding accounts below their program's threshold (at most one per program and
     /// currency).
-    funding_low: DashMap<String, ()>,
+    funding_low: FastMap<String, ()>,
     /// The last event's number in the outbox (all programs: its delivery order).
     event_sequence: std::sync::atomic::AtomicI64,
     /// Each program's last event sequence (what its receivers see; one per program).
-    program_sequences: DashMap<String, i64>,
+    program_sequences: FastMap<String, i64>,
     /// How many endpoints `webhook_endpoints` holds (the fast path of every operation).
     endpoint_count: std::sync::atomic::AtomicUsize,
     /// Authorizations reversed before they arrived (out-of-order messages), as
     /// `program/authorization id`; at most [`EARLY_REVERSALS_MAX`], oldest dropped first
     /// (a dropped one only means a late authorization keeps its hold until it expires).
-    early_reversals: DashMap<String, ()>,
+    early_reversals: FastMap<String, ()>,
     early_reversal_order: Mutex<std::collections::VecDeque<String>>,
     /// Balances of every non-card account.
     house: Mutex<BTreeMap<AccountId, Decimal>>,
@@ -244,25 +249,25 @@ impl Engine {
     /// A memory-only engine (no store): for tests of the decision path and benches.
     pub fn new(policies: PolicySet) -> Engine {
         Engine {
-            cards: DashMap::new(),
-            records: DashMap::new(),
-            holder_velocity: DashMap::new(),
-            program_velocity: DashMap::new(),
-            programs: DashMap::new(),
-            cardholders: DashMap::new(),
-            auth_index: DashMap::new(),
+            cards: FastMap::default(),
+            records: FastMap::default(),
+            holder_velocity: FastMap::default(),
+            program_velocity: FastMap::default(),
+            programs: FastMap::default(),
+            cardholders: FastMap::default(),
+            auth_index: FastMap::default(),
             stored_ids: Arc::default(),
             auth_order: Mutex::new(std::collections::VecDeque::new()),
-            api_keys: DashMap::new(),
-            card_tokens: DashMap::new(),
-            hook_configs: DashMap::new(),
-            webhook_endpoints: DashMap::new(),
-            alerts: DashMap::new(),
-            funding_low: DashMap::new(),
+            api_keys: FastMap::default(),
+            card_tokens: FastMap::default(),
+            hook_configs: FastMap::default(),
+            webhook_endpoints: FastMap::default(),
+            alerts: FastMap::default(),
+            funding_low: FastMap::default(),
             event_sequence: std::sync::atomic::AtomicI64::new(0),
-            program_sequences: DashMap::new(),
+            program_sequences: FastMap::default(),
             endpoint_count: std::sync::atomic::AtomicUsize::new(0),
-            early_reversals: DashMap::new(),
+            early_reversals: FastMap::default(),
             early_reversal_order: Mutex::new(std::collections::VecDeque::new()),
             house: Mutex::new(BTreeMap::new()),
             idem: Idempotency::default(),
@@ -446,7 +451,7 @@ impl Engine {
             .ok_or_else(|| Rejection::UnknownCard(card_id.to_string()))
     }
 
-    fn shared(map: &DashMap<String, Shared<VelocityState>>, key: &str) -> Shared<VelocityState> {
+    fn shared(map: &FastMap<String, Shared<VelocityState>>, key: &str) -> Shared<VelocityState> {
         if let Some(s) = map.get(key) {
             return s.clone();
         }

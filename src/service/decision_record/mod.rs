@@ -132,7 +132,9 @@ pub fn encode_answer(r: &AuthorizationResponse) -> Vec<u8> {
 }
 
 fn framed(format: u8, value: &impl Serialize) -> Vec<u8> {
-    let mut out = vec![format];
+    // Room for a typical answer (≈ 200 bytes): growing from one byte was a dozen copies.
+    let mut out = Vec::with_capacity(256);
+    out.push(format);
     // Plain fields always serialize.
     postcard::to_io(value, &mut out).expect("postcard writes to a Vec");
     out
