@@ -142,99 +142,26 @@ fn bench_authorize(c: &mut Criterion) {
 /// that rule, its inputs built from the card as every decision does) against the same
 /// compiled expression evaluated alone on inputs built per call. The gap is what being
 /// in a policy costs (issue 10's target: no more than Rhai alone).
-const FIVE_CONDITIONS: &str = r#"txn.amount < 100000.to_decimal() && txn.country == "NG" && txn.mcc != "7995" && card.status == "active" && history.count("1h") < 50"#;
-
 fn bench_rhai_in_policy(c: &mut Criterion) {
-    use spendgate::policy::script::{
-        compile_condition, ScriptCard, ScriptHistory, ScriptInputs, ScriptLists, ScriptTxn,
-    };
-    let one_rule = |when: &str| {
-        let text = format!(
-            "policy: {POLICY}\ncurrency: NGN\ntimezone: Africa/Lagos\nrules:\n  - id: one\n    when: {when}\n    flag: true\n"
-        );
-        Arc::new(
-            spendgate::policy::compile_policy(
-                Path::new("one.yaml"),
-                &text,
-                policy().fx.clone(),
-                &|_| Err(std::io::Error::other("no scripts")),
-            )
-            .expect("the bench policy compiles"),
-        )
-    };
-    let p = one_rule(&format!("'{FIVE_CONDITIONS}'"));
-    // The same decision with one structured condition instead: what decide() costs around
-    // the expression.
-    let structured = one_rule("{ channel: [pos] }");
-    let (card, h, gs) = warm_card(&p);
-    let t = txn(99, "card-1");
-    let now = t0() + Duration::hours(6);
-    let d = decide(&p, &card.view(Some(&h), Some(&gs)), &t, now);
+    let f = common::RhaiFive::new();
+    let d = decide(&f.policy, &f.view(), &f.txn, f.now);
     assert!(d.approved, "{:?} {:?}", d.reason, d.trace);
-    let ast = compile_condition(FIVE_CONDITIONS).expect("the expression compiles");
-    let inputs = || {
-        ScriptInputs::new(
-            ScriptTxn {
-                amount: t.amount,
-                original_amount: t.amount,
-                original_currency: t.currency,
-                mcc: t.merchant.mcc,
-                country: t.merchant.country,
-                channel: t.channel,
-                txn_type: t.txn_type,
-                merchant_id: t.merchant.id.as_str().into(),
-                merchant_name: t.merchant.name.as_str().into(),
-                location: t.merchant.location.map(|l| (l.lat, l.lon)),
-                local_hour: 12,
-                local_minute: 0,
-                weekday: 3,
-            },
-            ScriptCard {
-                status: spendgate::decision::CardStatus::Active,
-                currency: Currency::NGN,
-                kyc: spendgate::decision::KycStatus::Verified,
-                available: None,
-                last_location: None,
-                minutes_since_last: None,
-            },
-            ScriptHistory {
-                now_ms: now.timestamp_millis(),
-                events: Arc::from(Vec::new()),
-                windows: Arc::from(vec![(
-                    3_600_000,
-                    spendgate::velocity::Totals::default(),
-                    spendgate::velocity::Totals::default(),
-                )]),
-                countries: Arc::from(Vec::new()),
-            },
-            ScriptLists::default(),
-        )
-    };
-    assert!(inputs().run_condition(&ast).expect("the expression runs"));
+    assert!(f
+        .inputs()
+        .run_condition(&f.ast)
+        .expect("the expression runs"));
+    let (p, structured, t, now, ast) = (&f.policy, &f.structured, &f.txn, f.now, &f.ast);
+    let inputs = || f.inputs();
     let mut g = c.benchmark_group("rhai_five_conditions");
     g.throughput(Throughput::Elements(1));
     g.bench_function("in_policy_decide", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&p),
-                &card.view(Some(&h), Some(&gs)),
-                black_box(&t),
-                now,
-            )
-        })
+        b.iter(|| decide(black_box(p), &f.view(), black_box(t), now))
     });
     g.bench_function("same_decide_structured_condition", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&structured),
-                &card.view(Some(&h), Some(&gs)),
-                black_box(&t),
-                now,
-            )
-        })
+        b.iter(|| decide(black_box(structured), &f.view(), black_box(t), now))
     });
     g.bench_function("bare_rhai_inputs_per_call", |b| {
-        b.iter(|| inputs().run_condition(black_box(&ast)))
+        b.iter(|| inputs().run_condition(black_box(ast)))
     });
     g.finish();
 }

@@ -29,7 +29,7 @@ use spendgate::velocity::{VelocityState, WindowSpec};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::{fund, policy, t0, txn, warm_card, POLICY};
+use common::{fund, policy, t0, txn, warm_card, RhaiFive, POLICY};
 
 /// The committed baseline of `name` plus 10 %, as Callgrind's hard limit on instructions.
 fn limit(name: &str) -> LibraryBenchmarkConfig {
@@ -146,9 +146,33 @@ fn engine_authorize(e: Engine) -> usize {
     black_box(approved)
 }
 
+// Five Rhai conditions, 100 times: inside a one-rule policy through decide(), the same
+// decision with one structured condition instead, and the compiled expression alone on
+// inputs built per call. Issue 10's target: in policy minus structured <= alone.
+#[library_benchmark]
+#[bench::in_policy(args = (0), setup = rhai_five, config = limit("rhai_five_in_policy_100"))]
+#[bench::structured(args = (1), setup = rhai_five, config = limit("rhai_five_structured_100"))]
+#[bench::alone(args = (2), setup = rhai_five, config = limit("rhai_five_alone_100"))]
+fn rhai_five_100((f, variant): (RhaiFive, u8)) -> usize {
+    let mut yes = 0;
+    for _ in 0..100 {
+        let ok = match variant {
+            0 => decide(&f.policy, &f.view(), black_box(&f.txn), f.now).approved,
+            1 => decide(&f.structured, &f.view(), black_box(&f.txn), f.now).approved,
+            _ => f.inputs().run_condition(black_box(&f.ast)) == Ok(true),
+        };
+        yes += usize::from(ok);
+    }
+    black_box(yes)
+}
+
+fn rhai_five(variant: u8) -> (RhaiFive, u8) {
+    (RhaiFive::new(), variant)
+}
+
 library_benchmark_group!(
     name = core;
-    benchmarks = decide_100, velocity, policy_compile, engine_authorize
+    benchmarks = decide_100, velocity, policy_compile, engine_authorize, rhai_five_100
 );
 
 main!(library_benchmark_groups = core);

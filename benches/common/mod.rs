@@ -156,3 +156,101 @@ pub fn authorize_and_settle(e: &spendgate::service::Engine, t: &Authorization, i
             .map(Pending::wait);
     }
 }
+
+/// Five conditions as one Rhai `when:` expression, for comparing Rhai inside a policy
+/// with the same compiled expression alone (issue 10).
+pub const FIVE_CONDITIONS: &str = r#"txn.amount < 100000.to_decimal() && txn.country == "NG" && txn.mcc != "7995" && card.status == "active" && history.count("1h") < 50"#;
+
+/// A one-rule policy with [`FIVE_CONDITIONS`], the same rule with one structured condition
+/// instead (what `decide()` costs around the expression), a warm card and the expression
+/// compiled alone.
+pub struct RhaiFive {
+    pub policy: Arc<CompiledPolicy>,
+    pub structured: Arc<CompiledPolicy>,
+    pub card: CardState,
+    pub holder: VelocityState,
+    pub program: VelocityState,
+    pub txn: Authorization,
+    pub now: DateTime<Utc>,
+    pub ast: rhai::AST,
+}
+
+impl RhaiFive {
+    pub fn new() -> RhaiFive {
+        let one_rule = |when: &str| {
+            let text = format!(
+                "policy: {POLICY}\ncurrency: NGN\ntimezone: Africa/Lagos\nrules:\n  - id: one\n    when: {when}\n    flag: true\n"
+            );
+            Arc::new(
+                spendgate::policy::compile_policy(
+                    Path::new("one.yaml"),
+                    &text,
+                    policy().fx.clone(),
+                    &|_| Err(std::io::Error::other("no scripts")),
+                )
+                .expect("the bench policy compiles"),
+            )
+        };
+        let policy = one_rule(&format!("'{FIVE_CONDITIONS}'"));
+        let structured = one_rule("{ channel: [pos] }");
+        let (card, holder, program) = warm_card(&policy);
+        RhaiFive {
+            policy,
+            structured,
+            card,
+            holder,
+            program,
+            txn: txn(99, "card-1"),
+            now: t0() + Duration::hours(6),
+            ast: spendgate::policy::script::compile_condition(FIVE_CONDITIONS)
+                .expect("the expression compiles"),
+        }
+    }
+
+    pub fn view(&self) -> spendgate::decision::CardView<'_> {
+        self.card.view(Some(&self.holder), Some(&self.program))
+    }
+
+    /// The expression's inputs as a bare run builds them: per call, from the transaction,
+    /// with the one window it reads.
+    pub fn inputs(&self) -> spendgate::policy::script::ScriptInputs {
+        use spendgate::policy::script::{
+            LocalTime, ScriptCard, ScriptHistory, ScriptInputs, ScriptLists, ScriptTxn,
+        };
+        let t = &self.txn;
+        ScriptInputs::new(
+            ScriptTxn {
+                amount: t.amount,
+                original_amount: t.amount,
+                original_currency: t.currency,
+                mcc: t.merchant.mcc,
+                country: t.merchant.country,
+                channel: t.channel,
+                txn_type: t.txn_type,
+                merchant_id: t.merchant.id.as_str().into(),
+                merchant_name: t.merchant.name.as_str().into(),
+                location: t.merchant.location.map(|l| (l.lat, l.lon)),
+                local: LocalTime::new(self.now, chrono_tz::Africa::Lagos, None),
+            },
+            ScriptCard {
+                status: spendgate::decision::CardStatus::Active,
+                currency: Currency::NGN,
+                kyc: spendgate::decision::KycStatus::Verified,
+                available: None,
+                last_location: None,
+                minutes_since_last: None,
+            },
+            ScriptHistory {
+                now_ms: self.now.timestamp_millis(),
+                events: None,
+                windows: Arc::from(vec![(
+                    3_600_000,
+                    spendgate::velocity::Totals::default(),
+                    spendgate::velocity::Totals::default(),
+                )]),
+                countries: None,
+            },
+            ScriptLists::default(),
+        )
+    }
+}

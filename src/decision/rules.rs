@@ -9,7 +9,9 @@ use rust_decimal::Decimal;
 
 use super::trace::{Detail, RuleRef, TraceEntry, TraceOutcome};
 use super::{Authorization, CardView, Decision, ResponseCode, VelocityEffect};
-use crate::policy::script::{ScriptCard, ScriptHistory, ScriptInputs, ScriptTxn, Verdict};
+use crate::policy::script::{
+    LocalTime, ScriptCard, ScriptHistory, ScriptInputs, ScriptTxn, Verdict,
+};
 use crate::policy::{
     Check, CompiledPolicy, Cond, Counts, Matcher, Mode, OnError, Outcome, Rule, VelocityScope,
 };
@@ -148,7 +150,6 @@ impl<'a> Evaluator<'a> {
 
     fn script_inputs(&mut self, p: &CompiledPolicy) -> &mut ScriptInputs {
         if self.scripts.is_none() {
-            let (minute, weekday) = self.local();
             let t = self.txn;
             let c = self.card;
             let txn = ScriptTxn {
@@ -162,9 +163,7 @@ impl<'a> Evaluator<'a> {
                 merchant_id: t.merchant.id.as_str().into(),
                 merchant_name: t.merchant.name.as_str().into(),
                 location: t.merchant.location.map(|l| (l.lat, l.lon)),
-                local_hour: i64::from(minute / 60),
-                local_minute: i64::from(minute % 60),
-                weekday: i64::from(weekday),
+                local: LocalTime::new(self.now, self.tz, self.local),
             };
             let card = ScriptCard {
                 status: c.status,
@@ -188,9 +187,9 @@ impl<'a> Evaluator<'a> {
                 .collect();
             let history = ScriptHistory {
                 now_ms: self.now_ms,
-                events: c.activity.snapshot(),
+                events: p.history_reads.activity.then(|| c.activity.snapshot()),
                 windows,
-                countries: c.countries_seen.into(),
+                countries: p.history_reads.countries.then(|| c.countries_seen.into()),
             };
             self.scripts = Some(ScriptInputs::new(txn, card, history, p.lists.clone()));
         }

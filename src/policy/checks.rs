@@ -35,6 +35,7 @@ pub(super) fn compile_rule(
         |key: &'static str, v: &Option<serde_norway::Value>, cx: &mut Ctx<'_>| -> Option<Cond> {
             let v = v.as_ref()?;
             if let serde_norway::Value::String(expr) = v {
+                cx.history_reads.add(script::HistoryReads::of(expr));
                 match script::history_windows_in(expr) {
                     Ok(lengths) => cx.history_lengths.extend(lengths),
                     Err(e) => {
@@ -378,6 +379,7 @@ fn script_check(
         }
     };
     hasher.update(text.as_bytes());
+    cx.history_reads.add(script::HistoryReads::of(&text));
     match script::history_windows_in(&text) {
         Ok(lengths) => cx.history_lengths.extend(lengths),
         Err(e) => {
@@ -443,6 +445,39 @@ mod tests {
             Check::Velocity(v) => v.key,
             _ => panic!("a velocity rule"),
         }
+    }
+
+    fn compile_with_script(when: &str, script: &'static str) -> crate::policy::CompiledPolicy {
+        let yaml = format!(
+            "policy: p\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: w\n    when: '{when}'\n    flag: true\n  - id: s\n    script: s.rhai\n"
+        );
+        crate::policy::compile_policy(
+            Path::new("t.yaml"),
+            &yaml,
+            Arc::new(crate::money::FxTable::default()),
+            &|_| Ok(script.to_string()),
+        )
+        .unwrap()
+    }
+
+    /// Decisions copy a card's activity log for scripts only when some code of the policy
+    /// (a `when:` expression or a script file) could read it.
+    #[test]
+    fn a_policy_reads_the_activity_log_only_when_its_code_names_seen_merchant() {
+        let neither = compile_with_script("txn.amount > 5.to_decimal()", "pass()");
+        assert!(neither.uses_rhai && !neither.history_reads.activity);
+        assert!(!neither.history_reads.countries);
+        let in_when = compile_with_script("history.seen_merchant(txn.merchant_id)", "pass()");
+        assert!(in_when.history_reads.activity && !in_when.history_reads.countries);
+        let in_script = compile_with_script(
+            "txn.amount > 5.to_decimal()",
+            "if history.seen_merchant(txn.merchant_id) { pass() } else { flag(\"new\") }",
+        );
+        assert!(in_script.history_reads.activity);
+        assert_eq!(
+            in_script.without_scripts().history_reads,
+            script::HistoryReads::default()
+        );
     }
 
     const RULE: &str = "policy: p\ncurrency: USD\ntimezone: UTC\nrules:\n  - id: daily\n    when: { mcc: [\"5411\"] }\n    velocity: { window: 24h, amount_max: 100.00 }\n";

@@ -29,6 +29,8 @@ pub(super) struct Ctx<'a> {
     pub(super) rule_ids: Vec<String>,
     /// Lengths of the rolling windows the policy's Rhai code reads through `history`.
     pub(super) history_lengths: BTreeSet<i64>,
+    /// What of a card's history its Rhai code may read beyond the windows.
+    pub(super) history_reads: super::script::HistoryReads,
 }
 
 impl Ctx<'_> {
@@ -118,6 +120,7 @@ fn compile_policy_text(
         errors: Vec::new(),
         rule_ids: Vec::new(),
         history_lengths: BTreeSet::new(),
+        history_reads: Default::default(),
     };
     // Anchors and aliases are refused outright (named lists do their job), so a
     // "billion laughs" file fails fast; serde_norway's own expansion bound backs this up.
@@ -342,6 +345,7 @@ fn compile_policy_text(
         fx,
         uses_rhai,
         history_windows,
+        history_reads: cx.history_reads,
         source: Arc::default(),
     })
 }

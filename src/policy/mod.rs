@@ -233,6 +233,9 @@ pub struct CompiledPolicy {
     /// Rolling windows the policy's Rhai code reads through `history.count/sum/declined`,
     /// kept as real velocity windows of each card so the answers are exact.
     pub history_windows: Vec<HistoryWindow>,
+    /// What of a card's history (beyond `history_windows`) its Rhai code may read: a
+    /// decision copies only that for its scripts.
+    pub history_reads: script::HistoryReads,
     /// What this version was compiled from.
     pub source: Arc<PolicySource>,
 }
@@ -275,6 +278,7 @@ impl CompiledPolicy {
         let mut p = self.clone();
         p.rules.retain(|r| !r.uses_rhai());
         p.uses_rhai = false;
+        p.history_reads = script::HistoryReads::default();
         p.version = format!("{}-noscripts", self.version);
         p
     }

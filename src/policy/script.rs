@@ -58,10 +58,40 @@ pub struct ScriptTxn {
     pub merchant_id: ImmutableString,
     pub merchant_name: ImmutableString,
     pub location: Option<(f64, f64)>,
-    pub local_hour: i64,
-    pub local_minute: i64,
-    /// ISO weekday, Monday = 1.
-    pub weekday: i64,
+    pub local: LocalTime,
+}
+
+/// The decision's time in the policy's time zone, worked out on first use: most scripts
+/// never ask, and the zone's lookup is a good part of building a script's inputs.
+#[derive(Debug, Clone)]
+pub struct LocalTime {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub tz: chrono_tz::Tz,
+    /// (minute of the day, ISO weekday with Monday = 1), once known.
+    pub known: Option<(u16, u8)>,
+}
+
+impl LocalTime {
+    /// `known` is what the caller already worked out for this time and zone, if anything.
+    pub fn new(
+        at: chrono::DateTime<chrono::Utc>,
+        tz: chrono_tz::Tz,
+        known: Option<(u16, u8)>,
+    ) -> LocalTime {
+        LocalTime { at, tz, known }
+    }
+
+    /// (minute of the day, ISO weekday with Monday = 1).
+    pub fn get(&mut self) -> (u16, u8) {
+        *self.known.get_or_insert_with(|| {
+            use chrono::{Datelike, Timelike};
+            let l = self.at.with_timezone(&self.tz);
+            (
+                (l.hour() * 60 + l.minute()) as u16,
+                l.weekday().number_from_monday() as u8,
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,11 +112,14 @@ pub struct ScriptCard {
 #[derive(Debug, Clone)]
 pub struct ScriptHistory {
     pub now_ms: i64,
-    pub events: Arc<[Activity]>,
+    /// The card's recent decisions, copied only for a policy whose code may call
+    /// `seen_merchant` (see [`HistoryReads`]).
+    pub events: Option<Arc<[Activity]>>,
     /// (window length, approved totals, declined totals) for each declared window.
     pub windows: Arc<[(i64, Totals, Totals)]>,
     /// The newest approval in each country.
-    pub countries: Arc<[(Country, i64)]>,
+    /// Copied only for a policy whose code may call `countries` (see [`HistoryReads`]).
+    pub countries: Option<Arc<[(Country, i64)]>>,
 }
 
 impl ScriptHistory {
@@ -107,6 +140,38 @@ impl ScriptHistory {
                 format!("history window `{window}` is not declared: pass it as a string literal")
                     .into()
             })
+    }
+}
+
+/// Which parts of a card's history a policy's Rhai code may read beyond its declared
+/// windows: a decision copies each only for code that could ask for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryReads {
+    /// The activity log (`history.seen_merchant`).
+    pub activity: bool,
+    /// The newest approval per country (`history.countries`).
+    pub countries: bool,
+}
+
+impl HistoryReads {
+    /// What Rhai source may read: a method it names, or anything at all once it builds a
+    /// function pointer (`Fn(...)`), through which a name could be put together at run
+    /// time. Conservative: a false yes only costs a copy.
+    pub fn of(src: &str) -> HistoryReads {
+        let b = src.as_bytes();
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let pointer = src
+            .match_indices("Fn")
+            .any(|(i, _)| (i == 0 || !ident(b[i - 1])) && b.get(i + 2).is_none_or(|&c| !ident(c)));
+        HistoryReads {
+            activity: pointer || src.contains("seen_merchant"),
+            countries: pointer || src.contains("countries"),
+        }
+    }
+
+    pub fn add(&mut self, other: HistoryReads) {
+        self.activity |= other.activity;
+        self.countries |= other.countries;
     }
 }
 
@@ -266,9 +331,13 @@ fn build_engine(allow_loops: bool) -> Engine {
             t.location
                 .map_or(Dynamic::UNIT, |l| Dynamic::from_float(l.1))
         })
-        .register_get("local_hour", |t: &mut ScriptTxn| t.local_hour)
-        .register_get("local_minute", |t: &mut ScriptTxn| t.local_minute)
-        .register_get("weekday", |t: &mut ScriptTxn| t.weekday);
+        .register_get("local_hour", |t: &mut ScriptTxn| {
+            i64::from(t.local.get().0 / 60)
+        })
+        .register_get("local_minute", |t: &mut ScriptTxn| {
+            i64::from(t.local.get().0 % 60)
+        })
+        .register_get("weekday", |t: &mut ScriptTxn| i64::from(t.local.get().1));
     e.register_type_with_name::<ScriptCard>("Card")
         .register_get("status", |c: &mut ScriptCard| status_name(c.status))
         .register_get("currency", |c: &mut ScriptCard| {
@@ -316,14 +385,24 @@ fn build_engine(allow_loops: bool) -> Engine {
             "countries",
             |h: &mut ScriptHistory, w: &str| -> Result<i64, Box<EvalAltResult>> {
                 let start = h.now_ms - ScriptHistory::length(w)? + 1;
-                Ok(h.countries.iter().filter(|(_, at)| *at >= start).count() as i64)
+                // Never met: `HistoryReads` says yes to any code that could get here.
+                let countries = h.countries.as_ref().ok_or_else(|| {
+                    Box::<EvalAltResult>::from("history.countries: the countries were not loaded")
+                })?;
+                Ok(countries.iter().filter(|(_, at)| *at >= start).count() as i64)
             },
         )
         .register_fn(
             "seen_merchant",
-            |h: &mut ScriptHistory, merchant: &str| -> bool {
+            |h: &mut ScriptHistory, merchant: &str| -> Result<bool, Box<EvalAltResult>> {
+                // Never met: `HistoryReads` says yes to any code that could get here.
+                let events = h.events.as_ref().ok_or_else(|| {
+                    Box::<EvalAltResult>::from(
+                        "history.seen_merchant: the activity log was not loaded",
+                    )
+                })?;
                 let k = crate::velocity::key_hash(&[merchant.as_bytes()]);
-                h.events.iter().any(|a| a.approved && a.merchant == k)
+                Ok(events.iter().any(|a| a.approved && a.merchant == k))
             },
         );
     e.register_type_with_name::<ScriptLists>("Lists")
@@ -434,5 +513,122 @@ impl ScriptInputs {
         let v = r.map_err(|e| e.to_string())?;
         v.as_bool()
             .map_err(|t| format!("condition must be true or false, got {t}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn inputs(local: LocalTime, events: Option<Arc<[Activity]>>) -> ScriptInputs {
+        ScriptInputs::new(
+            ScriptTxn {
+                amount: Decimal::ONE,
+                original_amount: Decimal::ONE,
+                original_currency: Currency::NGN,
+                mcc: Mcc::parse("5411").unwrap(),
+                country: Country::parse("NG").unwrap(),
+                channel: Channel::Pos,
+                txn_type: TxnType::Purchase,
+                merchant_id: "m-1".into(),
+                merchant_name: "Shop".into(),
+                location: None,
+                local,
+            },
+            ScriptCard {
+                status: CardStatus::Active,
+                currency: Currency::NGN,
+                kyc: KycStatus::Verified,
+                available: None,
+                last_location: None,
+                minutes_since_last: None,
+            },
+            ScriptHistory {
+                now_ms: 0,
+                events,
+                windows: Arc::from(Vec::new()),
+                countries: None,
+            },
+            ScriptLists::default(),
+        )
+    }
+
+    #[test]
+    fn code_that_could_read_the_log_or_the_countries_is_said_to() {
+        let reads = |activity, countries| HistoryReads {
+            activity,
+            countries,
+        };
+        assert_eq!(
+            HistoryReads::of("history.seen_merchant(txn.merchant_id)"),
+            reads(true, false)
+        );
+        assert_eq!(
+            HistoryReads::of(r#"history.countries("24h") > 2"#),
+            reads(false, true)
+        );
+        // A name put together at run time needs a function pointer: anything may be read.
+        assert_eq!(
+            HistoryReads::of(r#"let f = Fn("seen_" + "merchant"); history.call(f, "m-1")"#),
+            reads(true, true)
+        );
+        assert_eq!(HistoryReads::of("let f=Fn(\"x\");"), reads(true, true));
+        assert_eq!(
+            HistoryReads::of(r#"history.count("1h") < 5 && txn.amount > 100.to_decimal()"#),
+            reads(false, false)
+        );
+        assert_eq!(
+            HistoryReads::of("let myFn = 1; let Fnord = 2; myFn + Fnord"),
+            reads(false, false)
+        );
+    }
+
+    #[test]
+    fn local_time_getters_read_the_policy_zone_once_asked() {
+        // Monday 23:30 UTC is Tuesday 00:30 in Lagos (UTC+1).
+        let at = chrono::Utc.with_ymd_and_hms(2026, 1, 5, 23, 30, 0).unwrap();
+        let mut i = inputs(LocalTime::new(at, chrono_tz::Africa::Lagos, None), None);
+        let ast =
+            compile_condition("txn.local_hour == 0 && txn.local_minute == 30 && txn.weekday == 2")
+                .unwrap();
+        assert_eq!(i.run_condition(&ast), Ok(true));
+        // What the decision already worked out is used as is.
+        let mut i = inputs(
+            LocalTime::new(at, chrono_tz::Africa::Lagos, Some((13 * 60 + 5, 5))),
+            None,
+        );
+        let ast =
+            compile_condition("txn.local_hour * 100 + txn.local_minute + txn.weekday * 10000")
+                .unwrap();
+        let r = engine(false)
+            .eval_ast_with_scope::<i64>(&mut i.scope, &ast)
+            .unwrap();
+        assert_eq!(r, 51_305);
+    }
+
+    #[test]
+    fn history_not_loaded_is_an_error_never_a_false_no() {
+        let at = chrono::Utc.with_ymd_and_hms(2026, 1, 5, 12, 0, 0).unwrap();
+        let countries = compile_condition(r#"history.countries("24h") == 0"#).unwrap();
+        let mut i = inputs(LocalTime::new(at, chrono_tz::UTC, None), None);
+        let e = i.run_condition(&countries).unwrap_err();
+        assert!(e.contains("countries were not loaded"), "{e}");
+        let ast = compile_condition(r#"history.seen_merchant("m-1")"#).unwrap();
+        let mut i = inputs(LocalTime::new(at, chrono_tz::UTC, None), None);
+        let e = i.run_condition(&ast).unwrap_err();
+        assert!(e.contains("activity log was not loaded"), "{e}");
+        let seen = Activity {
+            at_ms: 0,
+            amount: Decimal::ONE,
+            approved: true,
+            country: Country::parse("NG").unwrap(),
+            merchant: crate::velocity::key_hash(&[b"m-1"]),
+        };
+        let mut i = inputs(
+            LocalTime::new(at, chrono_tz::UTC, None),
+            Some(Arc::from(vec![seen])),
+        );
+        assert_eq!(i.run_condition(&ast), Ok(true));
     }
 }
