@@ -215,23 +215,15 @@ impl RhaiFive {
     /// with the one window it reads.
     pub fn inputs(&self) -> spendgate::policy::script::ScriptInputs {
         use spendgate::policy::script::{
-            LocalTime, ScriptCard, ScriptHistory, ScriptInputs, ScriptLists, ScriptTxn,
+            LocalTime, ScriptCard, ScriptHistory, ScriptInputs, ScriptLists,
         };
         let t = &self.txn;
         ScriptInputs::new(
-            ScriptTxn {
-                amount: t.amount,
-                original_amount: t.amount,
-                original_currency: t.currency,
-                mcc: t.merchant.mcc,
-                country: t.merchant.country,
-                channel: t.channel,
-                txn_type: t.txn_type,
-                merchant_id: t.merchant.id.as_str().into(),
-                merchant_name: t.merchant.name.as_str().into(),
-                location: t.merchant.location.map(|l| (l.lat, l.lon)),
-                local: LocalTime::new(self.now, chrono_tz::Africa::Lagos, None),
-            },
+            spendgate::decision::script_txn(
+                t,
+                t.amount,
+                LocalTime::new(self.now, chrono_tz::Africa::Lagos, None),
+            ),
             ScriptCard {
                 status: spendgate::decision::CardStatus::Active,
                 currency: Currency::NGN,

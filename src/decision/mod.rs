@@ -11,6 +11,7 @@ mod types;
 // The vocabulary lives in `domain`; re-exported so `decision::Country` etc. still read well.
 pub use crate::domain::*;
 pub use engine::decide;
+pub use rules::script_txn;
 pub use trace::{
     velocity_reset, Detail, RuleRef, TraceEntry, TraceLine, TraceOutcome, VelocityReset,
 };

@@ -39,6 +39,23 @@ pub(super) struct Evaluator<'a> {
     scripts: Option<ScriptInputs>,
 }
 
+/// A transaction as scripts see it (`amount` in the policy currency).
+pub fn script_txn(t: &Authorization, amount: Decimal, local: LocalTime) -> ScriptTxn {
+    ScriptTxn {
+        amount,
+        original_amount: t.amount,
+        original_currency: t.currency,
+        mcc: t.merchant.mcc,
+        country: t.merchant.country,
+        channel: t.channel,
+        txn_type: t.txn_type,
+        merchant_id: t.merchant.id.as_str().into(),
+        merchant_name: t.merchant.name.as_str().into(),
+        location: t.merchant.location.map(|l| (l.lat, l.lon)),
+        local,
+    }
+}
+
 impl<'a> Evaluator<'a> {
     pub(super) fn new(
         card: &'a CardView<'a>,
@@ -150,21 +167,9 @@ impl<'a> Evaluator<'a> {
 
     fn script_inputs(&mut self, p: &CompiledPolicy) -> &mut ScriptInputs {
         if self.scripts.is_none() {
-            let t = self.txn;
             let c = self.card;
-            let txn = ScriptTxn {
-                amount: self.amount,
-                original_amount: t.amount,
-                original_currency: t.currency,
-                mcc: t.merchant.mcc,
-                country: t.merchant.country,
-                channel: t.channel,
-                txn_type: t.txn_type,
-                merchant_id: t.merchant.id.as_str().into(),
-                merchant_name: t.merchant.name.as_str().into(),
-                location: t.merchant.location.map(|l| (l.lat, l.lon)),
-                local: LocalTime::new(self.now, self.tz, self.local),
-            };
+            let local = LocalTime::new(self.now, self.tz, self.local);
+            let txn = script_txn(self.txn, self.amount, local);
             let card = ScriptCard {
                 status: c.status,
                 currency: c.currency,
