@@ -179,15 +179,22 @@ fn a_takeover_waits_for_the_old_owners_batch_in_flight() {
     // The old owner's batch has proven its lease (and holds the lease row) when the
     // lease expires; a takeover must wait for that batch, never commit beside it.
     let mut db = spendgate::store::postgres::connect(&url).unwrap();
-    let slow = std::thread::spawn(move || {
-        let writes = [program("in flight")];
-        // Writes are read after the fence check: a batch slower than the lease.
-        let slow_writes = std::iter::once(()).flat_map(|()| {
-            std::thread::sleep(Duration::from_millis(700));
-            writes.iter()
-        });
-        let r = spendgate::store::commit(&mut db, Some(&old), slow_writes);
-        (r, Instant::now())
+    // When the batch's writes were handed over: the batch had not committed before.
+    // (Not when `commit` returned: on a busy machine the new owner may take the lease
+    // between the old batch's commit and that thread's next look at the clock.)
+    let written_at = Arc::new(std::sync::Mutex::new(None));
+    let slow = std::thread::spawn({
+        let written_at = written_at.clone();
+        move || {
+            let writes = [program("in flight")];
+            // Writes are read after the fence check: a batch slower than the lease.
+            let slow_writes = std::iter::once(()).flat_map(|()| {
+                std::thread::sleep(Duration::from_millis(700));
+                *written_at.lock().unwrap() = Some(Instant::now());
+                writes.iter()
+            });
+            spendgate::store::commit(&mut db, Some(&old), slow_writes)
+        }
     });
     std::thread::sleep(Duration::from_millis(300));
     let mut second = LeaseClient::connect(&url, "second", "http://127.0.0.1:2", 200, 1).unwrap();
@@ -198,11 +205,15 @@ fn a_takeover_waits_for_the_old_owners_batch_in_flight() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (commit, committed_at) = slow.join().unwrap();
+    let commit = slow.join().unwrap();
     assert!(commit.is_ok(), "{commit:?}");
     assert_eq!(taken.epoch, 2);
+    let written_at = written_at
+        .lock()
+        .unwrap()
+        .expect("the batch's writes were read");
     assert!(
-        taken_at >= committed_at,
+        taken_at > written_at,
         "the lease moved while the old owner's batch was still in flight"
     );
     let ids = program_ids(&url);
