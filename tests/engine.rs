@@ -83,6 +83,29 @@ fn auth_now(e: &Engine, t: &Authorization) -> AuthorizationResponse {
     serde_json::from_str(&a.json).unwrap()
 }
 
+/// Memory keeps an authorization's answer as its compact record and renders it again for
+/// a retry: the retry must get the very bytes first sent, approvals and declines with
+/// their trace alike (and text that JSON escapes).
+#[test]
+fn a_retried_authorization_gets_the_bytes_first_sent() {
+    let (e, card) = setup(Currency::NGN, "100000.00");
+    let mut approve = txn("r-ok", &card, "1500.00", "NGN");
+    approve.merchant.name = "Shop \"Lekki\" \\ Ikeja".into();
+    let mut gamble = txn("r-gamble", &card, "30.00", "NGN");
+    gamble.merchant.mcc = Mcc::parse("7995").unwrap();
+    let ctx = AuthContext::default();
+    for t in [&approve, &gamble] {
+        let first = at(t0(), || e.authorize(t, &ctx).unwrap().wait());
+        let again = at(t0() + Duration::seconds(5), || {
+            e.authorize(t, &ctx).unwrap().wait()
+        });
+        assert!(again.replayed && !first.replayed);
+        assert_eq!(&*again.json, &*first.json, "byte for byte");
+    }
+    let declined = at(t0(), || e.authorize(&gamble, &ctx).unwrap().wait());
+    assert!(!declined.approved && declined.json.contains("\"trace\":[{"));
+}
+
 #[test]
 fn embedded_tests_of_shipped_rules_pass() {
     for (name, p) in rules().policies {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::decision_record;
-use super::idempotency::{authorization_digest, RequestDigest};
+use super::idempotency::{authorization_digest, Kept, RequestDigest};
 use super::responses::{authorization_response, step_decline, AuthorizationResponse};
 use super::{Engine, Pending, Rejection};
 use crate::decision::{Authorization, DecisionSummary, TraceLine};
@@ -65,7 +65,8 @@ impl Engine {
         let json = || serde_json::to_vec(txn).unwrap_or_default();
         let request = decision_record::request_bytes(txn);
         let digest = RequestDigest::new(&request, &json);
-        let pending = self.idempotent_digest("authorization", &key, &digest, || {
+        let card_id = Some(txn.card_id.as_str());
+        let pending = self.idempotent_digest("authorization", &key, &digest, card_id, || {
             let Ok(card) = self.card_for(ctx.tenant, &txn.card_id) else {
                 let r = step_decline(
                     txn,
@@ -219,7 +220,7 @@ impl Engine {
             "authorization",
             &key,
             &hash,
-            json.clone(),
+            Kept::Json(json.clone()),
             seq,
             self.durable_seq(),
         );

@@ -19,9 +19,44 @@ enum Entry {
     },
     Done {
         hash: String,
-        response: Arc<str>,
+        response: Kept,
         seq: u64,
     },
+}
+
+/// A finished answer as memory keeps it.
+#[derive(Debug, Clone)]
+pub enum Kept {
+    /// The response as sent.
+    Json(Arc<str>),
+    /// An authorization's answer record (the bytes its decision row stores, less than
+    /// half its JSON) and card: a replay renders the same JSON again, byte for byte, from
+    /// these and the authorization id in the key (`program/authorization id`).
+    Decision {
+        card_id: Box<str>,
+        answer: Arc<[u8]>,
+    },
+}
+
+impl Kept {
+    fn render(&self, key: &str) -> Arc<str> {
+        match self {
+            Kept::Json(j) => j.clone(),
+            Kept::Decision { card_id, answer } => {
+                let auth_id = key.split_once('/').map_or(key, |(_, a)| a);
+                super::decision_record::response_of_answer(auth_id, card_id, answer)
+                    .expect("an answer record this process encoded decodes")
+                    .into()
+            }
+        }
+    }
+}
+
+/// What `begin_or_wait` found, before a kept answer is rendered (outside the map's lock).
+enum Found {
+    Go,
+    Replay(Kept, u64),
+    Conflict,
 }
 
 pub enum Begin {
@@ -203,7 +238,7 @@ impl Idempotency {
                     .entry((scope, key.to_string()))
                     .or_insert(Entry::Done {
                         hash: h,
-                        response: response.into(),
+                        response: Kept::Json(response.into()),
                         seq: 0,
                     });
                 self.order.lock().push_back(((scope, key.to_string()), 0));
@@ -234,7 +269,14 @@ impl Idempotency {
             self.waiting
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
-        r
+        match r {
+            Found::Go => Begin::Go,
+            Found::Replay(kept, seq) => Begin::Replay {
+                response: kept.render(key),
+                seq,
+            },
+            Found::Conflict => Begin::Conflict,
+        }
     }
 
     fn begin_or_wait(
@@ -244,7 +286,7 @@ impl Idempotency {
         hash: &str,
         same: &dyn Fn(&str) -> bool,
         waited: &mut bool,
-    ) -> Begin {
+    ) -> Found {
         let deadline = Instant::now() + IN_FLIGHT_WAIT_MAX;
         // Held while the entry is looked at, so a finish between the look and the wait
         // cannot be missed (it notifies under this lock, after changing the map).
@@ -255,7 +297,7 @@ impl Idempotency {
                     v.insert(Entry::InFlight {
                         hash: hash.to_string(),
                     });
-                    return Begin::Go;
+                    return Found::Go;
                 }
                 dashmap::Entry::Occupied(o) => match o.get() {
                     Entry::Done {
@@ -264,15 +306,12 @@ impl Idempotency {
                         seq,
                     } => {
                         return if same(h) {
-                            Begin::Replay {
-                                response: response.clone(),
-                                seq: *seq,
-                            }
+                            Found::Replay(response.clone(), *seq)
                         } else {
-                            Begin::Conflict
+                            Found::Conflict
                         };
                     }
-                    Entry::InFlight { hash: h } if !same(h) => return Begin::Conflict,
+                    Entry::InFlight { hash: h } if !same(h) => return Found::Conflict,
                     Entry::InFlight { .. } => {}
                 },
             }
@@ -287,7 +326,7 @@ impl Idempotency {
             };
             let now = Instant::now();
             if now > deadline {
-                return Begin::Conflict;
+                return Found::Conflict;
             }
             self.settled.wait_for(g, deadline - now);
         }
@@ -300,7 +339,7 @@ impl Idempotency {
         scope: &'static str,
         key: &str,
         hash: &str,
-        response: Arc<str>,
+        response: Kept,
         seq: u64,
         durable_seq: u64,
     ) {
@@ -350,12 +389,12 @@ impl Idempotency {
     }
 
     /// Restores a completed key from the store (newest last; the bound applies).
-    pub fn restore(&self, scope: &'static str, key: String, hash: String, response: String) {
+    pub fn restore(&self, scope: &'static str, key: String, hash: String, response: Kept) {
         self.map.insert(
             (scope, key.clone()),
             Entry::Done {
                 hash,
-                response: response.into(),
+                response,
                 seq: 0,
             },
         );
@@ -387,15 +426,18 @@ impl super::Engine {
     ) -> Result<Pending<Arc<str>>, Rejection> {
         let json = || serde_json::to_vec(request).unwrap_or_default();
         let digest = RequestDigest::new(&json(), &json);
-        self.idempotent_digest(scope, key, &digest, op)
+        self.idempotent_digest(scope, key, &digest, None, op)
     }
 
     /// `idempotent` for a request already digested (an authorization's compact form).
+    /// With `card_id`, an answer that is a decision record stays in memory as that record
+    /// (see [`Kept::Decision`]).
     pub(super) fn idempotent_digest<R: serde::Serialize>(
         &self,
         scope: &'static str,
         key: &str,
         digest: &RequestDigest,
+        card_id: Option<&str>,
         op: impl FnOnce() -> Result<(R, Vec<Write>, Option<super::CardGuard>), Rejection>,
     ) -> Result<Pending<Arc<str>>, Rejection> {
         if key.is_empty() || key.len() > KEY_LEN_MAX {
@@ -431,8 +473,18 @@ impl super::Engine {
         writes.extend(events);
         // A decision's record holds its answer and its request (the hash is derived from
         // it): one row, not two. Every other operation gets an idempotency row.
-        let recorded = writes.iter().any(|w| matches!(w, Write::Decision(_)));
-        if !recorded {
+        let record = writes.iter().find_map(|w| match w {
+            Write::Decision(d) => Some(&d.answer),
+            _ => None,
+        });
+        let kept = match (card_id, record) {
+            (Some(card_id), Some(answer)) => Kept::Decision {
+                card_id: card_id.into(),
+                answer: answer.as_slice().into(),
+            },
+            _ => Kept::Json(json.clone()),
+        };
+        if record.is_none() {
             writes.push(Write::Idempotency {
                 scope,
                 key: key.to_string(),
@@ -443,7 +495,7 @@ impl super::Engine {
         }
         let seq = self.persist(writes);
         self.idem
-            .finish(scope, key, hash, json.clone(), seq, self.durable_seq());
+            .finish(scope, key, hash, kept, seq, self.durable_seq());
         std::mem::forget(in_flight);
         // The card's lock was held until its writes were queued: commit order for one
         // card equals the order its state changed in memory.
@@ -495,8 +547,18 @@ mod tests {
         let same = br#"{"card_id":"c1","amount":"5.00"}"#.to_vec();
         let other = br#"{"card_id":"c1","amount":"6.00"}"#.to_vec();
         // As a store written before BLAKE3 digests holds it: SHA-256 of the JSON.
-        idem.restore("fund", "k".into(), request_hash(&same), "answer".into());
-        idem.restore("fund", "k2".into(), request_hash(&same), "answer".into());
+        idem.restore(
+            "fund",
+            "k".into(),
+            request_hash(&same),
+            Kept::Json("answer".into()),
+        );
+        idem.restore(
+            "fund",
+            "k2".into(),
+            request_hash(&same),
+            Kept::Json("answer".into()),
+        );
         let same_json = || same.clone();
         let other_json = || other.clone();
         let retry = RequestDigest::new(&same, &same_json);
@@ -555,7 +617,7 @@ mod tests {
                 std::thread::yield_now();
             }
             if finish {
-                idem.finish("fund", &key, "h", "answer".into(), 1, 1);
+                idem.finish("fund", &key, "h", Kept::Json("answer".into()), 1, 1);
             } else {
                 idem.abort("fund", &key);
             }

@@ -9,10 +9,11 @@ use rust_decimal::Decimal;
 
 use super::decision_record;
 use super::effects::CodecError;
+use super::idempotency::Kept;
 use super::responses::ReversalResponse;
 use super::{auth_key, holder_key, Engine, Rejection};
 use crate::domain::VelocityScope;
-use crate::store::Snapshot;
+use crate::store::{Snapshot, StoredDecision};
 
 /// Idempotency scopes restored from the store.
 const SCOPES: [&str; 14] = [
@@ -162,11 +163,20 @@ impl Engine {
             if replayed > answers_from {
                 // A retried authorization replays its stored answer after a restart too.
                 let program = self.card_program(&d.card_id).unwrap_or_default();
+                // A record stays a record (no JSON rendered at start); legacy rows kept
+                // their JSON.
+                let kept = match &s.decisions[i] {
+                    StoredDecision::Record { answer, .. } => Kept::Decision {
+                        card_id: d.card_id.as_str().into(),
+                        answer: answer.as_slice().into(),
+                    },
+                    StoredDecision::Legacy(_) => Kept::Json(d.response().into()),
+                };
                 self.idem.restore(
                     "authorization",
                     auth_key(&program, &d.auth_id),
                     d.request_hash(),
-                    d.response(),
+                    kept,
                 );
             }
             let Some(card) = self.card(&d.card_id) else {
@@ -213,7 +223,8 @@ impl Engine {
         }
         for (scope, key, hash, response) in s.idempotency {
             if let Some(sc) = SCOPES.iter().find(|x| **x == scope) {
-                self.idem.restore(sc, key, hash, response);
+                self.idem
+                    .restore(sc, key, hash, Kept::Json(response.into()));
             }
         }
         self.arm_alerts();

@@ -249,25 +249,7 @@ impl DecodedDecision {
     pub fn response(&self) -> String {
         match &self.source {
             Source::Record { request, answer } => {
-                let a = answer;
-                let r = AuthorizationResponse {
-                    authorization_id: request.id.clone(),
-                    card_id: request.card_id.clone(),
-                    approved: a.approved,
-                    response_code: a.response_code.clone(),
-                    reason: a.reason.clone(),
-                    rule: a.rule.clone(),
-                    amount_approved: a.amount_approved.clone(),
-                    currency: a.currency,
-                    fx_rate: a.fx_rate.clone(),
-                    available_after: a.available_after.clone(),
-                    flags: a.flags.clone(),
-                    score: a.score,
-                    policy_version: a.policy_version.clone(),
-                    trace: a.trace.clone(),
-                    latency_us: a.latency_us,
-                };
-                serde_json::to_string(&r).unwrap_or_default()
+                answer_json(&request.id, &request.card_id, answer.as_ref().clone())
             }
             Source::Legacy(l) => l.response.clone(),
         }
@@ -301,6 +283,38 @@ impl DecodedDecision {
             },
         }
     }
+}
+
+/// An authorization's answer, serialized exactly as it was sent, from its answer record
+/// (`DecisionWrite::answer`) and the two ids the record leaves to the request.
+pub fn response_of_answer(
+    auth_id: &str,
+    card_id: &str,
+    answer: &[u8],
+) -> Result<String, CodecError> {
+    let a: Answer = unframed("answer", ANSWER_FORMAT, answer)?;
+    Ok(answer_json(auth_id, card_id, a))
+}
+
+fn answer_json(auth_id: &str, card_id: &str, a: Answer) -> String {
+    let r = AuthorizationResponse {
+        authorization_id: auth_id.to_string(),
+        card_id: card_id.to_string(),
+        approved: a.approved,
+        response_code: a.response_code,
+        reason: a.reason,
+        rule: a.rule,
+        amount_approved: a.amount_approved,
+        currency: a.currency,
+        fx_rate: a.fx_rate,
+        available_after: a.available_after,
+        flags: a.flags,
+        score: a.score,
+        policy_version: a.policy_version,
+        trace: a.trace,
+        latency_us: a.latency_us,
+    };
+    serde_json::to_string(&r).unwrap_or_default()
 }
 
 #[derive(Serialize)]
