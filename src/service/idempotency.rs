@@ -95,7 +95,8 @@ impl Default for Idempotency {
     }
 }
 
-/// Default number of answers kept in memory (≈ 1.2 KB each for authorizations).
+/// Default number of answers kept in memory (an authorization's as its record: README,
+/// Memory per card).
 pub const IDEMPOTENCY_ENTRIES_DEFAULT: usize = 500_000;
 
 /// SHA-256 of `bytes`, as lowercase hex: how answers stored before [`RequestDigest`]
