@@ -414,3 +414,115 @@ fn after_a_restart_a_retried_authorization_replays_once_stored_ids_are_indexed()
     let (_client, fence) = lease(&url, "owner", 60_000);
     common::ops::retries_replay_after_a_restart(|| open_pg(&url, fence.clone()));
 }
+
+/// Runs `f` on a thread; `None` when it has not finished within `within` (it is left
+/// running: the caller must release what it waits on, then may join `handle`).
+fn finishes_within<T: Send + 'static>(
+    within: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (std::sync::mpsc::Receiver<T>, Option<T>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let got = rx.recv_timeout(within).ok();
+    (rx, got)
+}
+
+#[test]
+fn an_instance_joining_takes_no_lock_on_the_owners_tables() {
+    use spendgate::store::sql::Db;
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let (_first, _fence) = lease(&url, "first", 5_000);
+    // The owner's batch is open: it has written a decision (a table with indexes) and
+    // not committed yet.
+    let mut owner = spendgate::store::postgres::connect(&url).unwrap();
+    // (One simple query, sent now: a transaction's statements would be queued.)
+    owner
+        .batch(
+            "BEGIN; INSERT INTO decision_log (auth_hash, card_hash, answer, body)
+             VALUES (1, 2, 'a', 'b')",
+        )
+        .unwrap();
+    // Another instance starts on the same (current) schema: it must neither wait for
+    // that batch nor hold anything the batch will wait for.
+    let joining_url = url.clone();
+    let (rx, joined) = finishes_within(Duration::from_secs(5), move || {
+        LeaseClient::connect(&joining_url, "second", "http://127.0.0.1:2", 5_000, 1)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    owner.batch("COMMIT").unwrap();
+    let waited = joined.is_none();
+    let joined = joined.unwrap_or_else(|| rx.recv().unwrap());
+    assert!(joined.is_ok(), "{joined:?}");
+    assert!(
+        !waited,
+        "joining waited for the owner's open batch (it locked the owner's tables)"
+    );
+    let mut check = spendgate::store::postgres::connect(&url).unwrap();
+    let check: &mut dyn Db = &mut check;
+    let decisions: i64 = check
+        .value("SELECT count(*) FROM decision_log", &[])
+        .unwrap();
+    assert_eq!(decisions, 1);
+}
+
+#[test]
+fn a_batch_chosen_as_a_deadlock_victim_is_committed_again() {
+    use spendgate::decision::KycStatus;
+    use spendgate::issuing::Cardholder;
+    use spendgate::store::sql::Db;
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let (_client, fence) = lease(&url, "first", 30_000);
+    let (store, _) = Store::open_postgres(&url, fence).unwrap();
+    // Another session (an operator's, a migration) holds `cardholders`, which the batch
+    // writes second ...
+    let mut other = spendgate::store::postgres::connect(&url).unwrap();
+    other.begin().unwrap();
+    other.batch("LOCK TABLE cardholders IN SHARE MODE").unwrap();
+    let store = Arc::new(store);
+    let batch = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            store.commit(vec![
+                program("p1"),
+                Write::Cardholder(Cardholder {
+                    id: "ch1".into(),
+                    program: "p1".into(),
+                    name: "Ada".into(),
+                    kyc: KycStatus::Verified,
+                    blocked: false,
+                }),
+            ])
+        }
+    });
+    // ... the batch waits for it, holding `programs` ...
+    let mut watching = spendgate::store::postgres::connect(&url).unwrap();
+    let watch: &mut dyn Db = &mut watching;
+    let started = Instant::now();
+    while watch
+        .value::<i64>("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+        .unwrap()
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the batch never waited"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ... and the other session now wants `programs`: a deadlock, whose victim is the
+    // batch (it has waited longer, so its deadlock check runs first).
+    other
+        .batch("LOCK TABLE programs IN SHARE MODE")
+        .expect("the batch, not this session, is the deadlock's victim");
+    other.commit().unwrap();
+    // The batch ran again and committed (before, the store stopped the process).
+    batch.join().unwrap();
+    drop(store);
+    assert_eq!(program_ids(&url), vec!["p1"]);
+    assert_eq!(snapshot_of_postgres(&url).cardholders.len(), 1);
+}

@@ -257,6 +257,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store: postgres: {0}")]
     Postgres(String),
+    /// PostgreSQL rolled the transaction back to break a deadlock or a serialization
+    /// conflict (SQLSTATE 40P01, 40001): nothing of it was written; running it again is
+    /// safe.
+    #[error("store: postgres: {0}")]
+    Conflict(String),
     /// This instance's lease moved to another: it must not write again.
     #[error("store: fenced: {0}")]
     Fenced(String),
@@ -547,6 +552,28 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
+/// How many times in a row a batch the database rolled back (deadlock victim) is run
+/// again before the store stops as for any other failure.
+const CONFLICT_RETRIES_MAX: u32 = 5;
+
+/// Commits a batch; one the database chose as a deadlock's victim wrote nothing and is
+/// run again (its fence is checked again too). Another transaction (a migration, an
+/// operator's session) can always take table locks in an order the writer does not.
+fn commit_retrying(db: &mut dyn Db, fence: Option<&Fence>, jobs: &[Job]) -> Result<(), StoreError> {
+    let mut retries = 0u32;
+    loop {
+        match write::commit_batch(db, fence, jobs) {
+            Err(StoreError::Conflict(why)) if retries < CONFLICT_RETRIES_MAX => {
+                retries += 1;
+                metrics::counter!("spendgate_store_conflict_retries_total").increment(1);
+                tracing::warn!(%why, retries, "the database rolled a batch back; running it again");
+                std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(retries)));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn writer_loop(
     mut db: Box<dyn Db>,
     fence: Option<Fence>,
@@ -569,7 +596,7 @@ fn writer_loop(
             }
         }
         let start = Instant::now();
-        if let Err(e) = write::commit_batch(&mut *db, fence.as_ref(), &jobs) {
+        if let Err(e) = commit_retrying(&mut *db, fence.as_ref(), &jobs) {
             fail_stop(&e.to_string());
         }
         let us = start.elapsed().as_micros() as u64;

@@ -188,7 +188,15 @@ pub fn shard_count(db: &mut dyn Db) -> Result<u32, StoreError> {
 /// Creates the schema (idempotent), one instance at a time; refuses a database a newer
 /// spendgate wrote. On shard 0's connection (the database's own schema) the cluster
 /// tables too; on shard k's, only that shard's tables.
+///
+/// A schema already at [`SCHEMA_VERSION`] is left alone: `CREATE INDEX IF NOT EXISTS`
+/// locks its table (`SHARE`) even when the index exists, so an instance joining a live
+/// cluster would stall the owner's writes and could deadlock with its batch. (So a change
+/// to [`SCHEMA`] or [`CLUSTER_SCHEMA`] bumps the version.)
 pub fn migrate(db: &mut dyn Db, shard: i64) -> Result<(), StoreError> {
+    if is_current(db, shard)? {
+        return Ok(());
+    }
     db.transaction(|db| {
         db.execute(
             "SELECT pg_advisory_xact_lock(?1)",
@@ -215,6 +223,29 @@ pub fn migrate(db: &mut dyn Db, shard: i64) -> Result<(), StoreError> {
         )?;
         Ok(())
     })
+}
+
+/// Whether this connection's own schema (the first on its search path, which a shard's
+/// connection also searches the database's schema behind) already holds this version's
+/// tables, and on shard 0 the cluster's. Reads catalogs and one row: no table lock that
+/// a writer's `ROW EXCLUSIVE` waits for.
+fn is_current(db: &mut dyn Db, shard: i64) -> Result<bool, StoreError> {
+    let wanted: i64 = if shard == 0 { 4 } else { 1 };
+    let present: i64 = db.value(
+        "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()
+         AND (tablename = 'spendgate_schema' OR (?1 AND tablename IN
+             ('spendgate_leases', 'spendgate_cluster', 'spendgate_members')))",
+        super::sql::params![shard == 0],
+    )?;
+    if present < wanted {
+        return Ok(false);
+    }
+    let version: Option<i64> = db.row(
+        "SELECT version FROM spendgate_schema WHERE id = 1",
+        &[],
+        |r| r.get(0),
+    )?;
+    Ok(version == Some(SCHEMA_VERSION))
 }
 
 enum Request {

@@ -464,10 +464,13 @@ impl PgDb {
 
 pub fn pg(e: tokio_postgres::Error) -> StoreError {
     // The server's own message says what happened (`db error` alone does not).
-    StoreError::Postgres(match e.as_db_error() {
-        Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
-    })
+    match e.as_db_error() {
+        Some(d) if matches!(d.code().code(), "40P01" | "40001") => {
+            StoreError::Conflict(format!("{} ({})", d.message(), d.code().code()))
+        }
+        Some(d) => StoreError::Postgres(format!("{} ({})", d.message(), d.code().code())),
+        None => StoreError::Postgres(e.to_string()),
+    }
 }
 
 /// `?N` → `$N` (SQLite's numbered placeholders as PostgreSQL writes them).
