@@ -135,6 +135,23 @@ fn bench_authorize(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same traffic decided on the same cards (as the run above left them) with no
+    // effects: `decide()` plus the card's lookup and lock. What authorize adds beyond it
+    // is applying the effects, the hold, the answer, the record and idempotency.
+    g.bench_function("simulate_mixed_10k_cards", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                now += Duration::milliseconds(10);
+                (mixed_txn(i), now)
+            },
+            |(t, now)| {
+                clock.set(now);
+                e.simulate(&t, None).unwrap().approved
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

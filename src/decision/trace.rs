@@ -368,13 +368,40 @@ impl VelocityReset {
         }
         text.push_str(" at ");
         if let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.at_ms) {
-            let _ = write!(
-                text,
-                "{}",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
+            write_rfc3339_secs(text, t);
         }
     }
+}
+
+/// Appends `t` as `to_rfc3339_opts(SecondsFormat::Secs, true)` writes it
+/// (`2026-12-06T19:40:00Z`), without that call's `String` and formatter: a declined
+/// velocity rule's trace line says when its window frees, and rendering those times was
+/// ≈ 5 % of an in-process authorization (profile of `authorize/mixed_10k_cards`).
+fn write_rfc3339_secs(text: &mut String, t: chrono::DateTime<chrono::Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // chrono writes these with a sign and more digits; rare enough to leave to it.
+        text.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        return;
+    }
+    let mut out = *b"0000-00-00T00:00:00Z";
+    for (at, width, n) in [
+        (0, 4, year as u32),
+        (5, 2, t.month()),
+        (8, 2, t.day()),
+        (11, 2, t.hour()),
+        (14, 2, t.minute()),
+        (17, 2, t.second()),
+    ] {
+        let mut n = n;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    // Only ASCII digits and separators were written.
+    text.push_str(std::str::from_utf8(&out).unwrap_or_default());
 }
 
 /// See [`VelocityReset`]; None when nothing is used.
@@ -405,5 +432,36 @@ pub fn velocity_reset(
             })
         }
         crate::velocity::WindowSpec::Lifetime => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_rfc3339_secs;
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    #[test]
+    fn reset_times_are_written_as_chrono_writes_rfc3339() {
+        let year_ms = 365 * 86_400_000_i64;
+        let mut at_ms = vec![0, 1, 999, 59_999, 86_399_999, -1, -86_400_001];
+        // Every day across a leap year, at odd times, and far past and future years
+        // (0000, 9999, and beyond where chrono's own form is kept).
+        at_ms.extend((0..800).map(|d| 1_704_067_200_000 + d * 86_400_000 + d * 3_723_456));
+        at_ms.extend([
+            -62_167_219_200_000,
+            253_402_300_799_999,
+            253_402_300_800_000,
+        ]);
+        at_ms.extend([-70 * year_ms * 100, 90 * year_ms * 100]);
+        for ms in at_ms {
+            let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+            let mut text = String::from("frees at ");
+            write_rfc3339_secs(&mut text, t);
+            assert_eq!(
+                text,
+                format!("frees at {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                "{ms}"
+            );
+        }
     }
 }
