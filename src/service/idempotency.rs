@@ -345,17 +345,37 @@ impl Idempotency {
         seq: u64,
         durable_seq: u64,
     ) {
-        self.map.insert(
-            (scope, key.to_string()),
-            Entry::Done {
-                hash: hash.to_string(),
-                response,
-                seq,
-            },
-        );
+        let k = (scope, key.to_string());
+        match self.map.get_mut(&k) {
+            // The in-flight entry (as a rule) becomes the answer in place, keeping its
+            // digest's allocation when it is the same: no second key, no re-insert.
+            Some(mut e) => {
+                let hash = match &mut *e {
+                    Entry::InFlight { hash: h } | Entry::Done { hash: h, .. } if h == hash => {
+                        std::mem::take(h)
+                    }
+                    _ => hash.to_string(),
+                };
+                *e = Entry::Done {
+                    hash,
+                    response,
+                    seq,
+                };
+            }
+            None => {
+                self.map.insert(
+                    k.clone(),
+                    Entry::Done {
+                        hash: hash.to_string(),
+                        response,
+                        seq,
+                    },
+                );
+            }
+        }
         self.wake_waiters();
         let mut order = self.order.lock();
-        order.push_back(((scope, key.to_string()), seq));
+        order.push_back((k, seq));
         self.evict_locked(&mut order, durable_seq);
     }
 
