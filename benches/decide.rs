@@ -121,13 +121,15 @@ fn bench_authorize(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
     let mut now = t0();
+    // The next transaction of the stream, 10 ms after the one before.
+    let mut next = || {
+        i += 1;
+        now += Duration::milliseconds(10);
+        (mixed_txn(i), now)
+    };
     g.bench_function("mixed_10k_cards", |b| {
         b.iter_batched(
-            || {
-                i += 1;
-                now += Duration::milliseconds(10);
-                (mixed_txn(i), now)
-            },
+            &mut next,
             |(t, now)| {
                 clock.set(now);
                 e.authorize(&t, &ctx).unwrap().wait().approved
@@ -140,11 +142,7 @@ fn bench_authorize(c: &mut Criterion) {
     // is applying the effects, the hold, the answer, the record and idempotency.
     g.bench_function("simulate_mixed_10k_cards", |b| {
         b.iter_batched(
-            || {
-                i += 1;
-                now += Duration::milliseconds(10);
-                (mixed_txn(i), now)
-            },
+            &mut next,
             |(t, now)| {
                 clock.set(now);
                 e.simulate(&t, None).unwrap().approved
