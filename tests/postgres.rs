@@ -415,8 +415,9 @@ fn after_a_restart_a_retried_authorization_replays_once_stored_ids_are_indexed()
     common::ops::retries_replay_after_a_restart(|| open_pg(&url, fence.clone()));
 }
 
-/// Runs `f` on a thread; `None` when it has not finished within `within` (it is left
-/// running: the caller must release what it waits on, then may join `handle`).
+/// Runs `f` on a thread: its result if it finished within `within`, else `None` (it is
+/// left running: the caller releases what it waits on, then reads the result from the
+/// returned receiver).
 fn finishes_within<T: Send + 'static>(
     within: Duration,
     f: impl FnOnce() -> T + Send + 'static,
