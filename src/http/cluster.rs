@@ -22,26 +22,19 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use super::forward;
 use super::server::{build_state_on, Background};
 use super::{app, AppState, Config, Shared};
 use crate::cluster::balance;
 use crate::cluster::{Fence, Holder, LeaseClient, Renewer};
 use crate::domain::shard::{shard_of_key, shard_of_program};
-
-/// Set on a forwarded request, so an instance that is not the owner either never
-/// forwards it again.
-const FORWARDED: &str = "spendgate-forwarded-by";
-/// The owner's address, on answers from an instance that could not forward.
-const OWNER_HEADER: &str = "spendgate-owner";
-/// Largest body forwarded (the hook routes' own limit).
-const FORWARD_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// One shard as this instance sees it.
 #[derive(Default)]
@@ -157,9 +150,9 @@ impl Gate {
             }
             ["v1", "programs"] if post => {
                 let (parts, body) = req.into_parts();
-                let body = axum::body::to_bytes(body, FORWARD_BODY_BYTES_MAX)
+                let body = axum::body::to_bytes(body, forward::FORWARD_BODY_BYTES_MAX)
                     .await
-                    .map_err(|_| too_large())?;
+                    .map_err(|_| forward::too_large())?;
                 // An unreadable body goes to shard 0, whose API says what is wrong.
                 let shard = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
@@ -177,6 +170,12 @@ impl Gate {
     /// Serves the request when this instance has the shard loaded; forwards it to the
     /// owner otherwise.
     async fn dispatch(&self, shard: u32, req: Request) -> Response {
+        self.dispatch_to(shard, req, true).await
+    }
+
+    /// `dispatch`; `reroute`: whether a request the owner never received may be routed
+    /// once more after this instance's view of the lease table changes.
+    async fn dispatch_to(&self, shard: u32, req: Request, reroute: bool) -> Response {
         let slot = &self.slots[shard as usize];
         // A shard between owners (its lease just taken, or being loaded) is usually
         // served again within a poll or two: wait that long rather than refuse at once.
@@ -213,18 +212,47 @@ impl Gate {
                 ),
             };
         };
-        if req.headers().contains_key(FORWARDED) {
+        if req.headers().contains_key(forward::FORWARDED) {
             return self.unavailable(
                 Some(shard),
                 "forwarded to an instance that does not own the shard",
             );
         }
-        match self.forward(req, &h.address).await {
+        let (parts, body) = req.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, forward::FORWARD_BODY_BYTES_MAX).await else {
+            return forward::too_large();
+        };
+        match forward::forward(&self.client, &self.me, &parts, body.clone(), &h.address).await {
             Ok(r) => r,
+            // Nothing reached the owner, most often because this view of the lease table
+            // is a poll old: the owner died and another instance has taken the shard.
+            Err(e) if !e.sent && reroute && self.holder_moved(slot, &h).await => {
+                tracing::info!(error = %e.detail, owner = %h.address, shard, "owner unreachable; routing again");
+                let req = Request::from_parts(parts, Body::from(body));
+                Box::pin(self.dispatch_to(shard, req, false)).await
+            }
             Err(e) => {
-                tracing::warn!(error = %e, owner = %h.address, shard, "forwarding failed");
+                tracing::warn!(error = %e.detail, owner = %h.address, shard, "forwarding failed");
                 self.unavailable(Some(shard), "the owner did not answer; retry shortly")
             }
+        }
+    }
+
+    /// Waits (up to three polls) until the shard's holder is no longer `from` as this
+    /// instance last saw it, or this instance serves the shard; false when neither happens.
+    async fn holder_moved(&self, slot: &Slot, from: &Holder) -> bool {
+        let deadline = Instant::now() + self.poll * 3;
+        loop {
+            // Created before the check, so a reading finished in between still wakes it.
+            let observed = self.observed.notified();
+            if slot.app.load().is_some() || slot.holder.load().as_ref().as_ref() != Some(from) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = tokio::time::timeout(left, observed).await;
         }
     }
 
@@ -232,26 +260,17 @@ impl Gate {
     /// here) on every other owner; the first failure, or else the first answer.
     async fn everywhere(&self, req: Request) -> Response {
         let (parts, body) = req.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, FORWARD_BODY_BYTES_MAX).await else {
-            return too_large();
+        let Ok(body) = axum::body::to_bytes(body, forward::FORWARD_BODY_BYTES_MAX).await else {
+            return forward::too_large();
         };
-        let copy = |body: &Bytes| {
-            let mut r = Request::builder()
-                .method(parts.method.clone())
-                .uri(parts.uri.clone());
-            for (name, value) in &parts.headers {
-                r = r.header(name, value);
-            }
-            r.body(Body::from(body.clone()))
-                .expect("the parts of a valid request")
-        };
+        let copy = |body: &Bytes| Request::from_parts(parts.clone(), Body::from(body.clone()));
         let mut answers = Vec::new();
         for (k, slot) in self.slots.iter().enumerate() {
             if slot.app.load().is_some() {
                 answers.push(self.dispatch(k as u32, copy(&body)).await);
             }
         }
-        if !parts.headers.contains_key(FORWARDED) {
+        if !parts.headers.contains_key(forward::FORWARDED) {
             let others: BTreeSet<String> = self
                 .slots
                 .iter()
@@ -264,10 +283,11 @@ impl Gate {
                 })
                 .collect();
             for address in others {
-                match self.forward(copy(&body), &address).await {
+                match forward::forward(&self.client, &self.me, &parts, body.clone(), &address).await
+                {
                     Ok(r) => answers.push(r),
                     Err(e) => {
-                        tracing::warn!(error = %e, owner = %address, "forwarding a policy change failed");
+                        tracing::warn!(error = %e.detail, owner = %address, "forwarding a policy change failed");
                         answers.push(self.unavailable(None, "an owner did not answer; retry"));
                     }
                 }
@@ -280,41 +300,6 @@ impl Gate {
         answers.swap_remove(first_failure.unwrap_or(0))
     }
 
-    /// The request as it came, to the owner; its answer as it came back.
-    async fn forward(&self, req: Request, owner: &str) -> Result<Response, String> {
-        let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, FORWARD_BODY_BYTES_MAX)
-            .await
-            .map_err(|e| e.to_string())?;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let mut out = self
-            .client
-            .request(
-                parts.method,
-                format!("{}{path}", owner.trim_end_matches('/')),
-            )
-            .body(body);
-        for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) {
-                out = out.header(name, value);
-            }
-        }
-        out = out.header(FORWARDED, &self.me);
-        let answer = out.send().await.map_err(|e| e.to_string())?;
-        let mut response = Response::builder().status(answer.status());
-        for (name, value) in answer.headers() {
-            if !is_hop_by_hop(name) {
-                response = response.header(name, value);
-            }
-        }
-        let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
-        response.body(Body::from(bytes)).map_err(|e| e.to_string())
-    }
-
     fn unavailable(&self, shard: Option<u32>, detail: &str) -> Response {
         let owner = shard.and_then(|k| {
             let h = self.slots[k as usize].holder.load_full();
@@ -323,53 +308,8 @@ impl Gate {
                 .filter(|h| h.live)
                 .map(|h| h.address.clone())
         });
-        let body = serde_json::json!({
-            "type": "/problems/not_owner",
-            "title": "This instance does not own the shard",
-            "status": 503,
-            "detail": detail,
-            "shard": shard,
-            "owner": owner,
-        });
-        let mut r = (StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
-        r.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
-        if let Some(v) = owner.and_then(|o| HeaderValue::from_str(&o).ok()) {
-            r.headers_mut()
-                .insert(HeaderName::from_static(OWNER_HEADER), v);
-        }
-        r
+        forward::not_owner(shard, owner, detail)
     }
-}
-
-fn too_large() -> Response {
-    super::problem::Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        "the request body is larger than allowed",
-    )
-    .into_response()
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "host"
-            | "content-length"
-    )
 }
 
 /// A shard this instance owns and serves.
@@ -681,3 +621,7 @@ fn reload_on_hangup(gate: Arc<Gate>) {
     #[cfg(not(unix))]
     drop(gate);
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -9,6 +9,7 @@ mod config;
 mod contract;
 mod dto;
 mod extract;
+mod forward;
 mod handlers;
 mod openapi;
 mod problem;
