@@ -1,7 +1,7 @@
 //! The stored form of a decision: two postcard records, each behind a format byte.
 //!
-//! - `answer`: what the caller was told, less the two ids the body holds. A missed
-//!   deadline replaces it in place with its 91.
+//! - `answer`: what the caller was told, less the two ids the body holds and what the
+//!   answer repeats (`answer`). A missed deadline replaces it in place with its 91.
 //! - `body`: what a replay of the decision needs: the request as received, the HTTP
 //!   request id, and the effects on velocity windows, the activity log and the travel
 //!   anchor, packed (window starts as offsets from the decision time, the common amount
@@ -17,17 +17,17 @@ use serde::{Deserialize, Serialize};
 use super::effects::{CodecError, EffectsRecord};
 use super::idempotency::authorization_digest;
 use super::responses::AuthorizationResponse;
-use crate::decision::{Authorization, Effects, TraceLine};
-use crate::money::Currency;
+use crate::decision::{Authorization, Effects};
 use crate::store::{id_hash, DecisionHistory, DecisionWrite, LegacyDecision, StoredDecision};
 
+mod answer;
 mod packed;
 
+use answer::Answer;
 #[cfg(test)]
 use packed::merchant_key;
 use packed::PackedEffects;
 
-const ANSWER_FORMAT: u8 = 1;
 const BODY_FORMAT: u8 = 1;
 
 /// A stored decision, decoded.
@@ -111,28 +111,11 @@ pub fn request_bytes(txn: &Authorization) -> Vec<u8> {
 
 /// The answer record alone (a deadline's 91 replaces a decision's answer).
 pub fn encode_answer(r: &AuthorizationResponse) -> Vec<u8> {
-    framed(
-        ANSWER_FORMAT,
-        &AnswerRef {
-            approved: r.approved,
-            response_code: &r.response_code,
-            reason: &r.reason,
-            rule: &r.rule,
-            amount_approved: &r.amount_approved,
-            currency: r.currency,
-            fx_rate: &r.fx_rate,
-            available_after: &r.available_after,
-            flags: &r.flags,
-            score: r.score,
-            policy_version: &r.policy_version,
-            trace: &r.trace,
-            latency_us: r.latency_us,
-        },
-    )
+    answer::encode(r)
 }
 
+#[cfg(test)]
 fn framed(format: u8, value: &impl Serialize) -> Vec<u8> {
-    // Room for a typical answer (≈ 200 bytes): growing from one byte was a dozen copies.
     let mut out = Vec::with_capacity(256);
     out.push(format);
     // Plain fields always serialize.
@@ -174,7 +157,7 @@ pub fn at_ms(d: &StoredDecision) -> Result<i64, CodecError> {
 pub fn decode(d: &StoredDecision) -> Result<DecodedDecision, CodecError> {
     match d {
         StoredDecision::Record { answer, body } => {
-            let a: Answer = unframed("answer", ANSWER_FORMAT, answer)?;
+            let a = answer::decode(answer)?;
             let b: Body = unframed("body", BODY_FORMAT, body)?;
             let effects = b.effects.unpack(b.at_ms, &b.request)?;
             Ok(DecodedDecision {
@@ -292,7 +275,7 @@ pub fn response_of_answer(
     card_id: &str,
     answer: &[u8],
 ) -> Result<String, CodecError> {
-    let a: Answer = unframed("answer", ANSWER_FORMAT, answer)?;
+    let a = answer::decode(answer)?;
     Ok(answer_json(auth_id, card_id, a))
 }
 
@@ -315,41 +298,6 @@ fn answer_json(auth_id: &str, card_id: &str, a: Answer) -> String {
         latency_us: a.latency_us,
     };
     serde_json::to_string(&r).unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct AnswerRef<'a> {
-    approved: bool,
-    response_code: &'a str,
-    reason: &'a str,
-    rule: &'a Option<String>,
-    amount_approved: &'a str,
-    currency: Currency,
-    fx_rate: &'a Option<String>,
-    available_after: &'a Option<String>,
-    flags: &'a [String],
-    score: i64,
-    policy_version: &'a str,
-    trace: &'a [TraceLine],
-    latency_us: u64,
-}
-
-/// [`AnswerRef`], owned.
-#[derive(Debug, Clone, Deserialize)]
-struct Answer {
-    approved: bool,
-    response_code: String,
-    reason: String,
-    rule: Option<String>,
-    amount_approved: String,
-    currency: Currency,
-    fx_rate: Option<String>,
-    available_after: Option<String>,
-    flags: Vec<String>,
-    score: i64,
-    policy_version: String,
-    trace: Vec<TraceLine>,
-    latency_us: u64,
 }
 
 /// The body's layout; `encode_with_request` writes the same bytes field by field.
@@ -402,6 +350,7 @@ mod tests {
     use crate::decision::VelocityEffect;
     use crate::domain::{Channel, Mcc, Merchant, TxnType};
     use crate::domain::{Country, Counts, LatLon, VelocityScope};
+    use crate::money::Currency;
     use crate::velocity::{key_hash, Activity};
     use rust_decimal::Decimal;
 
