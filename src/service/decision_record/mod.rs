@@ -26,9 +26,11 @@ mod packed;
 use answer::Answer;
 #[cfg(test)]
 use packed::merchant_key;
-use packed::PackedEffects;
+use packed::{PackedEffects, PackedEffectsV1};
 
-const BODY_FORMAT: u8 = 1;
+const BODY_FORMAT: u8 = 2;
+/// Velocity entries as a list of structs (`packed::PackedEffectsV1`); still read.
+const BODY_FORMAT_V1: u8 = 1;
 
 /// A stored decision, decoded.
 #[derive(Debug, Clone)]
@@ -146,7 +148,12 @@ pub fn at_ms(d: &StoredDecision) -> Result<i64, CodecError> {
     match d {
         // Postcard reads a prefix and leaves the rest.
         StoredDecision::Record { body, .. } => {
-            unframed::<Head>("body", BODY_FORMAT, body).map(|h| h.at_ms)
+            // Both body formats begin with it.
+            let format = match body.first() {
+                Some(&BODY_FORMAT_V1) => BODY_FORMAT_V1,
+                _ => BODY_FORMAT,
+            };
+            unframed::<Head>("body", format, body).map(|h| h.at_ms)
         }
         StoredDecision::Legacy(l) => Ok(l.at_ms),
     }
@@ -158,8 +165,12 @@ pub fn decode(d: &StoredDecision) -> Result<DecodedDecision, CodecError> {
     match d {
         StoredDecision::Record { answer, body } => {
             let a = answer::decode(answer)?;
-            let b: Body = unframed("body", BODY_FORMAT, body)?;
-            let effects = b.effects.unpack(b.at_ms, &b.request)?;
+            let (b, effects) = match body.first() {
+                Some(&BODY_FORMAT_V1) => {
+                    unframed::<Body<PackedEffectsV1>>("body", BODY_FORMAT_V1, body)?.unpacked()?
+                }
+                _ => unframed::<Body>("body", BODY_FORMAT, body)?.unpacked()?,
+            };
             Ok(DecodedDecision {
                 auth_id: b.request.id.clone(),
                 card_id: b.request.card_id.clone(),
@@ -312,11 +323,25 @@ struct BodyRef<'a> {
 }
 
 #[derive(Deserialize)]
-struct Body {
+struct Body<E = PackedEffects> {
     at_ms: i64,
     request: Authorization,
     request_id: RequestId,
-    effects: PackedEffects,
+    effects: E,
+}
+
+impl<V: packed::Entries> Body<PackedEffects<V>> {
+    /// The effects unpacked, and the rest.
+    fn unpacked(self) -> Result<(Body<()>, Effects), CodecError> {
+        let effects = self.effects.unpack(self.at_ms, &self.request)?;
+        let rest = Body {
+            at_ms: self.at_ms,
+            request: self.request,
+            request_id: self.request_id,
+            effects: (),
+        };
+        Ok((rest, effects))
+    }
 }
 
 /// Request ids are usually 32 lowercase hex digits: those take 16 bytes.
