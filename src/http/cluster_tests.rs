@@ -39,12 +39,13 @@ fn holder(owner: &str, address: &str) -> Holder {
     }
 }
 
-/// An address nothing listens on (connections to it are refused).
-async fn dead_address() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
-    a
+/// An address nothing listens on (connections to it are refused); the port stays taken,
+/// so no other test's listener gets it, while the socket lives.
+fn dead_address() -> (tokio::net::TcpSocket, String) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let a = format!("http://{}", s.local_addr().unwrap());
+    (s, a)
 }
 
 /// A live owner answering every request with its name; counts what it served.
@@ -89,7 +90,7 @@ async fn text(r: axum::response::Response) -> (u16, String) {
 #[tokio::test]
 async fn a_request_for_a_dead_owner_goes_to_the_owner_the_next_reading_names() {
     let served = Arc::new(AtomicUsize::new(0));
-    let (dead, live) = (dead_address().await, live_owner(served.clone()).await);
+    let ((_reserved, dead), live) = (dead_address(), live_owner(served.clone()).await);
     let gate = gate_seeing("dead", &dead);
     next_reading(&gate, POLL_MS / 2, "new", &live);
     let (code, body) = text(gate.dispatch(0, get()).await).await;
@@ -100,7 +101,7 @@ async fn a_request_for_a_dead_owner_goes_to_the_owner_the_next_reading_names() {
 
 #[tokio::test]
 async fn a_dead_owner_the_lease_table_still_names_gets_a_503_within_three_polls() {
-    let dead = dead_address().await;
+    let (_reserved, dead) = dead_address();
     let gate = gate_seeing("dead", &dead);
     let started = std::time::Instant::now();
     let r = gate.dispatch(0, get()).await;
