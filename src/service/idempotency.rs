@@ -30,7 +30,7 @@ pub enum Kept {
     /// The response as sent.
     Json(Arc<str>),
     /// An authorization's answer record (the bytes its decision row stores: 58 against
-    /// 314 bytes of JSON for the README walkthrough's approval, 99 against 419 for its
+    /// 314 bytes of JSON for the README walkthrough's approval, ≈ 99 against 419 for its
     /// declined `auth_002`) and card: a replay renders the same JSON again, byte for
     /// byte, from these and the authorization id in the key (`program/authorization id`).
     Decision {

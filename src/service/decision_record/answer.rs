@@ -45,6 +45,29 @@ const APPROVED: u8 = 1;
 /// `AnswerRef::state`: the reason is the rule's id (and left out).
 const REASON_IS_RULE: u8 = 1 << 1;
 
+impl Answer {
+    /// The answer as it was sent, with the two ids the record leaves to the request.
+    pub(super) fn into_response(self, auth_id: &str, card_id: &str) -> AuthorizationResponse {
+        AuthorizationResponse {
+            authorization_id: auth_id.to_string(),
+            card_id: card_id.to_string(),
+            approved: self.approved,
+            response_code: self.response_code,
+            reason: self.reason,
+            rule: self.rule,
+            amount_approved: self.amount_approved,
+            currency: self.currency,
+            fx_rate: self.fx_rate,
+            available_after: self.available_after,
+            flags: self.flags,
+            score: self.score,
+            policy_version: self.policy_version,
+            trace: self.trace,
+            latency_us: self.latency_us,
+        }
+    }
+}
+
 /// The answer record of `r` (a deadline's 91 replaces a decision's answer with its own).
 pub(super) fn encode(r: &AuthorizationResponse) -> Vec<u8> {
     let rule = r.rule.as_deref();

@@ -8,10 +8,7 @@ const V1_APPROVAL: &str = "010102303008617070726F76656400063435302E3030034E474E0
 const V1_DECLINE: &str = "01000235370B6E6F5F67616D626C696E67010B6E6F5F67616D626C696E6704302E3030034E474E00010A313030303030302E303000000C633664393162636565646535020B6E6F5F67616D626C696E670A6465636C696E65203537276D617463686564206D636320696E205B373830302C20373830312C20373830322C20373939355D0C636172645F74657374696E670A6465636C696E652035394B38206465636C696E6573203E3D203520696E2031682028636172642073636F7065293B2066726565732031206465636C696E6520617420323032362D31322D30365432323A34373A34355A1A";
 
 fn bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
+    super::super::from_hex(hex)
 }
 
 fn line(rule: &str, outcome: &str, detail: &str) -> TraceLine {
@@ -23,23 +20,7 @@ fn line(rule: &str, outcome: &str, detail: &str) -> TraceLine {
 }
 
 fn response(a: Answer) -> AuthorizationResponse {
-    AuthorizationResponse {
-        authorization_id: "auth_1".into(),
-        card_id: "card_1".into(),
-        approved: a.approved,
-        response_code: a.response_code,
-        reason: a.reason,
-        rule: a.rule,
-        amount_approved: a.amount_approved,
-        currency: a.currency,
-        fx_rate: a.fx_rate,
-        available_after: a.available_after,
-        flags: a.flags,
-        score: a.score,
-        policy_version: a.policy_version,
-        trace: a.trace,
-        latency_us: a.latency_us,
-    }
+    a.into_response("auth_1", "card_1")
 }
 
 fn json(r: &AuthorizationResponse) -> String {

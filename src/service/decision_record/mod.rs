@@ -291,24 +291,16 @@ pub fn response_of_answer(
 }
 
 fn answer_json(auth_id: &str, card_id: &str, a: Answer) -> String {
-    let r = AuthorizationResponse {
-        authorization_id: auth_id.to_string(),
-        card_id: card_id.to_string(),
-        approved: a.approved,
-        response_code: a.response_code,
-        reason: a.reason,
-        rule: a.rule,
-        amount_approved: a.amount_approved,
-        currency: a.currency,
-        fx_rate: a.fx_rate,
-        available_after: a.available_after,
-        flags: a.flags,
-        score: a.score,
-        policy_version: a.policy_version,
-        trace: a.trace,
-        latency_us: a.latency_us,
-    };
-    serde_json::to_string(&r).unwrap_or_default()
+    serde_json::to_string(&a.into_response(auth_id, card_id)).unwrap_or_default()
+}
+
+/// Test fixtures: records copied from stores as hex.
+#[cfg(test)]
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digits"))
+        .collect()
 }
 
 /// The body's layout; `encode_with_request` writes the same bytes field by field.
