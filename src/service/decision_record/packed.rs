@@ -236,13 +236,14 @@ impl PackedEffects {
                 Some(PackedDecimal::of(v.amount))
             };
             let back_ms = e.at_ms.wrapping_sub(v.start_ms);
-            if back_before == Some(back_ms) {
+            let same_start = back_before == Some(back_ms);
+            if same_start {
                 flags |= SAME_START;
             }
             velocity.push(flags);
             velocity.extend_from_slice(&v.key.to_le_bytes());
             // Plain values always serialize.
-            if back_before != Some(back_ms) {
+            if !same_start {
                 postcard::to_io(&back_ms, &mut velocity).expect("postcard writes to a Vec");
             }
             if let Some(own) = own {
