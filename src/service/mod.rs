@@ -303,7 +303,10 @@ impl Engine {
             e.idem.mark_partial();
         }
         e.recover(snapshot)?;
-        if e.idem.is_partial() && store.authorization_ids_indexable().unwrap_or(false) {
+        // Built at every start, before anything is decided (so no id can slip between the
+        // scan and the ids recorded while it runs): answers in memory now may leave it
+        // later, and from then on every new id would be looked up.
+        if store.authorization_ids_indexable().unwrap_or(false) {
             e.stored_ids.build_from(store.clone());
         }
         e.store = Some(store);

@@ -1,13 +1,15 @@
 //! Which authorization ids only the store may answer for.
 //!
-//! After a start from a recovery point (a restart, a takeover, a shard handed over) the
-//! answers in memory are not all of them, so every new authorization id is looked up in
-//! the store before it is decided, in case it is a retry of an older one: on PostgreSQL a
-//! round trip per authorization, which halved a sharded cluster's throughput after a
-//! handover (4.0 k/s against 7.4 k/s without the lookups, same run); on SQLite a read
-//! through the one reader connection. A Bloom
-//! filter of every stored authorization id, built in the background from the store,
-//! answers "certainly not stored" for a new id, which then skips the lookup. Until it is
+//! After a start from a recovery point (a restart, a takeover, a shard handed over), and
+//! once answers have left memory for its bound, the answers in memory are not all of
+//! them, so every new authorization id is looked up in the store before it is decided,
+//! in case it is a retry of an older one: on PostgreSQL a round trip per authorization,
+//! which halved a sharded cluster's throughput after a handover (4.0 k/s against 7.4 k/s
+//! without the lookups, same run); on SQLite a read through the one reader connection
+//! (64 connections fell from ≈ 18 k/s to ≈ 11.5 k/s when a fresh process reached its
+//! 500 000 answers). A Bloom filter of every stored authorization id, built in the
+//! background from the store at every start, answers "certainly not stored" for a new id,
+//! which then skips the lookup. Until it is
 //! built, and for an id it may hold, the store is asked as before: a false positive costs
 //! one lookup, never a wrong answer. There are no false negatives: every stored id is in
 //! the scan (an owner's store gets no writes but its own, by the fence), and ids decided
@@ -23,7 +25,10 @@ use parking_lot::Mutex;
 
 use crate::store::{id_hash, Store};
 
-/// Room for new decisions beyond those stored, at the target false-positive rate.
+/// Room for new decisions beyond those stored, at the target false-positive rate. Past
+/// it false positives grow and lookups come back gradually (correct, slower) until the
+/// next start. (Rebuilding while serving would have to wait for every authorization in
+/// flight when the scan starts; not done.)
 const HEADROOM_IDS: usize = 2_000_000;
 /// Past this many stored decisions no filter is built (≈ 120 MB at 1 %): lookups stay.
 const STORED_IDS_MAX: usize = 100_000_000;
