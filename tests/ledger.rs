@@ -36,6 +36,14 @@ fn open(dir: &Path, durability: Durability) -> Engine {
 }
 
 /// Program `p` with a funded funding account and `n` active, funded USD cards.
+/// An engine on the store in `dir` (opened or created), with `config` and a fresh clock.
+fn open_engine(dir: &Path, config: EngineConfig) -> Engine {
+    let (store, snapshot) = Store::open(dir, Durability::Full).unwrap();
+    Engine::open(rules(), Arc::new(store), snapshot, config)
+        .unwrap()
+        .with_clock(fresh_clock())
+}
+
 fn issue(e: &Engine, n: usize, each: &str) -> Vec<String> {
     common::issue_cards(e, "p", CONSUMER, n, 1, amount(each))
 }
@@ -1252,23 +1260,19 @@ fn the_wal_stays_bounded_under_sustained_writes() {
     store.close();
 }
 
-/// Issue #8.13: idempotent answers are bounded in memory (here 4) and the ones that left
-/// memory are answered from the store: a late retry replays, a different body conflicts,
-/// nothing runs twice — also after a restart.
 #[test]
 fn once_answers_leave_memory_new_authorization_ids_skip_the_store_lookup() {
     // A process that started on a fresh store (no recovery point) and decided past its
     // memory bound: a new id must not cost a store read (it did: a third of the
     // throughput at 64 connections once 500 000 answers were in memory).
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        idempotency_entries_max: 4,
-        ..EngineConfig::default()
-    };
-    let (store, snapshot) = Store::open(dir.path(), Durability::Full).unwrap();
-    let e = Engine::open(rules(), Arc::new(store), snapshot, config)
-        .unwrap()
-        .with_clock(fresh_clock());
+    let e = open_engine(
+        dir.path(),
+        EngineConfig {
+            idempotency_entries_max: 4,
+            ..EngineConfig::default()
+        },
+    );
     let card = issue(&e, 1, "1000.00").remove(0);
     let mut answers = Vec::new();
     for i in 0..12 {
@@ -1306,6 +1310,9 @@ fn once_answers_leave_memory_new_authorization_ids_skip_the_store_lookup() {
     }
 }
 
+/// Issue #8.13: idempotent answers are bounded in memory (here 4) and the ones that left
+/// memory are answered from the store: a late retry replays, a different body conflicts,
+/// nothing runs twice — also after a restart.
 #[test]
 fn answers_beyond_the_memory_bound_replay_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -1313,12 +1320,7 @@ fn answers_beyond_the_memory_bound_replay_from_the_store() {
         idempotency_entries_max: 4,
         ..EngineConfig::default()
     };
-    let open_small = || {
-        let (store, snapshot) = Store::open(dir.path(), Durability::Full).unwrap();
-        Engine::open(rules(), Arc::new(store), snapshot, config)
-            .unwrap()
-            .with_clock(fresh_clock())
-    };
+    let open_small = || open_engine(dir.path(), config.clone());
     let e = open_small();
     let card = issue(&e, 1, "1000.00").remove(0);
     let mut answers = Vec::new();
@@ -1416,14 +1418,13 @@ fn idempotent_answers_past_their_retention_are_swept_from_the_store() {
 #[test]
 fn captures_beyond_the_authorization_index_bound_find_their_card_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        authorization_index_entries_max: 2,
-        ..EngineConfig::default()
-    };
-    let (store, snapshot) = Store::open(dir.path(), Durability::Full).unwrap();
-    let e = Engine::open(rules(), Arc::new(store), snapshot, config)
-        .unwrap()
-        .with_clock(fresh_clock());
+    let e = open_engine(
+        dir.path(),
+        EngineConfig {
+            authorization_index_entries_max: 2,
+            ..EngineConfig::default()
+        },
+    );
     let card = issue(&e, 1, "1000.00").remove(0);
     for i in 0..6 {
         assert!(authorize(&e, &format!("x{i}"), &card, "10.00", t0()).approved);
