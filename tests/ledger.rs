@@ -1320,7 +1320,7 @@ fn answers_beyond_the_memory_bound_replay_from_the_store() {
         idempotency_entries_max: 4,
         ..EngineConfig::default()
     };
-    let open_small = || open_engine(dir.path(), config.clone());
+    let open_small = || open_engine(dir.path(), config);
     let e = open_small();
     let card = issue(&e, 1, "1000.00").remove(0);
     let mut answers = Vec::new();
