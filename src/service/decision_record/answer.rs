@@ -237,7 +237,7 @@ impl AnswerV2 {
             reason: if self.state & REASON_IS_RULE != 0 {
                 rule()?
             } else {
-                self.reason.clone()
+                self.reason
             },
             response_code: self.response_code,
             rule: self.rule,
