@@ -379,14 +379,21 @@ fn load_decisions(conn: &mut dyn Db, s: &mut Snapshot, after_seq: i64) -> Result
             },
         )?;
     }
+    let mut raw = Vec::new();
     conn.each(
         "SELECT answer, body FROM decision_log WHERE seq > ?1 ORDER BY seq",
         params![after_seq],
         &mut |r| {
-            decisions.push(record_row(&r)?);
+            raw.push(record_row(&r)?);
             Ok(())
         },
-    )
+    )?;
+    let dictionaries = super::dictionary::Dictionaries::load(conn, false)?;
+    for mut d in raw {
+        dictionaries.expand(conn, &mut d)?;
+        decisions.push(d);
+    }
+    Ok(())
 }
 
 pub(super) const LEGACY_COLUMNS: &str = "auth_id, card_id, at_ms, approved, response_code, reason,

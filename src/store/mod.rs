@@ -8,6 +8,7 @@
 //! (fail-stop): memory may be ahead of disk, so the only safe recovery is a restart that
 //! rebuilds memory from the store.
 
+mod dictionary;
 pub mod lease;
 mod load;
 pub mod outbox;
@@ -123,6 +124,12 @@ pub enum Write {
         hash: String,
         program: String,
         prefix: String,
+        at_ms: i64,
+    },
+    /// A dictionary decision records are compressed with from here on (`dictionary`).
+    RecordDictionary {
+        id: u16,
+        dictionary: Vec<u8>,
         at_ms: i64,
     },
     /// Events, their deliveries, webhook endpoints and alert thresholds.
@@ -245,6 +252,8 @@ pub struct Store {
     /// A read-only connection for history listings, separate from the writer.
     readers: Readers,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// What decision records are compressed with, and expanded by.
+    dictionaries: Arc<dictionary::Dictionaries>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -400,6 +409,8 @@ impl Store {
             waiters: Mutex::new(std::collections::BTreeMap::new()),
         });
         let stats = Arc::new(StoreStats::default());
+        let mut o = o;
+        let dictionaries = Arc::new(dictionary::Dictionaries::load(&mut *o.writer, true)?);
         let writer = {
             let durable = durable.clone();
             let stats = stats.clone();
@@ -430,6 +441,7 @@ impl Store {
                 writer: Mutex::new(Some(writer)),
                 readers: Readers::new(o.readers),
                 checkpointer: Mutex::new(checkpointer),
+                dictionaries,
             },
             o.snapshot,
         ))
@@ -445,9 +457,12 @@ impl Store {
 
     /// Queues writes; returns the sequence number to wait for. Batches commit in
     /// submission order.
-    pub fn submit(&self, writes: Vec<Write>) -> u64 {
-        // Sequence numbers and queue order must agree, so take both under one lock.
+    pub fn submit(&self, mut writes: Vec<Write>) -> u64 {
+        self.dictionaries.compress(&mut writes);
+        // Sequence numbers and queue order must agree, so take both under one lock; a
+        // new dictionary is adopted under it too, so it commits before what it compressed.
         let mut next = self.next_seq.lock();
+        self.dictionaries.adopt(&mut writes);
         *next += 1;
         let seq = *next;
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use super::sql::{Backend, Db, Owned, PgDb, Row, P};
 use super::StoreError;
 
 /// The schema version this code writes (the same numbering as SQLite's `user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// What the instances share, in the connection's own schema: the leases, the shard
 /// count fixed at set-up, and which instances are alive (for sharing the shards out).
@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS decision_log (
     card_hash BIGINT NOT NULL, answer BYTEA NOT NULL, body BYTEA NOT NULL);
 CREATE INDEX IF NOT EXISTS decision_log_auth ON decision_log(auth_hash);
 CREATE INDEX IF NOT EXISTS decision_log_card ON decision_log(card_hash);
+CREATE TABLE IF NOT EXISTS record_dictionaries (
+    id BIGINT PRIMARY KEY, dictionary BYTEA NOT NULL, created_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS policy_versions (
     policy TEXT NOT NULL, version TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (policy, version));
 CREATE TABLE IF NOT EXISTS policy_activations (

@@ -249,7 +249,11 @@ impl Store {
         &self,
         card_id: &str,
     ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
-        self.readers.with(|c| card_history(c, card_id))
+        self.readers.with(|c| {
+            let (mut decisions, transfers) = card_history(c, card_id)?;
+            self.expand(c, decisions.iter_mut())?;
+            Ok((decisions, transfers))
+        })
     }
 
     /// The stored decisions of an authorization id, on any card (the caller checks the
@@ -258,8 +262,11 @@ impl Store {
         &self,
         auth_id: &str,
     ) -> Result<Vec<StoredDecision>, StoreError> {
-        self.readers
-            .with(|c| decisions_of_authorization(c, auth_id))
+        self.readers.with(|c| {
+            let mut decisions = decisions_of_authorization(c, auth_id)?;
+            self.expand(c, decisions.iter_mut())?;
+            Ok(decisions)
+        })
     }
 
     /// A policy's activations, newest first (at most [`HISTORY_ROWS_MAX`]).
@@ -301,9 +308,11 @@ impl Store {
         let mut out = Vec::new();
         let mut before = i64::MAX;
         loop {
-            let page = self
-                .readers
-                .with(|c| decisions_before(c, before, SCAN_PAGE_ROWS))?;
+            let page = self.readers.with(|c| {
+                let mut page = decisions_before(c, before, SCAN_PAGE_ROWS)?;
+                self.expand(c, page.iter_mut().map(|(_, d)| d))?;
+                Ok(page)
+            })?;
             let full = page.len() as i64 == SCAN_PAGE_ROWS;
             for (seq, d) in page {
                 if !keep(&d) {
@@ -370,7 +379,23 @@ impl Store {
 
     /// Stored decisions after `seq`, in commit order.
     pub fn decisions_after(&self, seq: i64) -> Result<Vec<(i64, StoredDecision)>, StoreError> {
-        self.readers.with(|c| decisions_after(c, seq))
+        self.readers.with(|c| {
+            let mut decisions = decisions_after(c, seq)?;
+            self.expand(c, decisions.iter_mut().map(|(_, d)| d))?;
+            Ok(decisions)
+        })
+    }
+
+    /// Stored records as they were written (see `dictionary`).
+    fn expand<'a>(
+        &self,
+        c: &mut dyn Db,
+        decisions: impl Iterator<Item = &'a mut StoredDecision>,
+    ) -> Result<(), StoreError> {
+        for d in decisions {
+            self.dictionaries.expand(c, d)?;
+        }
+        Ok(())
     }
 
     /// Velocity releases at or after `at_ms`.

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS decision_log (
     answer BLOB NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS decision_log_auth ON decision_log(auth_hash);
 CREATE INDEX IF NOT EXISTS decision_log_card ON decision_log(card_hash);
+CREATE TABLE IF NOT EXISTS record_dictionaries (
+    id INTEGER PRIMARY KEY, dictionary BLOB NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS policy_versions (
     policy TEXT NOT NULL, version TEXT NOT NULL, source TEXT NOT NULL,
     PRIMARY KEY (policy, version)) WITHOUT ROWID;
@@ -77,7 +79,7 @@ CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 // Version 3 → 4 only adds tables and an index (`recovery_point`, `recovery_states`,
 // `holds_live`): `SCHEMA` creates them. Version 4 → 5 writes decisions as compact records
 // to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`; and keeps
@@ -85,6 +87,8 @@ pub const SCHEMA_VERSION: i64 = 6;
 // Version 5 → 6: cards carry their processor's card token (unique per program) and
 // programs their processor hooks (`processor_hooks`); the event outbox
 // (`events`, `deliveries`, `webhook_endpoints`, `program_alerts`).
+// Version 6 → 7: decision records may be compressed with a dictionary the store trained
+// (`record_dictionaries`, see `dictionary`): a release before it could not read them.
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.

@@ -141,6 +141,16 @@ fn write_one(c: &mut dyn Db, w: &Write) -> Result<(), StoreError> {
                 params![d.auth_hash, d.card_hash, &d.answer, &d.body],
             )?;
         }
+        Write::RecordDictionary {
+            id,
+            dictionary,
+            at_ms,
+        } => {
+            c.execute(
+                "INSERT INTO record_dictionaries (id, dictionary, created_ms) VALUES (?1, ?2, ?3)",
+                params![i64::from(*id), dictionary, at_ms],
+            )?;
+        }
         Write::DecisionAnswered {
             auth_hash,
             card_hash,
