@@ -1515,3 +1515,63 @@ fn redefined_rules(dir: &Path) -> spendgate::policy::PolicySet {
         "velocity: { window: 48h, amount_max: 1000.00, count_max: 12 }",
     )
 }
+
+/// Decision records the store wrote compressed, with a dictionary it trained on its own
+/// records (`store::dictionary`), replay their answers byte for byte — read back once the
+/// answers left memory, and after a restart — and rebuild the same balances.
+#[test]
+fn compressed_decision_records_replay_their_answers_and_rebuild_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        idempotency_entries_max: 64,
+        ..EngineConfig::default()
+    };
+    let open_small = || {
+        let (store, snapshot) = Store::open(dir.path(), Durability::Off).unwrap();
+        Engine::open(rules(), Arc::new(store), snapshot, config)
+            .unwrap()
+            .with_clock(fresh_clock())
+    };
+    let compressed = || -> i64 {
+        let c = Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+        c.query_row(
+            "SELECT count(*) FROM decision_log
+             WHERE substr(answer, 1, 1) = x'f0' AND substr(body, 1, 1) = x'f0'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let e = open_small();
+    let cards = issue(&e, 40, "100000.00");
+    let ctx = AuthContext::default();
+    let mut answers = Vec::new();
+    // Enough for the first dictionary (4 096 records) and some written with it; each
+    // card's daily count fills at 20, so most are velocity declines with their trace.
+    while answers.len() < 20_000 && (answers.len() % 256 != 0 || compressed() < 300) {
+        let i = answers.len();
+        let (id, card) = (format!("z{i}"), &cards[i % cards.len()]);
+        let value = ["10.00", "2000.00", "35.50"][i % 3];
+        let a = e.authorize(&txn(&id, card, value, "USD"), &ctx).unwrap().wait();
+        answers.push((id, card.clone(), value, a.json));
+    }
+    assert!(compressed() >= 300, "records compressed: {}", compressed());
+    let declined = answers.iter().filter(|a| a.3.contains("\"approved\":false")).count();
+    assert!(declined > answers.len() / 2, "{declined} declines");
+    let replays_all = |e: &Engine| {
+        for (id, card, value, first) in answers.iter().rev().take(1_000) {
+            let retry = e.authorize(&txn(id, card, value, "USD"), &ctx).unwrap().wait();
+            assert!(retry.replayed, "{id}");
+            assert_eq!(&retry.json, first, "{id}");
+        }
+    };
+    replays_all(&e);
+    let balances: Vec<_> = cards.iter().map(|c| balance(&e, c)).collect();
+    drop(e);
+    let e = open_small();
+    replays_all(&e);
+    assert_eq!(cards.iter().map(|c| balance(&e, c)).collect::<Vec<_>>(), balances);
+    drop(e);
+    verify_store(dir.path());
+}

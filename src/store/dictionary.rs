@@ -15,9 +15,10 @@
 //! has one writer, so ids are the highest stored plus one.
 //!
 //! Training happens after 4 096 records in a store with no dictionary, after 65 536 in a
-//! store with one (the first few thousand records of a store rarely show its declines),
-//! then once per 1 048 576 records a process writes, so the wording of changed policies
-//! comes in: at most one dictionary (16 KiB) per million decisions, plus two.
+//! store with one and 262 144 in one with two (a store's first records rarely show the
+//! declines it settles into), then once per 1 048 576 records a process writes, so the
+//! wording of changed policies comes in: at most one dictionary (16 KiB) per million
+//! decisions, plus three.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -52,6 +53,7 @@ fn records_before_training(stored: usize) -> u64 {
     match stored {
         0 => SAMPLES as u64,
         1 => 65_536,
+        2 => 262_144,
         _ => 1_048_576,
     }
 }
