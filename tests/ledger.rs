@@ -1533,8 +1533,9 @@ fn compressed_decision_records_replay_their_answers_and_rebuild_the_same_state()
             .with_clock(fresh_clock())
     };
     let compressed = || -> i64 {
-        let c = Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
+        let c =
+            Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
         c.query_row(
             "SELECT count(*) FROM decision_log
              WHERE substr(answer, 1, 1) = x'f0' AND substr(body, 1, 1) = x'f0'",
@@ -1553,15 +1554,24 @@ fn compressed_decision_records_replay_their_answers_and_rebuild_the_same_state()
         let i = answers.len();
         let (id, card) = (format!("z{i}"), &cards[i % cards.len()]);
         let value = ["10.00", "2000.00", "35.50"][i % 3];
-        let a = e.authorize(&txn(&id, card, value, "USD"), &ctx).unwrap().wait();
+        let a = e
+            .authorize(&txn(&id, card, value, "USD"), &ctx)
+            .unwrap()
+            .wait();
         answers.push((id, card.clone(), value, a.json));
     }
     assert!(compressed() >= 300, "records compressed: {}", compressed());
-    let declined = answers.iter().filter(|a| a.3.contains("\"approved\":false")).count();
+    let declined = answers
+        .iter()
+        .filter(|a| a.3.contains("\"approved\":false"))
+        .count();
     assert!(declined > answers.len() / 2, "{declined} declines");
     let replays_all = |e: &Engine| {
         for (id, card, value, first) in answers.iter().rev().take(1_000) {
-            let retry = e.authorize(&txn(id, card, value, "USD"), &ctx).unwrap().wait();
+            let retry = e
+                .authorize(&txn(id, card, value, "USD"), &ctx)
+                .unwrap()
+                .wait();
             assert!(retry.replayed, "{id}");
             assert_eq!(&retry.json, first, "{id}");
         }
@@ -1571,7 +1581,10 @@ fn compressed_decision_records_replay_their_answers_and_rebuild_the_same_state()
     drop(e);
     let e = open_small();
     replays_all(&e);
-    assert_eq!(cards.iter().map(|c| balance(&e, c)).collect::<Vec<_>>(), balances);
+    assert_eq!(
+        cards.iter().map(|c| balance(&e, c)).collect::<Vec<_>>(),
+        balances
+    );
     drop(e);
     verify_store(dir.path());
 }

@@ -527,3 +527,74 @@ fn a_batch_chosen_as_a_deadlock_victim_is_committed_again() {
     assert_eq!(program_ids(&url), vec!["p1"]);
     assert_eq!(snapshot_of_postgres(&url).cardholders.len(), 1);
 }
+
+/// Decision records the store compressed with a dictionary it trained on them
+/// (`store::dictionary`) are kept with that dictionary on PostgreSQL too, and read back as
+/// they were written by the instance that takes the lease over.
+#[test]
+fn postgres_keeps_compressed_records_with_their_dictionary_across_a_takeover() {
+    use spendgate::store::sql::Db;
+    use spendgate::store::{DecisionWrite, StoredDecision};
+    let Some(base) = base_url() else { return };
+    let url = fresh_schema(&base);
+    let record = |i: u64, kind: &str| -> Vec<u8> {
+        let mut r = vec![2u8];
+        r.extend_from_slice(
+            format!(
+                "{kind} auth_{i:08x} card_{:016x} {}.00 NGN daily_spend decline 65 in 24h \
+                 (card scope); frees at 2026-12-07",
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                i % 997
+            )
+            .as_bytes(),
+        );
+        r
+    };
+    let write = |i: u64| {
+        Write::Decision(Box::new(DecisionWrite {
+            auth_hash: i as i64,
+            card_hash: (i % 7) as i64,
+            answer: record(i, "answer"),
+            body: record(i, "body"),
+        }))
+    };
+    let mut watch = spendgate::store::postgres::connect(&url).unwrap();
+    let mut compressed = || -> i64 {
+        let w: &mut dyn Db = &mut watch;
+        w.value(
+            "SELECT count(*) FROM decision_log WHERE get_byte(answer, 0) = 240",
+            &[],
+        )
+        .unwrap()
+    };
+    let (mut client, fence) = lease(&url, "first", 60_000);
+    let (store, _) = Store::open_postgres(&url, fence.clone()).unwrap();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while compressed() < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never compressed"
+        );
+        store.commit((n..n + 64).map(write).collect());
+        n += 64;
+    }
+    store.close();
+    client.release(&fence).unwrap();
+    let want: Vec<StoredDecision> = (0..n)
+        .map(|i| StoredDecision::Record {
+            answer: record(i, "answer"),
+            body: record(i, "body"),
+        })
+        .collect();
+    let (_client, fence) = lease(&url, "second", 60_000);
+    let (store, snapshot) = Store::open_postgres(&url, fence).unwrap();
+    assert_eq!(snapshot.decisions, want);
+    let read: Vec<_> = store
+        .decisions_after(0)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(read, want);
+}
