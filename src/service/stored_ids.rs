@@ -15,8 +15,12 @@
 //! the scan (an owner's store gets no writes but its own, by the fence), and ids decided
 //! while the scan runs are remembered and added when it ends. Not built for a SQLite
 //! store that still has the version-4 `decisions` table (its ids are not in the scan).
+//!
+//! A filter full of the ids decided since is not rebuilt (a scan while serving would race
+//! the authorizations between their id and their commit): a new, empty one twice its size
+//! joins it and takes the new ids, and an id is looked up when any of them may hold it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -25,11 +29,13 @@ use parking_lot::Mutex;
 
 use crate::store::{id_hash, Store};
 
-/// Room for new decisions beyond those stored, at the target false-positive rate. Past
-/// it false positives grow and lookups come back gradually (correct, slower) until the
-/// next start. (Rebuilding while serving would have to wait for every authorization in
-/// flight when the scan starts; not done.)
+/// Room for new decisions beyond those stored, at the target false-positive rate; each
+/// filter added when the one before is full has twice the room of that one.
 const HEADROOM_IDS: usize = 2_000_000;
+/// Most memory the filters take together (≈ 1.2 bytes per id): past it the newest keeps
+/// taking ids, its false positives grow and lookups come back gradually (correct,
+/// slower) until the next start. With the 2 M-id start, 2 + 4 + 8 + 16 M new ids fit.
+const FILTER_BYTES_MAX: usize = 48 << 20;
 /// Past this many stored decisions no filter is built (≈ 120 MB at 1 %): lookups stay.
 const STORED_IDS_MAX: usize = 100_000_000;
 /// Ids decided while the filter is built; past this many the build is given up.
@@ -39,15 +45,52 @@ const FALSE_POSITIVE_RATE: f64 = 0.01;
 
 /// The filter and how far it is. Lock-free once built (every authorization records its
 /// id): the lock is taken only while the scan runs.
-#[derive(Default)]
 pub(super) struct StoredIds {
-    ready: ArcSwapOption<AtomicBloomFilter>,
+    ready: ArcSwapOption<Filters>,
     building: AtomicBool,
     /// Ids decided while the scan runs.
     pending: Mutex<Vec<u64>>,
+    /// New ids the first filter has room for ([`HEADROOM_IDS`]).
+    headroom_ids: usize,
+}
+
+impl Default for StoredIds {
+    fn default() -> Self {
+        StoredIds::with_headroom(HEADROOM_IDS)
+    }
+}
+
+/// The filters in use: those filled, still asked, and the one new ids go to.
+struct Filters {
+    full: Vec<Arc<AtomicBloomFilter>>,
+    active: Arc<AtomicBloomFilter>,
+    /// New ids the active filter takes before the next joins (below zero when ids
+    /// arrive while it is made).
+    room: AtomicIsize,
+    active_ids: usize,
+    bytes: usize,
+}
+
+impl Filters {
+    fn contains(&self, hash: u64) -> bool {
+        self.active.contains_hash(hash) || self.full.iter().rev().any(|f| f.contains_hash(hash))
+    }
+
+    fn count(&self) -> usize {
+        self.full.len() + 1
+    }
 }
 
 impl StoredIds {
+    fn with_headroom(headroom_ids: usize) -> StoredIds {
+        StoredIds {
+            ready: ArcSwapOption::empty(),
+            building: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+            headroom_ids,
+        }
+    }
+
     /// Starts building from `store` on a thread of its own (ids recorded from now on
     /// are kept for it).
     pub(super) fn build_from(self: &Arc<Self>, store: Arc<Store>) {
@@ -56,7 +99,7 @@ impl StoredIds {
         let started = std::time::Instant::now();
         let spawned = std::thread::Builder::new()
             .name("spendgate-stored-ids".into())
-            .spawn(move || match scan(&store) {
+            .spawn(move || match scan(&store, ids.headroom_ids) {
                 Ok(Some(filter)) => {
                     let bits = filter.num_bits();
                     if ids.finish(filter) {
@@ -81,7 +124,7 @@ impl StoredIds {
     /// An authorization id about to be decided (it will be stored).
     pub(super) fn record(&self, auth_id: &str) {
         if let Some(f) = &*self.ready.load() {
-            f.insert_hash(id_hash(auth_id) as u64);
+            self.insert(f, id_hash(auth_id) as u64);
             return;
         }
         if !self.building.load(Ordering::SeqCst) {
@@ -90,7 +133,7 @@ impl StoredIds {
         let mut pending = self.pending.lock();
         // The build may have finished since: then the filter takes it.
         if let Some(f) = &*self.ready.load() {
-            f.insert_hash(id_hash(auth_id) as u64);
+            self.insert(f, id_hash(auth_id) as u64);
         } else if self.building.load(Ordering::SeqCst) {
             if pending.len() < PENDING_IDS_MAX {
                 pending.push(id_hash(auth_id) as u64);
@@ -110,9 +153,47 @@ impl StoredIds {
     /// False only when the store certainly holds no decision with this id.
     pub(super) fn may_be_stored(&self, auth_id: &str) -> bool {
         match &*self.ready.load() {
-            Some(f) => f.contains_hash(id_hash(auth_id) as u64),
+            Some(f) => f.contains(id_hash(auth_id) as u64),
             None => true,
         }
+    }
+
+    /// How many filters are in use (0 before the first is built).
+    #[cfg(test)]
+    fn filters(&self) -> usize {
+        self.ready.load().as_ref().map_or(0, |f| f.count())
+    }
+
+    fn insert(&self, f: &Filters, hash: u64) {
+        f.active.insert_hash(hash);
+        // One caller sees the room run out, so one filter joins.
+        if f.room.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.add_filter(f);
+        }
+    }
+
+    /// The active filter is full: an empty one twice its size takes the new ids.
+    fn add_filter(&self, f: &Filters) {
+        let ids = f.active_ids.saturating_mul(2);
+        let next = AtomicBloomFilter::with_false_pos(FALSE_POSITIVE_RATE).expected_items(ids);
+        let bytes = f.bytes + next.num_bits() / 8;
+        if bytes > FILTER_BYTES_MAX {
+            tracing::warn!(
+                filters = f.count(),
+                filter_bytes = f.bytes,
+                "the stored-ids filters are at their memory bound: new ids are looked up more often until the next start"
+            );
+            return;
+        }
+        let mut full = f.full.clone();
+        full.push(f.active.clone());
+        self.ready.store(Some(Arc::new(Filters {
+            full,
+            active: Arc::new(next),
+            room: AtomicIsize::new(ids as isize),
+            active_ids: ids,
+            bytes,
+        })));
     }
 
     /// The scan is done: the ids decided meanwhile join it, and it is used from now on.
@@ -121,10 +202,18 @@ impl StoredIds {
         if !self.building.load(Ordering::SeqCst) {
             return false;
         }
+        let room = self.headroom_ids as isize - pending.len() as isize;
         for h in pending.drain(..) {
             filter.insert_hash(h);
         }
-        self.ready.store(Some(Arc::new(filter)));
+        let bytes = filter.num_bits() / 8;
+        self.ready.store(Some(Arc::new(Filters {
+            full: Vec::new(),
+            active: Arc::new(filter),
+            room: AtomicIsize::new(room.max(1)),
+            active_ids: self.headroom_ids,
+            bytes,
+        })));
         self.building.store(false, Ordering::SeqCst);
         true
     }
@@ -139,13 +228,16 @@ impl StoredIds {
 
 /// Every stored authorization id: decisions, and the deadline answers (91) kept in the
 /// idempotency table. `None` when there are too many to index.
-fn scan(store: &Store) -> Result<Option<AtomicBloomFilter>, crate::store::StoreError> {
+fn scan(
+    store: &Store,
+    headroom_ids: usize,
+) -> Result<Option<AtomicBloomFilter>, crate::store::StoreError> {
     let stored = store.decision_seq_max()?.max(0) as usize;
     if stored > STORED_IDS_MAX {
         return Ok(None);
     }
     let filter = AtomicBloomFilter::with_false_pos(FALSE_POSITIVE_RATE)
-        .expected_items(stored + HEADROOM_IDS);
+        .expected_items(stored + headroom_ids);
     let mut after = 0;
     loop {
         let page = store.authorization_hashes(after, PAGE_ROWS)?;
@@ -198,6 +290,26 @@ mod tests {
             .filter(|i| !ids.may_be_stored(&format!("new-{i}")))
             .count();
         assert!(unknown > 950, "new ids skip the store: {unknown} of 1000");
+    }
+
+    #[test]
+    fn past_the_first_filters_room_new_ids_still_skip_the_store() {
+        // Two thousand ids decided where the filter built at start had room for 100:
+        // alone it would answer "may be stored" for nearly any id.
+        let ids = StoredIds::with_headroom(100);
+        ids.building.store(true, Ordering::SeqCst);
+        let scanned = AtomicBloomFilter::with_false_pos(FALSE_POSITIVE_RATE).expected_items(100);
+        assert!(ids.finish(scanned));
+        for i in 0..2_000 {
+            ids.record(&format!("decided-{i}"));
+        }
+        let unknown = (0..1_000)
+            .filter(|i| !ids.may_be_stored(&format!("new-{i}")))
+            .count();
+        assert!(unknown > 900, "new ids skip the store: {unknown} of 1000");
+        assert!((0..2_000).all(|i| ids.may_be_stored(&format!("decided-{i}"))));
+        // 100, then 200, 400, 800 and 1 600 new ids.
+        assert_eq!(ids.filters(), 5);
     }
 
     #[test]
