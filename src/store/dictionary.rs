@@ -71,9 +71,6 @@ struct Trained {
 }
 
 struct Sampling {
-    /// Every `stride`-th record written is kept until `SAMPLES` pairs are.
-    stride: u64,
-    written: u64,
     samples: Vec<Vec<u8>>,
     training: bool,
     /// Dictionaries stored and trained: what the next training waits for.
@@ -88,6 +85,9 @@ pub struct Dictionaries {
     decoders: RwLock<HashMap<u16, Arc<DDict<'static>>>>,
     next_id: Mutex<u16>,
     sampling: Mutex<Sampling>,
+    /// Every `stride`-th record written is kept until `SAMPLES` pairs are.
+    stride: AtomicU64,
+    written: AtomicU64,
     trained: Mutex<Option<Trained>>,
     has_trained: AtomicBool,
     training: bool,
@@ -126,9 +126,9 @@ impl Dictionaries {
             current: ArcSwapOption::from_pointee(current),
             decoders: RwLock::new(decoders),
             next_id: Mutex::new(next_id),
+            stride: AtomicU64::new(stride.max(1)),
+            written: AtomicU64::new(0),
             sampling: Mutex::new(Sampling {
-                stride: stride.max(1),
-                written: 0,
                 samples: Vec::new(),
                 training: false,
                 dictionaries: stored.len(),
@@ -186,9 +186,13 @@ impl Dictionaries {
     }
 
     fn sample(self: &Arc<Self>, answer: &[u8], body: &[u8]) {
+        // Counted without the lock: every record passes here, one in `stride` stops.
+        let written = self.written.fetch_add(1, Ordering::Relaxed) + 1;
+        if written % self.stride.load(Ordering::Relaxed) != 0 {
+            return;
+        }
         let mut s = self.sampling.lock();
-        s.written += 1;
-        if s.training || s.written % s.stride != 0 {
+        if s.training {
             return;
         }
         s.samples.push(answer.to_vec());
@@ -211,8 +215,11 @@ impl Dictionaries {
         let trained = zstd::dict::from_samples(&samples, DICTIONARY_BYTES_MAX);
         let mut s = self.sampling.lock();
         s.dictionaries += usize::from(trained.is_ok());
-        s.stride = (records_before_training(s.dictionaries) / SAMPLES as u64).max(1);
-        s.written = 0;
+        self.stride.store(
+            (records_before_training(s.dictionaries) / SAMPLES as u64).max(1),
+            Ordering::Relaxed,
+        );
+        self.written.store(0, Ordering::Relaxed);
         s.training = false;
         drop(s);
         match trained {
