@@ -25,7 +25,7 @@ use spendgate::policy::load_policy_dir;
 use spendgate::service::decision_record::{self, DecodedDecision};
 use spendgate::service::responses::AuthorizationResponse;
 use spendgate::service::{Engine, EngineConfig};
-use spendgate::store::{Durability, Store, StoredDecision, DB_FILE};
+use spendgate::store::{load_snapshot, Durability, Store, DB_FILE};
 use spendgate::velocity::key_hash;
 
 mod common;
@@ -104,17 +104,12 @@ fn build(dir: &Path, decisions: usize) {
         "PRAGMA synchronous = OFF; DELETE FROM recovery_point; DELETE FROM recovery_states;",
     )
     .unwrap();
-    let template: Vec<DecodedDecision> = c
-        .prepare("SELECT answer, body FROM decision_log ORDER BY seq")
+    // Read through the store: past its first few thousand decisions it compresses them.
+    let template: Vec<DecodedDecision> = load_snapshot(&mut c)
         .unwrap()
-        .query_map([], |r| {
-            Ok(StoredDecision::Record {
-                answer: r.get(0)?,
-                body: r.get(1)?,
-            })
-        })
-        .unwrap()
-        .map(|d| decision_record::decode(&d.unwrap()).unwrap())
+        .decisions
+        .iter()
+        .map(|d| decision_record::decode(d).unwrap())
         .collect();
     let live = template.len() as i64;
     let copies = (decisions as i64 - live).max(0);
