@@ -207,6 +207,8 @@ impl Dictionaries {
             .name("spendgate-dictionary".into())
             .spawn(move || this.train(samples));
         if let Err(e) = spawned {
+            // Sampling starts over; records stay as they are compressed now.
+            s.training = false;
             tracing::warn!(error = %e, "could not start training a record dictionary");
         }
     }

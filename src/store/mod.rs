@@ -400,7 +400,7 @@ impl Store {
         )
     }
 
-    fn start(location: Location, o: Opened) -> Result<(Store, Snapshot), StoreError> {
+    fn start(location: Location, mut o: Opened) -> Result<(Store, Snapshot), StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH_MAX);
         let durable = Arc::new(Durable {
             seq: Mutex::new(0),
@@ -409,7 +409,6 @@ impl Store {
             waiters: Mutex::new(std::collections::BTreeMap::new()),
         });
         let stats = Arc::new(StoreStats::default());
-        let mut o = o;
         let dictionaries = Arc::new(dictionary::Dictionaries::load(&mut *o.writer, true)?);
         let writer = {
             let durable = durable.clone();
