@@ -240,6 +240,11 @@ impl Dictionaries {
         }
     }
 
+    /// Dictionaries this process can expand records with.
+    pub fn count(&self) -> usize {
+        self.decoders.read().len()
+    }
+
     /// Puts a compressed record back as it was written; other records are left alone.
     /// A dictionary this process has not loaded is read from `db` (a store written on by
     /// another process since).

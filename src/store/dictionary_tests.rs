@@ -63,6 +63,9 @@ fn records_compressed_with_a_trained_dictionary_read_back_as_written() {
     let (store, _) = Store::open(dir.path(), Durability::Off).unwrap();
     let n = write_until_compressed(&store, 100);
     assert!(n > SAMPLES as u64, "trained on {n} records");
+    let counters = store.counters();
+    assert_eq!(counters.record_dictionaries, 1);
+    assert!(counters.decisions_compressed >= 100);
     let raw = raw_records(dir.path());
     let compressed: Vec<_> = raw.iter().filter(|(a, _)| a[0] == COMPRESSED).collect();
     assert!(compressed.len() >= 100);

@@ -284,6 +284,10 @@ pub struct StoreCounters {
     pub queue_depth: u64,
     pub batches: u64,
     pub writes: u64,
+    /// Decisions this process wrote compressed (`dictionary`).
+    pub decisions_compressed: u64,
+    /// Record dictionaries in use (stored, and adopted since).
+    pub record_dictionaries: u64,
 }
 
 pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
@@ -510,12 +514,14 @@ impl Store {
         self.durable.seq_now.load(Ordering::Acquire)
     }
 
-    /// Counters for metrics: (queue depth, batches, writes).
+    /// Counters for metrics.
     pub fn counters(&self) -> StoreCounters {
         StoreCounters {
             queue_depth: self.stats.queue_depth.load(Ordering::Relaxed),
             batches: self.stats.batches.load(Ordering::Relaxed),
             writes: self.stats.writes.load(Ordering::Relaxed),
+            decisions_compressed: self.dictionaries.compressed.load(Ordering::Relaxed),
+            record_dictionaries: self.dictionaries.count() as u64,
         }
     }
 

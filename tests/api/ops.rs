@@ -49,6 +49,8 @@ async fn operations_endpoints_and_openapi_in_step_with_routes() {
         "spendgate_decision_latency_seconds_bucket",
         "spendgate_store_queue_depth",
         "spendgate_store_commit_seconds_bucket",
+        "spendgate_store_decisions_compressed",
+        "spendgate_store_record_dictionaries",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }

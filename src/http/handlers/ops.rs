@@ -35,6 +35,8 @@ pub async fn metrics_endpoint(State(s): State<Shared>) -> Response {
         metrics::gauge!("spendgate_store_queue_depth").set(c.queue_depth as f64);
         metrics::gauge!("spendgate_store_batches").set(c.batches as f64);
         metrics::gauge!("spendgate_store_writes").set(c.writes as f64);
+        metrics::gauge!("spendgate_store_decisions_compressed").set(c.decisions_compressed as f64);
+        metrics::gauge!("spendgate_store_record_dictionaries").set(c.record_dictionaries as f64);
     }
     metrics::gauge!("spendgate_cards").set(s.engine.card_count() as f64);
     let engine = s.engine.clone();
