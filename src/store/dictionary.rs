@@ -94,9 +94,13 @@ pub struct Dictionaries {
     pub compressed: AtomicU64,
 }
 
+/// Decompression contexts kept for the next read; beyond these, a read makes its own.
+const DCTX_POOL_MAX: usize = 8;
+static DCTX_POOL: Mutex<Vec<DCtx<'static>>> = Mutex::new(Vec::new());
+
+// Compression runs on the threads that decide (the runtime's workers): one context each.
 thread_local! {
     static CCTX: RefCell<Option<CCtx<'static>>> = const { RefCell::new(None) };
-    static DCTX: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
     static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -270,19 +274,20 @@ impl Dictionaries {
             return Err(corrupt("length"));
         }
         let ddict = self.decoder(db, id)?;
+        let mut whole = Vec::with_capacity(FRAME_MAGIC.len() + frame.len());
+        whole.extend_from_slice(&FRAME_MAGIC);
+        whole.extend_from_slice(frame);
         let mut out = Vec::with_capacity(len);
-        DCTX.with(|c| {
-            let mut c = c.borrow_mut();
-            let dctx = c.get_or_insert_with(DCtx::create);
-            FRAME.with(|f| {
-                let mut f = f.borrow_mut();
-                f.clear();
-                f.extend_from_slice(&FRAME_MAGIC);
-                f.extend_from_slice(frame);
-                dctx.decompress_using_ddict(&mut out, &f, &ddict)
-            })
-        })
-        .map_err(|code| corrupt(zstd_safe::get_error_name(code)))?;
+        // Contexts are pooled, not per thread: reads run on the runtime's blocking threads,
+        // which can be many (≈ 95 KiB per decompression context).
+        let mut dctx = DCTX_POOL.lock().pop().unwrap_or_else(DCtx::create);
+        let r = dctx.decompress_using_ddict(&mut out, &whole, &ddict);
+        let mut pool = DCTX_POOL.lock();
+        if pool.len() < DCTX_POOL_MAX {
+            pool.push(dctx);
+        }
+        drop(pool);
+        r.map_err(|code| corrupt(zstd_safe::get_error_name(code)))?;
         if out.len() != len {
             return Err(corrupt("length differs"));
         }
