@@ -110,6 +110,39 @@ struct InFlight {
     /// (endpoint, sequence) being attempted.
     deliveries: HashSet<(String, i64)>,
     per_endpoint: HashMap<String, usize>,
+    /// Reads of the pending deliveries begun so far.
+    reads: u64,
+    /// Attempts that ended since the latest read began, with `reads` when they ended: that
+    /// read may have seen them still pending, and must not send them again.
+    ended: HashMap<(String, i64), u64>,
+}
+
+impl InFlight {
+    /// A read of the pending deliveries begins: attempts that ended before it are in it.
+    fn read_begins(&mut self) {
+        self.reads += 1;
+        let reads = self.reads;
+        self.ended.retain(|_, at| *at >= reads);
+    }
+
+    /// Whether a delivery the latest read found pending may be attempted now.
+    fn may_attempt(&self, key: &(String, i64)) -> bool {
+        !self.deliveries.contains(key) && !self.ended.contains_key(key)
+    }
+
+    fn begin(&mut self, key: (String, i64)) {
+        *self.per_endpoint.entry(key.0.clone()).or_default() += 1;
+        self.deliveries.insert(key);
+    }
+
+    /// An attempt ended (its outcome is durable).
+    fn end(&mut self, key: (String, i64)) {
+        if let Some(n) = self.per_endpoint.get_mut(&key.0) {
+            *n = n.saturating_sub(1);
+        }
+        self.deliveries.remove(&key);
+        self.ended.insert(key, self.reads);
+    }
 }
 
 /// Runs until `stop` turns true.
@@ -144,6 +177,7 @@ pub async fn run(
             continue;
         }
         let e = engine.clone();
+        in_flight.lock().read_begins();
         let Ok(pending) =
             tokio::task::spawn_blocking(move || e.pending_deliveries(PENDING_READ_PER_ENDPOINT))
                 .await
@@ -173,7 +207,9 @@ pub async fn run(
                 continue;
             }
             let mut f = in_flight.lock();
-            let busy = f.deliveries.contains(&(d.endpoint_id.clone(), d.sequence));
+            let key = (d.endpoint_id.clone(), d.sequence);
+            // In flight, or ended after this read began (it may be stale for it).
+            let busy = !f.may_attempt(&key);
             let due = d.next_attempt_ms <= now_ms;
             let full = f.per_endpoint.get(&d.endpoint_id).copied().unwrap_or(0)
                 >= cfg.per_endpoint_in_flight;
@@ -184,18 +220,13 @@ pub async fn run(
             if f.deliveries.len() >= cfg.in_flight_max {
                 break;
             }
-            f.deliveries.insert((d.endpoint_id.clone(), d.sequence));
-            *f.per_endpoint.entry(d.endpoint_id.clone()).or_default() += 1;
+            f.begin(key.clone());
             drop(f);
             waiting.insert(lane);
             let (engine, client, in_flight) = (engine.clone(), client.clone(), in_flight.clone());
             tokio::spawn(async move {
                 attempt(&engine, &client, &cfg, &d).await;
-                let mut f = in_flight.lock();
-                f.deliveries.remove(&(d.endpoint_id.clone(), d.sequence));
-                if let Some(n) = f.per_endpoint.get_mut(&d.endpoint_id) {
-                    *n = n.saturating_sub(1);
-                }
+                in_flight.lock().end(key);
             });
         }
     }
@@ -270,6 +301,28 @@ async fn attempt(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_delivery_that_ended_while_pending_ones_were_read_is_not_sent_again() {
+        let mut f = super::InFlight::default();
+        let key = ("we_1".to_string(), 7);
+        f.read_begins();
+        f.begin(key.clone());
+        assert!(!f.may_attempt(&key), "in flight");
+        // The next read begins while the attempt is still out, so it finds the delivery
+        // pending; the attempt then ends (delivered) before that read's result is used.
+        f.read_begins();
+        f.end(key.clone());
+        assert!(
+            !f.may_attempt(&key),
+            "that read is stale for it: no second send"
+        );
+        assert_eq!(f.per_endpoint["we_1"], 0);
+        // A read that begins after the outcome was stored sees it as it is.
+        f.read_begins();
+        assert!(f.may_attempt(&key));
+        assert!(f.ended.is_empty(), "what ended is forgotten once read past");
+    }
+
     use super::*;
 
     /// A webhook URL whose name leads to a loopback or private address: refused when it
