@@ -316,6 +316,10 @@ impl Dictionaries {
 
 /// `raw` as a compressed record; `raw` itself when compression does not make it smaller.
 fn compress(enc: &Encoder, raw: Vec<u8>) -> Vec<u8> {
+    if raw.len() > RECORD_BYTES_MAX {
+        // Kept as it is: a read refuses to expand anything longer.
+        return raw;
+    }
     let frame = CCTX.with(|c| {
         let mut c = c.borrow_mut();
         let cctx = c.get_or_insert_with(|| {

@@ -131,6 +131,10 @@ fn a_record_compression_would_not_shrink_is_stored_as_written() {
         .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
         .collect();
     assert_eq!(compress(&enc, noise.clone()), noise);
+    // Nor does a record longer than any read would expand.
+    let long = record(3, "answer").repeat(RECORD_BYTES_MAX / 100);
+    assert!(long.len() > RECORD_BYTES_MAX);
+    assert_eq!(compress(&enc, long.clone()), long);
     let shared = record(2, "answer");
     let packed = compress(&enc, shared.clone());
     assert_eq!(&packed[..3], &[COMPRESSED, 3, 0]);
