@@ -284,9 +284,8 @@ pub struct StoreCounters {
     pub queue_depth: u64,
     pub batches: u64,
     pub writes: u64,
-    /// Decisions this process wrote compressed (`dictionary`).
+    /// Decisions this process wrote compressed, and the record dictionaries in use.
     pub decisions_compressed: u64,
-    /// Record dictionaries in use (stored, and adopted since).
     pub record_dictionaries: u64,
 }
 
