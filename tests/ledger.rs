@@ -38,7 +38,12 @@ fn open(dir: &Path, durability: Durability) -> Engine {
 /// Program `p` with a funded funding account and `n` active, funded USD cards.
 /// An engine on the store in `dir` (opened or created), with `config` and a fresh clock.
 fn open_engine(dir: &Path, config: EngineConfig) -> Engine {
-    let (store, snapshot) = Store::open(dir, Durability::Full).unwrap();
+    open_engine_with(dir, Durability::Full, config)
+}
+
+/// [`open_engine`] with another durability (`Off` for tests that write thousands).
+fn open_engine_with(dir: &Path, durability: Durability, config: EngineConfig) -> Engine {
+    let (store, snapshot) = Store::open(dir, durability).unwrap();
     Engine::open(rules(), Arc::new(store), snapshot, config)
         .unwrap()
         .with_clock(fresh_clock())
@@ -1526,12 +1531,7 @@ fn compressed_decision_records_replay_their_answers_and_rebuild_the_same_state()
         idempotency_entries_max: 64,
         ..EngineConfig::default()
     };
-    let open_small = || {
-        let (store, snapshot) = Store::open(dir.path(), Durability::Off).unwrap();
-        Engine::open(rules(), Arc::new(store), snapshot, config)
-            .unwrap()
-            .with_clock(fresh_clock())
-    };
+    let open_small = || open_engine_with(dir.path(), Durability::Off, config);
     let compressed = || -> i64 {
         let c =
             Connection::open_with_flags(dir.path().join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -39,7 +39,7 @@ pub const COMPRESSED: u8 = 0xF0;
 const DICTIONARY_BYTES_MAX: usize = 16 * 1024;
 /// Records (answer and body each) a dictionary is trained on.
 const SAMPLES: usize = 4_096;
-/// zstd level: with a dictionary, higher levels gained ≈ 3 % on these records.
+/// zstd level: with a dictionary, level 3 gained 0–3 % on these records (measured once).
 const LEVEL: i32 = 1;
 /// Largest record expanded (a record is a few hundred bytes; a trace of many rules a few
 /// KiB): a longer stated length is corruption, not an allocation to make.
