@@ -20,7 +20,9 @@ pub use config::Config;
 pub use contract::{Access, Contract};
 pub use openapi::{openapi, routes, ApiDoc, Route};
 pub use problem::{Problem, ProblemBody};
-pub use server::{build_state, load_and_test_policies, run_server, serve};
+pub use server::{
+    build_state, load_and_test_policies, metrics_handle, run_server, serve, METRICS_UPKEEP_INTERVAL,
+};
 
 use std::sync::Arc;
 use std::time::Instant;

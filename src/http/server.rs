@@ -17,8 +17,14 @@ use crate::policy::{load_policy_dir, PolicySet};
 use crate::policy_tests::run_policy_tests;
 use crate::service::Engine;
 
-/// The process-wide Prometheus recorder (installed once, shared by every server).
-pub(super) fn metrics_handle() -> PrometheusHandle {
+/// How often recorded histogram samples are folded into their buckets. The recorder keeps
+/// each sample (8 bytes) until then or until a scrape, so a server nobody scrapes would grow
+/// by three samples per authorization, for ever.
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The process-wide Prometheus recorder (installed once, shared by every server), with the
+/// thread that keeps its histograms bounded ([`METRICS_UPKEEP_INTERVAL`]).
+pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -29,12 +35,30 @@ pub(super) fn metrics_handle() -> PrometheusHandle {
                 ])
                 .expect("static buckets");
             match builder.install_recorder() {
-                Ok(h) => h,
-                // Another recorder is installed (embedding): keep a private one.
+                Ok(h) => {
+                    start_metrics_upkeep(h.clone());
+                    h
+                }
+                // Another recorder is installed (embedding): keep a private one, which
+                // nothing records into (so it needs no upkeep).
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }
         })
         .clone()
+}
+
+/// Drains the recorder's histogram samples into their buckets every
+/// [`METRICS_UPKEEP_INTERVAL`] (`install_recorder` leaves that to its caller).
+fn start_metrics_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("spendgate-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "metrics upkeep thread did not start: histograms grow until scraped");
+    }
 }
 
 /// Validates the rules and runs their embedded tests; any failure keeps the old policy.
