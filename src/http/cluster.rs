@@ -24,7 +24,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -421,15 +420,13 @@ pub async fn serve_cluster(
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut stop = halt_rx;
-        tokio::spawn(async move {
+        let limits = super::ConnectionLimits {
             // Forwarded answers are small writes on a hop that waits for them: no Nagle.
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                front,
-            )
-            .with_graceful_shutdown(async move {
+            nodelay: true,
+            ..super::ConnectionLimits::of(&config)
+        };
+        tokio::spawn(async move {
+            super::serve_connections(listener, front, limits, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await

@@ -45,6 +45,11 @@ pub struct Config {
     pub body_bytes_max: usize,
     /// Requests in flight at once; more wait.
     pub requests_in_flight_max: usize,
+    /// Connections open at once; more wait in the listen backlog, not accepted.
+    pub connections_max: usize,
+    /// A request's head, and then its body, must arrive within this many milliseconds of
+    /// the server starting to read it; a keep-alive connection idle this long is closed.
+    pub read_timeout_ms: u64,
     /// Requests per second per API key.
     pub rate_per_key_per_s: u32,
     /// Runtime worker threads (`SPENDGATE_WORKERS`); 0 = one per core.
@@ -73,6 +78,8 @@ impl Default for Config {
             deadline_ms: 1_500,
             body_bytes_max: 8 * 1024,
             requests_in_flight_max: 4_096,
+            connections_max: 4_096,
+            read_timeout_ms: 60_000,
             rate_per_key_per_s: 50_000,
             workers: 0,
             wal_mib_max: 256,
@@ -171,6 +178,12 @@ impl Config {
                 "shards must be 1 to {}",
                 crate::domain::shard::SHARDS_MAX
             ));
+        }
+        if c.connections_max == 0 {
+            return Err("connections_max must be at least 1".into());
+        }
+        if c.read_timeout_ms == 0 {
+            return Err("read_timeout_ms must be at least 1".into());
         }
         if c.shards > 1 && c.store.is_none() {
             return Err("shards split a PostgreSQL store; the SQLite store is one shard".into());

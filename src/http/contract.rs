@@ -103,6 +103,10 @@ impl Contract {
             ));
         }
         if self.json_body {
+            p.push((
+                408,
+                "the body did not arrive within `read_timeout_ms` (`body_timeout`)",
+            ));
             p.push((413, "body larger than allowed (`body_too_large`)"));
             p.push((415, "body not JSON (`unsupported_media_type`)"));
         }
@@ -117,6 +121,7 @@ impl Contract {
                 (400, "unreadable hook body (`invalid_hook_payload`); Stripe: bad signature (`invalid_signature`)"),
                 (401, "the processor's authentication does not match, or no such hook (`invalid_signature`)"),
                 (404, "no such processor (`route_not_found`)"),
+                (408, "the body did not arrive within `read_timeout_ms` (`body_timeout`)"),
                 (413, "body larger than allowed (`body_too_large`)"),
                 (429, "the program's request rate is over its quota (`rate_limited`)"),
             ];
@@ -455,7 +460,7 @@ mod tests {
         assert_eq!(op["parameters"][0]["name"], "Idempotency-Key");
         assert_eq!(op["parameters"][0]["required"], true);
         for s in [
-            "201", "400", "401", "403", "404", "409", "413", "415", "422", "429",
+            "201", "400", "401", "403", "404", "408", "409", "413", "415", "422", "429",
         ] {
             assert!(op["responses"][s].is_object(), "{s} declared");
         }

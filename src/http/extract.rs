@@ -262,20 +262,50 @@ fn require_json(req: &Request) -> Result<(), Problem> {
     }
 }
 
+/// The body, whole, within `read_timeout_ms` of starting to read it (a client that
+/// trickles it would otherwise hold its connection and a request slot for ever).
+async fn body_within_timeout(req: Request, s: &Shared) -> Result<Bytes, Problem> {
+    let timeout = std::time::Duration::from_millis(s.config.read_timeout_ms);
+    tokio::time::timeout(timeout, Bytes::from_request(req, s))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    s.config.read_timeout_ms
+                ),
+            )
+        })?
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than allowed",
+                )
+            } else {
+                Problem::bad_request("invalid_body", e.body_text())
+            }
+        })
+}
+
+/// A processor's raw hook body (its own format, so no content-type check), read within
+/// `read_timeout_ms`.
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<Shared> for RawBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, s: &Shared) -> Result<RawBody, Problem> {
+        body_within_timeout(req, s).await.map(RawBody)
+    }
+}
+
 async fn body_bytes(req: Request, s: &Shared) -> Result<Bytes, Problem> {
     require_json(&req)?;
-    Bytes::from_request(req, s).await.map_err(|e| {
-        let status = e.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                status,
-                "body_too_large",
-                "the request body is larger than allowed",
-            )
-        } else {
-            Problem::bad_request("invalid_body", e.body_text())
-        }
-    })
+    body_within_timeout(req, s).await
 }
 
 /// A JSON body (unknown fields are refused by the types themselves).

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod config;
+mod connections;
 mod contract;
 mod dto;
 mod extract;
@@ -17,6 +18,7 @@ pub mod security;
 pub(crate) mod server;
 
 pub use config::Config;
+pub use connections::{serve_connections, ConnectionLimits};
 pub use contract::{Access, Contract};
 pub use openapi::{openapi, routes, ApiDoc, Route};
 pub use problem::{Problem, ProblemBody};

@@ -180,10 +180,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let background = Background::start(&state);
-    let app = app(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = super::ConnectionLimits::of(&state.config);
+    super::serve_connections(listener, app(state.clone()), limits, shutdown).await;
     background.stop(&state).await;
     Ok(())
 }

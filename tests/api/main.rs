@@ -3,6 +3,7 @@
 
 mod support;
 
+mod connections;
 mod deadline;
 mod errors;
 mod events;

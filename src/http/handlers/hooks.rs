@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,7 @@ use rust_decimal::Decimal;
 use super::authorizations::decide_within;
 use super::{respond, to_json, ApiResult};
 use crate::http::dto::{CallerIds, ProcessorCardToken};
-use crate::http::extract::{checked_id, Admin, Body, IdemKey, OwnedCard};
+use crate::http::extract::{checked_id, Admin, Body, IdemKey, OwnedCard, RawBody};
 use crate::http::problem::{Problem, ProblemBody};
 use crate::http::{ProcessorAnswer, RequestId, Shared};
 use crate::money::Currency;
@@ -68,7 +67,7 @@ pub async fn processor_hook(
     rid: Option<axum::Extension<RequestId>>,
     Path((program, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Response {
     let arrival = Instant::now();
     let p = match processor(&name) {
