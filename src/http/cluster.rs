@@ -396,6 +396,9 @@ pub async fn serve_cluster(
         me: name.clone(),
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
+            // An owner closes a connection idle for `read_timeout_ms`: drop ours well
+            // before, so a forwarded request never goes out on one it is closing.
+            .pool_idle_timeout(Duration::from_millis(config.read_timeout_ms / 2))
             .tcp_nodelay(true)
             .timeout(Duration::from_millis(config.deadline_ms.max(1_000) * 2))
             .build()?,
