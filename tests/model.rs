@@ -607,7 +607,9 @@ proptest! {
 }
 
 /// One long sequence (10⁶ operations by default, restarts included), in chunks that each
-/// start a fresh engine, so a divergence is reported from a short prefix.
+/// start a fresh engine, so a divergence is reported from a short prefix. The chunks are
+/// independent (each its own engine, store and seed), so they run on every core; the
+/// first chunk to diverge, by seed, is the one reported.
 #[test]
 fn a_million_operations_agree_with_the_reference_model() {
     let total: usize = std::env::var("MODEL_OPS")
@@ -623,26 +625,45 @@ fn a_million_operations_agree_with_the_reference_model() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     const CHUNK: usize = 5_000;
-    let mut done = 0;
-    let mut chunk_seed = seed;
-    let mut seen = Seen::default();
-    while done < total {
-        let n = CHUNK.min(total - done);
-        let ops = random_ops(chunk_seed, n);
-        match run_counting(&ops) {
-            Ok(s) => seen.add(s),
-            Err((step, what)) => {
-                let ops = shrink(ops[..=step].to_vec());
-                panic!(
-                    "seed {chunk_seed}: diverged at step {step}: {what}\nshortest sequence found ({} ops): {ops:#?}",
-                    ops.len()
-                );
-            }
+    let chunks = total.div_ceil(CHUNK);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut seen, mut diverged) = (Seen::default(), Vec::new());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (mut seen, mut diverged) = (Seen::default(), Vec::new());
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= chunks {
+                            break;
+                        }
+                        let chunk_seed = seed + i as u64;
+                        let ops = random_ops(chunk_seed, CHUNK.min(total - i * CHUNK));
+                        match run_counting(&ops) {
+                            Ok(s) => seen.add(s),
+                            Err((step, what)) => diverged.push((chunk_seed, ops, step, what)),
+                        }
+                    }
+                    (seen, diverged)
+                })
+            })
+            .collect();
+        for w in workers {
+            let (s, d) = w.join().expect("a model worker panicked");
+            seen.add(s);
+            diverged.extend(d);
         }
-        done += n;
-        chunk_seed += 1;
+    });
+    if let Some((chunk_seed, ops, step, what)) = diverged.into_iter().min_by_key(|d| d.0) {
+        let ops = shrink(ops[..=step].to_vec());
+        panic!(
+            "seed {chunk_seed}: diverged at step {step}: {what}\nshortest sequence found ({} ops): {ops:#?}",
+            ops.len()
+        );
     }
-    println!("{done} operations agreed: {seen:?}");
+    println!("{total} operations agreed on {threads} threads: {seen:?}");
     for (what, n) in [
         ("approvals", seen.approved),
         ("velocity declines", seen.declined_velocity),
