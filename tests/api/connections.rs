@@ -26,10 +26,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_no_request_is_closed_after_the_read_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir.path().join("data"), Path::new("rules"));
-    c.read_timeout_ms = 300;
-    let mut s = Server::start_with(c, Some(dir)).await;
+    let mut s = Server::start_configured(|c| c.read_timeout_ms = 300).await;
     let mut silent = TcpStream::connect(s.addr).await.unwrap();
     let mut trickling = TcpStream::connect(s.addr).await.unwrap();
     trickling
@@ -61,10 +58,7 @@ async fn a_connection_that_sends_no_request_is_closed_after_the_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_bound_wait_until_one_closes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir.path().join("data"), Path::new("rules"));
-    c.connections_max = 2;
-    let mut s = Server::start_with(c, Some(dir)).await;
+    let mut s = Server::start_configured(|c| c.connections_max = 2).await;
     let first = TcpStream::connect(s.addr).await.unwrap();
     let second = TcpStream::connect(s.addr).await.unwrap();
     let url = format!("http://{}/healthz", s.addr);
@@ -90,10 +84,7 @@ async fn connections_beyond_the_bound_wait_until_one_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_arrive_in_time_is_refused_with_body_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir.path().join("data"), Path::new("rules"));
-    c.read_timeout_ms = 300;
-    let mut s = Server::start_with(c, Some(dir)).await;
+    let mut s = Server::start_configured(|c| c.read_timeout_ms = 300).await;
     let (key, _card) = s.tenant("ng", "NGN").await;
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
     let head = format!(

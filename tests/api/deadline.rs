@@ -2,10 +2,7 @@ use super::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_deadline_answers_91_and_leaves_no_hold() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir.path().join("data"), Path::new("rules"));
-    c.deadline_ms = 0;
-    let mut s = Server::start_with(c, Some(dir)).await;
+    let mut s = Server::start_configured(|c| c.deadline_ms = 0).await;
     let (key, card) = s.tenant("ng", "NGN").await;
     let (_, first, v) = s
         .call(

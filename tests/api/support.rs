@@ -59,8 +59,14 @@ impl Server {
     }
 
     pub async fn start() -> Server {
+        Server::start_configured(|_| {}).await
+    }
+
+    /// The shipped rules on a fresh data directory, with `change` made to the config.
+    pub async fn start_configured(change: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(&dir.path().join("data"), Path::new("rules"));
+        let mut c = config(&dir.path().join("data"), Path::new("rules"));
+        change(&mut c);
         Server::start_with(c, Some(dir)).await
     }
 
