@@ -42,7 +42,8 @@ fn histogram_samples_nobody_scrapes_are_folded_into_buckets_not_kept() {
     record(1000);
     std::thread::sleep(METRICS_UPKEEP_INTERVAL * 2);
     let before = LIVE_BYTES.load(Ordering::Relaxed);
-    // As many samples as 670 000 authorizations leave (three each): 16 MB if kept.
+    // As many samples as a million authorizations leave (two each, and two per commit):
+    // 32 MB if kept.
     record(2_000_000);
     std::thread::sleep(METRICS_UPKEEP_INTERVAL * 3);
     // The drained blocks are freed once the recording threads move the epoch on.
