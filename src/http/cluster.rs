@@ -81,6 +81,8 @@ struct Gate {
     client: reqwest::Client,
     /// How often the lease table is read.
     poll: Duration,
+    /// How long a request's body may take to arrive (`read_timeout_ms`).
+    read_timeout: Duration,
     /// Woken after each read of the lease table and each shard loaded.
     observed: tokio::sync::Notify,
 }
@@ -149,9 +151,7 @@ impl Gate {
             }
             ["v1", "programs"] if post => {
                 let (parts, body) = req.into_parts();
-                let body = axum::body::to_bytes(body, forward::FORWARD_BODY_BYTES_MAX)
-                    .await
-                    .map_err(|_| forward::too_large())?;
+                let body = forward::read_body(body, self.read_timeout).await?;
                 // An unreadable body goes to shard 0, whose API says what is wrong.
                 let shard = serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
@@ -218,8 +218,9 @@ impl Gate {
             );
         }
         let (parts, body) = req.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, forward::FORWARD_BODY_BYTES_MAX).await else {
-            return forward::too_large();
+        let body = match forward::read_body(body, self.read_timeout).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
         };
         match forward::forward(&self.client, &self.me, &parts, body.clone(), &h.address).await {
             Ok(r) => r,
@@ -259,8 +260,9 @@ impl Gate {
     /// here) on every other owner; the first failure, or else the first answer.
     async fn everywhere(&self, req: Request) -> Response {
         let (parts, body) = req.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, forward::FORWARD_BODY_BYTES_MAX).await else {
-            return forward::too_large();
+        let body = match forward::read_body(body, self.read_timeout).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
         };
         let copy = |body: &Bytes| Request::from_parts(parts.clone(), Body::from(body.clone()));
         let mut answers = Vec::new();
@@ -403,6 +405,7 @@ pub async fn serve_cluster(
             .timeout(Duration::from_millis(config.deadline_ms.max(1_000) * 2))
             .build()?,
         poll,
+        read_timeout: Duration::from_millis(config.read_timeout_ms),
         observed: tokio::sync::Notify::new(),
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -14,6 +14,7 @@ use super::{Gate, Slot};
 use crate::cluster::Holder;
 
 const POLL_MS: u64 = 100;
+const READ_TIMEOUT_MS: u64 = 300;
 
 fn gate_seeing(owner: &str, address: &str) -> Arc<Gate> {
     let gate = Gate {
@@ -22,6 +23,7 @@ fn gate_seeing(owner: &str, address: &str) -> Arc<Gate> {
         me: "me".into(),
         client: reqwest::Client::new(),
         poll: Duration::from_millis(POLL_MS),
+        read_timeout: Duration::from_millis(READ_TIMEOUT_MS),
         observed: tokio::sync::Notify::new(),
     };
     gate.slots[0]
@@ -144,4 +146,31 @@ async fn a_request_the_owner_may_have_received_is_never_sent_to_another() {
     let (code, body) = text(gate.dispatch(0, get()).await).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(served.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_not_forwarded_and_answers_408() {
+    let served = Arc::new(AtomicUsize::new(0));
+    let live = live_owner(served.clone()).await;
+    let gate = gate_seeing("live", &live);
+    let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/authorizations")
+        .body(Body::from_stream(never))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (code, body) = tokio::time::timeout(Duration::from_secs(5), async {
+        text(gate.dispatch(0, req).await).await
+    })
+    .await
+    .expect("the front door gave up on the body");
+    assert_eq!(code, 408, "{body}");
+    assert!(body.contains("/problems/body_timeout"), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(READ_TIMEOUT_MS - 50));
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        0,
+        "nothing reached the owner"
+    );
 }

@@ -1,6 +1,8 @@
 //! Forwarding a request to the instance that owns its shard, and the answers an instance
 //! gives when it cannot (see `cluster`).
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -92,7 +94,25 @@ pub(super) fn not_owner(shard: Option<u32>, owner: Option<String>, detail: &str)
     r
 }
 
-pub(super) fn too_large() -> Response {
+/// A request's body, whole, within `timeout` of starting to read it: the front door holds
+/// a request slot while it reads, so a client trickling its body must not keep it.
+pub(super) async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, FORWARD_BODY_BYTES_MAX)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(super::problem::Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )
+        .into_response()),
+    }
+}
+
+fn too_large() -> Response {
     super::problem::Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
