@@ -16,7 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 mod input;
+mod watch;
 use input::replay_stream;
+use watch::{server_report, server_write_bytes, write_report};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -468,33 +470,6 @@ struct Spawned {
     _dir: tempfile::TempDir,
 }
 
-/// What a soak watches on the server between steps (Linux `/proc`; absent elsewhere).
-fn server_report(pid: Option<u32>, data: Option<&std::path::Path>) -> Option<String> {
-    let mut parts = Vec::new();
-    if let Some(pid) = pid {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())?;
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-        parts.push(format!(
-            "RSS {:.1} MiB, {fds} open descriptors",
-            rss_kib / 1024.0
-        ));
-    }
-    if let Some(d) = data {
-        let mib =
-            |f: &str| std::fs::metadata(d.join(f)).map_or(0.0, |m| m.len() as f64 / 1_048_576.0);
-        parts.push(format!(
-            "WAL {:.0} MiB, database {:.0} MiB",
-            mib("spendgate.db-wal"),
-            mib("spendgate.db")
-        ));
-    }
-    (!parts.is_empty()).then(|| format!("  server: {}", parts.join("; ")))
-}
-
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -612,6 +587,10 @@ pub fn run(args: Args) -> ExitCode {
                 let mut b = baseline(*conns, args.seconds).await;
                 base = report("baseline: minimal axum JSON endpoint", &mut b, args.seconds);
             }
+            let pid = args
+                .server_pid
+                .or(_spawned.as_ref().map(|s: &Spawned| s.child.id()));
+            let written_before = pid.and_then(server_write_bytes);
             let mut a = drive(
                 s.clone(),
                 *conns,
@@ -628,9 +607,13 @@ pub fn run(args: Args) -> ExitCode {
                 a.captures,
                 a.reversals
             );
-            let pid = args
-                .server_pid
-                .or(_spawned.as_ref().map(|s: &Spawned| s.child.id()));
+            if let (Some(before), Some(after)) = (written_before, pid.and_then(server_write_bytes))
+            {
+                println!(
+                    "{}",
+                    write_report(after.saturating_sub(before), a.latencies_us.len())
+                );
+            }
             let data = args
                 .server_data
                 .as_deref()
