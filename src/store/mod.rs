@@ -8,6 +8,7 @@
 //! (fail-stop): memory may be ahead of disk, so the only safe recovery is a restart that
 //! rebuilds memory from the store.
 
+mod decision_keys;
 mod dictionary;
 pub mod lease;
 mod load;
@@ -251,7 +252,9 @@ pub struct Store {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// A read-only connection for history listings, separate from the writer.
     readers: Readers,
-    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// The WAL checkpointer and the decision indexer (SQLite): each stops when its
+    /// sender is dropped.
+    background: Mutex<Vec<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     /// What decision records are compressed with, and expanded by.
     dictionaries: Arc<dictionary::Dictionaries>,
 }
@@ -328,6 +331,8 @@ struct Opened {
     fence: Option<Fence>,
     wal: Option<(PathBuf, u64)>,
     path: PathBuf,
+    /// SQLite: the decision indexer's connection, and the writer's view of the keys.
+    keys: Option<(Connection, decision_keys::KeysReader)>,
 }
 
 impl Store {
@@ -357,14 +362,18 @@ impl Store {
             p.push("-wal");
             PathBuf::from(p)
         };
+        let indexer = decision_keys::open_indexer(&path)?;
+        let reader = query::open_reader(&path)?;
+        decision_keys::attach(&reader, &path)?;
         Store::start(
             Location::Dir(dir.to_path_buf()),
             Opened {
                 writer: Box::new(conn),
-                readers: vec![Box::new(query::open_reader(&path)?)],
+                readers: vec![Box::new(reader)],
                 snapshot,
                 fence: None,
                 wal: Some((wal, wal_bytes_max)),
+                keys: Some((indexer, decision_keys::KeysReader::open(&path)?)),
                 path,
             },
         )
@@ -398,6 +407,7 @@ impl Store {
                 snapshot,
                 fence: Some(fence),
                 wal: None,
+                keys: None,
                 path: PathBuf::new(),
             },
         )
@@ -413,25 +423,34 @@ impl Store {
         });
         let stats = Arc::new(StoreStats::default());
         let dictionaries = Arc::new(dictionary::Dictionaries::load(&mut *o.writer, true)?);
+        let (indexer, keys) = match o.keys {
+            Some((ix, keys)) => (Some(ix), Some(keys)),
+            None => (None, None),
+        };
         let writer = {
             let durable = durable.clone();
             let stats = stats.clone();
             let (db, fence, wal) = (o.writer, o.fence, o.wal.clone());
             std::thread::Builder::new()
                 .name("spendgate-writer".into())
-                .spawn(move || writer_loop(db, fence, rx, durable, stats, wal))?
+                .spawn(move || writer_loop(db, fence, keys, rx, durable, stats, wal))?
         };
-        let checkpointer = match o.wal {
-            Some(_) => {
-                let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-                let cp_path = o.path.clone();
-                let cp = std::thread::Builder::new()
-                    .name("spendgate-checkpoint".into())
-                    .spawn(move || checkpointer(cp_path, stop_rx))?;
-                Some((stop_tx, cp))
-            }
-            None => None,
-        };
+        let mut background = Vec::new();
+        if o.wal.is_some() {
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+            let cp_path = o.path.clone();
+            let cp = std::thread::Builder::new()
+                .name("spendgate-checkpoint".into())
+                .spawn(move || checkpointer(cp_path, stop_rx))?;
+            background.push((stop_tx, cp));
+        }
+        if let Some(ix) = indexer {
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+            let h = std::thread::Builder::new()
+                .name("spendgate-keys".into())
+                .spawn(move || decision_keys::indexer(ix, stop_rx))?;
+            background.push((stop_tx, h));
+        }
         Ok((
             Store {
                 path: o.path,
@@ -442,7 +461,7 @@ impl Store {
                 stats,
                 writer: Mutex::new(Some(writer)),
                 readers: Readers::new(o.readers),
-                checkpointer: Mutex::new(checkpointer),
+                background: Mutex::new(background),
                 dictionaries,
             },
             o.snapshot,
@@ -533,7 +552,7 @@ impl Store {
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
-        if let Some((stop, h)) = self.checkpointer.lock().take() {
+        for (stop, h) in self.background.lock().drain(..) {
             drop(stop);
             let _ = h.join();
         }
@@ -571,31 +590,10 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-/// How many times in a row a batch the database rolled back (deadlock victim) is run
-/// again before the store stops as for any other failure.
-const CONFLICT_RETRIES_MAX: u32 = 5;
-
-/// Commits a batch; one the database chose as a deadlock's victim wrote nothing and is
-/// run again (its fence is checked again too). Another transaction (a migration, an
-/// operator's session) can always take table locks in an order the writer does not.
-fn commit_retrying(db: &mut dyn Db, fence: Option<&Fence>, jobs: &[Job]) -> Result<(), StoreError> {
-    let mut retries = 0u32;
-    loop {
-        match write::commit_batch(db, fence, jobs) {
-            Err(StoreError::Conflict(why)) if retries < CONFLICT_RETRIES_MAX => {
-                retries += 1;
-                metrics::counter!("spendgate_store_conflict_retries_total").increment(1);
-                tracing::warn!(%why, retries, "the database rolled a batch back; running it again");
-                std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(retries)));
-            }
-            r => return r,
-        }
-    }
-}
-
 fn writer_loop(
     mut db: Box<dyn Db>,
     fence: Option<Fence>,
+    mut keys: Option<decision_keys::KeysReader>,
     rx: Receiver<Job>,
     durable: Arc<Durable>,
     stats: Arc<StoreStats>,
@@ -615,7 +613,7 @@ fn writer_loop(
             }
         }
         let start = Instant::now();
-        if let Err(e) = commit_retrying(&mut *db, fence.as_ref(), &jobs) {
+        if let Err(e) = write::commit_retrying(&mut *db, fence.as_ref(), keys.as_mut(), &jobs) {
             fail_stop(&e.to_string());
         }
         let us = start.elapsed().as_micros() as u64;

@@ -4,8 +4,9 @@
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use super::decision_keys;
 use super::load::{id_hash, legacy_row, record_row, LEGACY_COLUMNS};
-use super::sql::{params, Db};
+use super::sql::{params, Backend, Db};
 use super::{Store, StoreError, StoredDecision};
 
 /// Rows returned per listing.
@@ -66,11 +67,11 @@ pub fn decisions_of_authorization(
     c: &mut dyn Db,
     auth_id: &str,
 ) -> Result<Vec<StoredDecision>, StoreError> {
-    let mut out = c.rows(
-        "SELECT answer, body FROM decision_log WHERE auth_hash = ?1",
-        params![id_hash(auth_id)],
-        record_row,
-    )?;
+    let sql = match c.backend() {
+        Backend::Sqlite => decision_keys::AUTH_RECORDS,
+        Backend::Postgres => "SELECT answer, body FROM decision_log WHERE auth_hash = ?1",
+    };
+    let mut out = c.rows(sql, params![id_hash(auth_id)], record_row)?;
     if super::schema::has_legacy_decisions(c)? {
         out.extend(c.rows(
             &format!("SELECT {LEGACY_COLUMNS} FROM decisions WHERE auth_id = ?1"),
@@ -108,8 +109,14 @@ pub fn card_history(
     c: &mut dyn Db,
     card: &str,
 ) -> Result<(Vec<StoredDecision>, Vec<TransferHistory>), StoreError> {
+    let sql = match c.backend() {
+        Backend::Sqlite => decision_keys::CARD_RECORDS,
+        Backend::Postgres => {
+            "SELECT answer, body FROM decision_log WHERE card_hash = ?1 ORDER BY seq DESC LIMIT ?2"
+        }
+    };
     let mut decisions = c.rows(
-        "SELECT answer, body FROM decision_log WHERE card_hash = ?1 ORDER BY seq DESC LIMIT ?2",
+        sql,
         params![id_hash(card), HISTORY_ROWS_MAX as i64],
         record_row,
     )?;

@@ -48,8 +48,6 @@ CREATE TABLE IF NOT EXISTS recovery_states (
 CREATE TABLE IF NOT EXISTS decision_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, auth_hash INTEGER NOT NULL, card_hash INTEGER NOT NULL,
     answer BLOB NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS decision_log_auth ON decision_log(auth_hash);
-CREATE INDEX IF NOT EXISTS decision_log_card ON decision_log(card_hash);
 CREATE TABLE IF NOT EXISTS record_dictionaries (
     id INTEGER PRIMARY KEY, dictionary BLOB NOT NULL, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS policy_versions (
@@ -79,7 +77,7 @@ CREATE INDEX IF NOT EXISTS decisions_auth ON decisions(auth_id);
 ";
 
 /// The schema version this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 // Version 3 → 4 only adds tables and an index (`recovery_point`, `recovery_states`,
 // `holds_live`): `SCHEMA` creates them. Version 4 → 5 writes decisions as compact records
 // to `decision_log` (≈ 2.2 KB → a few hundred bytes each): see `migrate`; and keeps
@@ -89,6 +87,9 @@ pub const SCHEMA_VERSION: i64 = 7;
 // (`events`, `deliveries`, `webhook_endpoints`, `program_alerts`).
 // Version 6 → 7: decision records may be compressed with a dictionary the store trained
 // (`record_dictionaries`, see `dictionary`): a release before it could not read them.
+// Version 7 → 8: decisions are found by their hashes through `decision_keys` (a file of
+// its own), not through two indexes on `decision_log`: `migrate` drops them. A release
+// before it recreates them and still works; the keys then catch up from their watermark.
 
 /// Version 1 → 2: authorization ids belong to their program, so holds, their
 /// resolutions and decisions are unique per card instead of globally.
@@ -171,6 +172,9 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
                 )?;
             }
         }
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS decision_log_auth; DROP INDEX IF EXISTS decision_log_card;",
+        )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match r {
@@ -236,6 +240,31 @@ mod tests {
         assert_eq!(s.cards.len(), 1);
         assert_eq!(s.cards[0].processor_card_token, None);
         assert!(s.hook_configs.is_empty() && s.outbox.endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_version_7_store_loses_the_decision_hash_indexes_the_keys_replace() {
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c).unwrap();
+        c.execute_batch(
+            "CREATE INDEX decision_log_auth ON decision_log(auth_hash);
+             CREATE INDEX decision_log_card ON decision_log(card_hash);
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        migrate(&c).unwrap();
+        let indexes: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'decision_log'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 8);
     }
 
     #[test]

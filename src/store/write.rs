@@ -2,16 +2,45 @@
 //! both backends run; on PostgreSQL the batch first proves the writer still holds its
 //! lease (see `lease`).
 
+use super::decision_keys::KeysReader;
 use super::lease::Fence;
 use super::sql::{params, Backend, Db};
 use super::{outbox, recovery_point, Job, StoreError, Write, ROWS_PER_SWEEP_MAX};
 
-pub(super) fn commit_batch(
+/// How many times in a row a batch the database rolled back (deadlock victim) is run
+/// again before the store stops as for any other failure.
+const CONFLICT_RETRIES_MAX: u32 = 5;
+
+/// Commits a batch; one the database chose as a deadlock's victim wrote nothing and is
+/// run again (its fence is checked again too). Another transaction (a migration, an
+/// operator's session) can always take table locks in an order the writer does not.
+pub(super) fn commit_retrying(
     db: &mut dyn Db,
     fence: Option<&Fence>,
+    mut keys: Option<&mut KeysReader>,
     jobs: &[Job],
 ) -> Result<(), StoreError> {
-    commit(db, fence, jobs.iter().flat_map(|j| &j.writes))
+    let mut retries = 0u32;
+    loop {
+        match commit_batch(db, fence, keys.as_deref_mut(), jobs) {
+            Err(StoreError::Conflict(why)) if retries < CONFLICT_RETRIES_MAX => {
+                retries += 1;
+                metrics::counter!("spendgate_store_conflict_retries_total").increment(1);
+                tracing::warn!(%why, retries, "the database rolled a batch back; running it again");
+                std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(retries)));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn commit_batch(
+    db: &mut dyn Db,
+    fence: Option<&Fence>,
+    keys: Option<&mut KeysReader>,
+    jobs: &[Job],
+) -> Result<(), StoreError> {
+    commit_with(db, fence, keys, jobs.iter().flat_map(|j| &j.writes))
 }
 
 /// Writes `writes` in one transaction; with a fence, only while its lease is still the
@@ -21,18 +50,28 @@ pub fn commit<'a>(
     fence: Option<&Fence>,
     writes: impl IntoIterator<Item = &'a Write>,
 ) -> Result<(), StoreError> {
+    commit_with(db, fence, None, writes)
+}
+
+/// `commit`, with the decision keys (SQLite) for the writes that find a decision.
+fn commit_with<'a>(
+    db: &mut dyn Db,
+    fence: Option<&Fence>,
+    mut keys: Option<&mut KeysReader>,
+    writes: impl IntoIterator<Item = &'a Write>,
+) -> Result<(), StoreError> {
     db.transaction(|db| {
         if let Some(f) = fence {
             f.check(db)?;
         }
         for w in writes {
-            write_one(db, w)?;
+            write_one(db, keys.as_deref_mut(), w)?;
         }
         Ok(())
     })
 }
 
-fn write_one(c: &mut dyn Db, w: &Write) -> Result<(), StoreError> {
+fn write_one(c: &mut dyn Db, keys: Option<&mut KeysReader>, w: &Write) -> Result<(), StoreError> {
     match w {
         Write::Program(p) => {
             c.execute(
@@ -156,10 +195,22 @@ fn write_one(c: &mut dyn Db, w: &Write) -> Result<(), StoreError> {
             card_hash,
             answer,
         } => {
-            // One authorization id per card: the pair names one decision.
+            // One authorization id per card: the pair names one decision. PostgreSQL
+            // indexes the hashes; SQLite's keys give the keyed candidates, and a scan of
+            // the unkeyed tail the rest (without them, a scan of the whole log).
+            let (mark, seqs) = match (c.backend(), keys) {
+                (Backend::Sqlite, Some(k)) => k.auth_seqs(*auth_hash)?,
+                _ => (0, Vec::new()),
+            };
+            for seq in seqs {
+                c.execute(
+                    "UPDATE decision_log SET answer = ?3 WHERE seq = ?4 AND auth_hash = ?1 AND card_hash = ?2",
+                    params![auth_hash, card_hash, answer, seq],
+                )?;
+            }
             c.execute(
-                "UPDATE decision_log SET answer = ?3 WHERE auth_hash = ?1 AND card_hash = ?2",
-                params![auth_hash, card_hash, answer],
+                "UPDATE decision_log SET answer = ?3 WHERE seq > ?4 AND auth_hash = ?1 AND card_hash = ?2",
+                params![auth_hash, card_hash, answer, mark],
             )?;
         }
         Write::VelocityRelease {

@@ -1,0 +1,435 @@
+//! How a stored decision is found by its authorization or card (SQLite stores): key
+//! tables in a file of their own (`spendgate-keys.db`), filled in bulk by a thread of
+//! their own, off the commit path.
+//!
+//! Why: two random-keyed indexes on `decision_log` dirtied two index pages per decision,
+//! ≈ 6.4 KB of the ≈ 17 KB each decision caused to be written. Here a key is
+//! `(bucket, hash, seq)` with `bucket = seq >> 16`: new keys all fall into the newest
+//! bucket, so a flush of thousands of them touches at most that bucket's few hundred
+//! pages, however large the log. The file is derived data: it may lag (the decisions after
+//! its watermark are read from the log's short unindexed tail), it is written without
+//! syncs, and it is rebuilt from the log when it is missing or does not match it.
+//!
+//! Lookups run on a connection that has the file attached as `keys`: the keyed part and
+//! the tail in one statement. Any order of the two files' snapshots gives every decision
+//! committed before the lookup began: the watermark never passes what the log holds, and
+//! both only grow.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::StoreError;
+
+pub const KEYS_FILE: &str = "spendgate-keys.db";
+/// Decisions per bucket: `seq >> BUCKET_BITS`.
+const BUCKET_BITS: u32 = 16;
+/// A flush waits until this many decisions are unkeyed (or the log has been quiet).
+const UNKEYED_FLUSH_MIN: i64 = 4_096;
+/// Most decisions keyed in one transaction (catching up on a large log goes bucket by bucket).
+const KEYS_PER_FLUSH_MAX: i64 = 1 << BUCKET_BITS;
+const POLL_MS: u64 = 200;
+/// A quiet log's tail is keyed after this long.
+const QUIET_FLUSH_MS: u64 = 2_000;
+/// The keys file's WAL is cut back to this after a checkpoint.
+const KEYS_WAL_BYTES_MAX: i64 = 64 * 1024 * 1024;
+
+const KEYS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS keys.auth_keys (bucket INTEGER NOT NULL, hash INTEGER NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (bucket, hash, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys.card_keys (bucket INTEGER NOT NULL, hash INTEGER NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (bucket, hash, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys.keyed (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+INSERT OR IGNORE INTO keys.keyed (id, seq) VALUES (1, 0);
+";
+
+/// Every stored decision whose authorization id hashes to ?1 (answer, body).
+pub const AUTH_RECORDS: &str = "WITH RECURSIVE b(n) AS (
+    SELECT (SELECT seq FROM keys.keyed) >> 16 UNION ALL SELECT n - 1 FROM b WHERE n > 0)
+SELECT d.answer, d.body FROM b JOIN keys.auth_keys k ON k.bucket = b.n AND k.hash = ?1
+    JOIN decision_log d ON d.seq = k.seq
+UNION ALL
+SELECT answer, body FROM decision_log WHERE seq > (SELECT seq FROM keys.keyed) AND auth_hash = ?1";
+
+/// A card's newest ?2 decisions (answer, body), newest first: the keys are ordered, then
+/// only those records read.
+pub const CARD_RECORDS: &str = "WITH RECURSIVE b(n) AS (
+    SELECT (SELECT seq FROM keys.keyed) >> 16 UNION ALL SELECT n - 1 FROM b WHERE n > 0),
+s(seq) AS (
+    SELECT k.seq FROM b JOIN keys.card_keys k ON k.bucket = b.n AND k.hash = ?1
+    UNION ALL
+    SELECT seq FROM decision_log WHERE seq > (SELECT seq FROM keys.keyed) AND card_hash = ?1)
+SELECT d.answer, d.body FROM (SELECT seq FROM s ORDER BY seq DESC LIMIT ?2) t
+    JOIN decision_log d ON d.seq = t.seq ORDER BY t.seq DESC";
+
+pub fn keys_path(db_path: &Path) -> PathBuf {
+    db_path.with_file_name(KEYS_FILE)
+}
+
+/// Attaches the keys file as `keys` (read-only on a read-only connection).
+pub fn attach(conn: &Connection, db_path: &Path) -> Result<(), StoreError> {
+    let keys = keys_path(db_path);
+    conn.execute(
+        "ATTACH DATABASE ?1 AS keys",
+        [keys.to_string_lossy().as_ref()],
+    )?;
+    Ok(())
+}
+
+/// The keys file's own connection (the indexer's): the log read, the keys written.
+/// Creates the file, and empties it when it does not describe this log.
+pub fn open_indexer(db_path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(db_path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    attach(&conn, db_path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA keys.journal_mode = WAL; PRAGMA keys.synchronous = NORMAL;
+         PRAGMA keys.journal_size_limit = {KEYS_WAL_BYTES_MAX};"
+    ))?;
+    conn.execute_batch(KEYS_SCHEMA)?;
+    if !describes_log(&conn)? {
+        tracing::warn!("the decision keys do not match the decision log; rebuilding them");
+        conn.execute_batch(
+            "BEGIN; DELETE FROM keys.auth_keys; DELETE FROM keys.card_keys;
+             UPDATE keys.keyed SET seq = 0; COMMIT;",
+        )?;
+    }
+    Ok(conn)
+}
+
+/// Whether the keys file belongs to this log: its watermark within the log, and its last
+/// keyed decision the log's (a log restored from an older copy fails one or the other).
+fn describes_log(c: &Connection) -> Result<bool, StoreError> {
+    let mark: i64 = c.query_row("SELECT seq FROM keys.keyed", [], |r| r.get(0))?;
+    if mark == 0 {
+        return Ok(true);
+    }
+    let last: Option<(i64, i64)> = c
+        .query_row(
+            "SELECT seq, hash FROM keys.auth_keys WHERE bucket = ?1 ORDER BY seq DESC LIMIT 1",
+            [mark >> BUCKET_BITS],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let Some((seq, hash)) = last else {
+        // A bucket with no keys at all: only gaps in the sequence could explain it.
+        let top: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM decision_log", [], |r| {
+            r.get(0)
+        })?;
+        return Ok(mark <= top);
+    };
+    let logged: Option<i64> = c
+        .query_row(
+            "SELECT auth_hash FROM decision_log WHERE seq = ?1",
+            [seq],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(logged == Some(hash))
+}
+
+/// Decisions in the log after the watermark.
+pub fn unkeyed(c: &Connection) -> Result<i64, StoreError> {
+    Ok(c.query_row(
+        "SELECT coalesce((SELECT max(seq) FROM decision_log), 0) - (SELECT seq FROM keys.keyed)",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Keys up to `keys_max` decisions after the watermark, in key order, and moves the
+/// watermark past them, in one transaction. Returns how many are still unkeyed.
+pub fn flush(c: &mut Connection, keys_max: i64) -> Result<i64, StoreError> {
+    let tx = c.transaction()?;
+    let mark: i64 = tx.query_row("SELECT seq FROM keys.keyed", [], |r| r.get(0))?;
+    let top: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM decision_log", [], |r| {
+        r.get(0)
+    })?;
+    let upper = top.min(mark.saturating_add(keys_max));
+    if upper <= mark {
+        return Ok(0);
+    }
+    for (table, column) in [("auth_keys", "auth_hash"), ("card_keys", "card_hash")] {
+        tx.execute(
+            &format!(
+                "INSERT INTO keys.{table} (bucket, hash, seq)
+                 SELECT seq >> {BUCKET_BITS}, {column}, seq FROM decision_log
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY 1, 2, 3"
+            ),
+            [mark, upper],
+        )?;
+    }
+    tx.execute("UPDATE keys.keyed SET seq = ?1", [upper])?;
+    tx.commit()?;
+    Ok(top - upper)
+}
+
+/// The writer's view of the keys, for the one write that finds a decision by its hashes
+/// (a deadline's 91 replacing the stored answer). Its own read-only connection: the
+/// writer's transactions must not take the keys file's write lock from the indexer.
+pub struct KeysReader {
+    conn: Connection,
+}
+
+impl KeysReader {
+    pub fn open(db_path: &Path) -> Result<KeysReader, StoreError> {
+        let conn = Connection::open_with_flags(
+            keys_path(db_path),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(KeysReader { conn })
+    }
+
+    /// The watermark and the keyed decisions whose authorization id hashes to `hash`:
+    /// any other such decision is after the watermark.
+    pub fn auth_seqs(&mut self, hash: i64) -> Result<(i64, Vec<i64>), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mark: i64 = tx.query_row("SELECT seq FROM keyed", [], |r| r.get(0))?;
+        let seqs = {
+            let mut st = tx.prepare_cached(
+                "WITH RECURSIVE b(n) AS (SELECT ?1 UNION ALL SELECT n - 1 FROM b WHERE n > 0)
+                 SELECT k.seq FROM b JOIN auth_keys k ON k.bucket = b.n AND k.hash = ?2",
+            )?;
+            let rows = st.query_map([mark >> BUCKET_BITS, hash], |r| r.get(0))?;
+            rows.collect::<Result<Vec<i64>, _>>()?
+        };
+        tx.finish()?;
+        Ok((mark, seqs))
+    }
+}
+
+/// The indexer: keys the log's tail whenever it reaches [`UNKEYED_FLUSH_MIN`] decisions
+/// (or has been quiet for [`QUIET_FLUSH_MS`]) until `stop` is dropped. A failed flush is
+/// retried next time: lookups stay correct (the tail is longer), only slower.
+pub fn indexer(mut conn: Connection, stop: Receiver<()>) {
+    let mut flushed = Instant::now();
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(POLL_MS)) {
+        let result = (|| {
+            let mut left = unkeyed(&conn)?;
+            let quiet = flushed.elapsed() >= Duration::from_millis(QUIET_FLUSH_MS);
+            if left >= UNKEYED_FLUSH_MIN || (left > 0 && quiet) {
+                left = flush(&mut conn, KEYS_PER_FLUSH_MAX)?;
+                flushed = Instant::now();
+            }
+            Ok::<i64, StoreError>(left)
+        })();
+        match result {
+            Ok(left) => metrics::gauge!("spendgate_store_decisions_unkeyed").set(left as f64),
+            Err(e) => tracing::warn!(error = %e, "keying decisions failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::Db;
+
+    /// A log of `n` decisions: authorization hash = seq, card hash = seq % 7.
+    fn log(dir: &Path, n: i64) -> PathBuf {
+        let path = dir.join(crate::store::DB_FILE);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; {}",
+            super::super::schema::SCHEMA
+        ))
+        .unwrap();
+        append(&c, n);
+        path
+    }
+
+    fn append(c: &Connection, n: i64) {
+        let top: i64 = c
+            .query_row("SELECT coalesce(max(seq), 0) FROM decision_log", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        for seq in top + 1..=top + n {
+            c.execute(
+                "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?2, x'00', ?3)",
+                rusqlite::params![seq, seq % 7, seq.to_le_bytes().to_vec()],
+            )
+            .unwrap();
+        }
+    }
+
+    fn reader(path: &Path) -> Connection {
+        let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        attach(&c, path).unwrap();
+        c
+    }
+
+    fn bodies(c: &mut Connection, sql: &str, params: &[crate::store::sql::P<'_>]) -> Vec<i64> {
+        let db: &mut dyn Db = c;
+        db.rows(sql, params, |r| {
+            let b: Vec<u8> = r.get(1)?;
+            Ok(i64::from_le_bytes(b.try_into().unwrap()))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn lookups_find_keyed_and_unkeyed_decisions_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 70_000);
+        let mut ix = open_indexer(&path).unwrap();
+        // Two buckets keyed, then a tail the keys do not cover.
+        assert_eq!(flush(&mut ix, 69_000).unwrap(), 1_000);
+        let mut r = reader(&path);
+        for seq in [1, 65_535, 65_536, 69_000, 69_001, 70_000] {
+            assert_eq!(
+                bodies(&mut r, AUTH_RECORDS, &[seq.into()]),
+                vec![seq],
+                "seq {seq}"
+            );
+        }
+        assert!(bodies(&mut r, AUTH_RECORDS, &[70_001i64.into()]).is_empty());
+        // Card 3: every seventh decision, newest first, across the watermark.
+        let newest = bodies(&mut r, CARD_RECORDS, &[3i64.into(), 5i64.into()]);
+        let expected: Vec<i64> = (1..=70_000).rev().filter(|s| s % 7 == 3).take(5).collect();
+        assert_eq!(newest, expected);
+        let all = bodies(&mut r, CARD_RECORDS, &[3i64.into(), 100_000i64.into()]);
+        assert_eq!(all.len(), 10_000);
+        assert!(all.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn the_writer_finds_keyed_seqs_below_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 100);
+        let mut ix = open_indexer(&path).unwrap();
+        flush(&mut ix, 50).unwrap();
+        let mut k = KeysReader::open(&path).unwrap();
+        assert_eq!(k.auth_seqs(40).unwrap(), (50, vec![40]));
+        assert_eq!(k.auth_seqs(60).unwrap(), (50, vec![]));
+    }
+
+    #[test]
+    fn keys_that_do_not_match_the_log_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 10);
+        let mut ix = open_indexer(&path).unwrap();
+        flush(&mut ix, 100).unwrap();
+        drop(ix);
+        // The log replaced by another (a restored copy): same length, other decisions.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("DELETE FROM decision_log; DELETE FROM sqlite_sequence;")
+            .unwrap();
+        for seq in 1..=10i64 {
+            c.execute(
+                "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, 0, x'00', x'00')",
+                [seq + 1_000],
+            )
+            .unwrap();
+        }
+        let ix = open_indexer(&path).unwrap();
+        assert_eq!(unkeyed(&ix).unwrap(), 10);
+        // A log that lost its tail fails too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 10);
+        let mut ix = open_indexer(&path).unwrap();
+        flush(&mut ix, 100).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM decision_log WHERE seq > 5", [])
+            .unwrap();
+        let ix = open_indexer(&path).unwrap();
+        assert_eq!(unkeyed(&ix).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_flush_touches_few_pages_however_large_the_keys() {
+        // The point of the bucketed key: keying 4 096 new decisions into keys of 200 000
+        // writes a fraction of a page per key (random keys write about one each).
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 200_000);
+        let mut ix = open_indexer(&path).unwrap();
+        while flush(&mut ix, KEYS_PER_FLUSH_MAX).unwrap() > 0 {}
+        append(&Connection::open(&path).unwrap(), 4_096);
+        let pages = |c: &Connection| -> i64 {
+            c.execute_batch("PRAGMA keys.wal_checkpoint(TRUNCATE)")
+                .unwrap();
+            c.query_row("PRAGMA keys.page_count", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = pages(&ix);
+        let wal = keys_path(&path).with_file_name(format!("{KEYS_FILE}-wal"));
+        flush(&mut ix, KEYS_PER_FLUSH_MAX).unwrap();
+        let wal_pages = std::fs::metadata(&wal).unwrap().len() / 4_096;
+        assert!(pages(&ix) > before);
+        assert!(
+            wal_pages < 8_192 / 4,
+            "{wal_pages} pages written for 8 192 keys"
+        );
+    }
+
+    #[test]
+    fn a_deadline_answer_replaces_the_stored_answer_keyed_or_not() {
+        use crate::store::{id_hash, DecisionWrite, Durability, Store, StoredDecision, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), Durability::Off).unwrap();
+        let decision = |id: &str| {
+            Write::Decision(Box::new(DecisionWrite {
+                auth_hash: id_hash(id),
+                card_hash: id_hash("card_1"),
+                answer: b"\x02approved".to_vec(),
+                body: id.as_bytes().to_vec(),
+            }))
+        };
+        store.commit(vec![decision("auth_keyed")]);
+        let mut ix = open_indexer(&dir.path().join(crate::store::DB_FILE)).unwrap();
+        assert_eq!(flush(&mut ix, 100).unwrap(), 0);
+        store.commit(vec![decision("auth_tail")]);
+        for id in ["auth_keyed", "auth_tail"] {
+            store.commit(vec![Write::DecisionAnswered {
+                auth_hash: id_hash(id),
+                card_hash: id_hash("card_1"),
+                answer: b"\x02deadline".to_vec(),
+            }]);
+            let found = store.decisions_of_authorization(id).unwrap();
+            assert!(
+                matches!(&found[..], [StoredDecision::Record { answer, body }]
+                    if answer == b"\x02deadline" && body == id.as_bytes()),
+                "{id}: {found:?}"
+            );
+        }
+        let (history, _) = store.card_history("card_1").unwrap();
+        let bodies: Vec<_> = history
+            .iter()
+            .map(|d| match d {
+                StoredDecision::Record { body, .. } => body.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(bodies, [b"auth_tail".to_vec(), b"auth_keyed".to_vec()]);
+        store.close();
+    }
+
+    #[test]
+    fn the_indexer_keys_a_quiet_log_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 10);
+        let ix = open_indexer(&path).unwrap();
+        let (stop, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || indexer(ix, rx));
+        let check = open_indexer(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unkeyed(&check).unwrap() > 0 {
+            assert!(Instant::now() < deadline, "the quiet tail was never keyed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(stop);
+        h.join().unwrap();
+    }
+}
