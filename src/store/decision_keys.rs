@@ -4,9 +4,11 @@
 //!
 //! Why: two random-keyed indexes on `decision_log` dirtied two index pages per decision,
 //! ≈ 6.4 KB of the ≈ 17 KB each decision caused to be written. Here a key is
-//! `(bucket, hash, seq)` with `bucket = seq >> 16`: new keys all fall into the newest
-//! bucket, so a flush of thousands of them touches at most that bucket's few hundred
-//! pages, however large the log. The file is derived data: it may lag (the decisions after
+//! `(bucket, hash, low)` with `bucket = seq >> 16` and `low = seq & 0xffff`: new keys all
+//! fall into the newest bucket, so a flush of thousands of them touches at most that
+//! bucket's few hundred pages, however large the log. `hash` is the id hash's upper 32
+//! bits (≈ 10 B per decision less on disk): a lookup compares the whole hash in the log's
+//! row, so a shared prefix costs a row read, never a wrong answer. The file is derived data: it may lag (the decisions after
 //! its watermark are read from the log's short unindexed tail), it is written without
 //! syncs, and it is rebuilt from the log when it is missing or does not match it.
 //!
@@ -35,34 +37,41 @@ const POLL_MS: u64 = 200;
 const QUIET_FLUSH_MS: u64 = 2_000;
 /// The keys file's WAL is cut back to this after a checkpoint.
 const KEYS_WAL_BYTES_MAX: i64 = 64 * 1024 * 1024;
+/// The keys file's layout (`PRAGMA keys.user_version`); a file of another is rebuilt.
+const KEYS_FORMAT: i64 = 1;
 
 const KEYS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS keys.auth_keys (bucket INTEGER NOT NULL, hash INTEGER NOT NULL,
-    seq INTEGER NOT NULL, PRIMARY KEY (bucket, hash, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys.card_keys (bucket INTEGER NOT NULL, hash INTEGER NOT NULL,
-    seq INTEGER NOT NULL, PRIMARY KEY (bucket, hash, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys.keyed (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
-INSERT OR IGNORE INTO keys.keyed (id, seq) VALUES (1, 0);
+DROP TABLE IF EXISTS keys.auth_keys; DROP TABLE IF EXISTS keys.card_keys;
+DROP TABLE IF EXISTS keys.keyed;
+CREATE TABLE keys.auth_keys (bucket INTEGER NOT NULL, hash INTEGER NOT NULL,
+    low INTEGER NOT NULL, PRIMARY KEY (bucket, hash, low)) WITHOUT ROWID;
+CREATE TABLE keys.card_keys (bucket INTEGER NOT NULL, hash INTEGER NOT NULL,
+    low INTEGER NOT NULL, PRIMARY KEY (bucket, hash, low)) WITHOUT ROWID;
+CREATE TABLE keys.keyed (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+INSERT INTO keys.keyed (id, seq) VALUES (1, 0);
 ";
+
+// The statements below spell `BUCKET_BITS` as 16 and 65535 (SQL constants).
 
 /// Every stored decision whose authorization id hashes to ?1 (answer, body).
 pub const AUTH_RECORDS: &str = "WITH RECURSIVE b(n) AS (
     SELECT (SELECT seq FROM keys.keyed) >> 16 UNION ALL SELECT n - 1 FROM b WHERE n > 0)
-SELECT d.answer, d.body FROM b JOIN keys.auth_keys k ON k.bucket = b.n AND k.hash = ?1
-    JOIN decision_log d ON d.seq = k.seq
+SELECT d.answer, d.body FROM b JOIN keys.auth_keys k ON k.bucket = b.n AND k.hash = ?1 >> 32
+    JOIN decision_log d ON d.seq = (b.n << 16) | k.low WHERE d.auth_hash = ?1
 UNION ALL
 SELECT answer, body FROM decision_log WHERE seq > (SELECT seq FROM keys.keyed) AND auth_hash = ?1";
 
 /// A card's newest ?2 decisions (answer, body), newest first: the keys are ordered, then
-/// only those records read.
+/// only those records read (one whose card merely shares the hash's upper half, about
+/// one in 2³² per key, is left out after the limit: a page one row short, never a wrong row).
 pub const CARD_RECORDS: &str = "WITH RECURSIVE b(n) AS (
     SELECT (SELECT seq FROM keys.keyed) >> 16 UNION ALL SELECT n - 1 FROM b WHERE n > 0),
 s(seq) AS (
-    SELECT k.seq FROM b JOIN keys.card_keys k ON k.bucket = b.n AND k.hash = ?1
+    SELECT (b.n << 16) | k.low FROM b JOIN keys.card_keys k ON k.bucket = b.n AND k.hash = ?1 >> 32
     UNION ALL
     SELECT seq FROM decision_log WHERE seq > (SELECT seq FROM keys.keyed) AND card_hash = ?1)
 SELECT d.answer, d.body FROM (SELECT seq FROM s ORDER BY seq DESC LIMIT ?2) t
-    JOIN decision_log d ON d.seq = t.seq ORDER BY t.seq DESC";
+    JOIN decision_log d ON d.seq = t.seq WHERE d.card_hash = ?1 ORDER BY t.seq DESC";
 
 pub fn keys_path(db_path: &Path) -> PathBuf {
     db_path.with_file_name(KEYS_FILE)
@@ -88,7 +97,12 @@ pub fn open_indexer(db_path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA keys.journal_mode = WAL; PRAGMA keys.synchronous = NORMAL;
          PRAGMA keys.journal_size_limit = {KEYS_WAL_BYTES_MAX};"
     ))?;
-    conn.execute_batch(KEYS_SCHEMA)?;
+    let format: i64 = conn.query_row("PRAGMA keys.user_version", [], |r| r.get(0))?;
+    if format != KEYS_FORMAT {
+        conn.execute_batch(&format!(
+            "BEGIN; {KEYS_SCHEMA} PRAGMA keys.user_version = {KEYS_FORMAT}; COMMIT;"
+        ))?;
+    }
     if !describes_log(&conn)? {
         tracing::warn!("the decision keys do not match the decision log; rebuilding them");
         conn.execute_batch(
@@ -108,7 +122,8 @@ fn describes_log(c: &Connection) -> Result<bool, StoreError> {
     }
     let last: Option<(i64, i64)> = c
         .query_row(
-            "SELECT seq, hash FROM keys.auth_keys WHERE bucket = ?1 ORDER BY seq DESC LIMIT 1",
+            "SELECT (bucket << 16) | low, hash FROM keys.auth_keys WHERE bucket = ?1
+             ORDER BY low DESC LIMIT 1",
             [mark >> BUCKET_BITS],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -126,7 +141,7 @@ fn describes_log(c: &Connection) -> Result<bool, StoreError> {
     };
     let logged: Option<i64> = c
         .query_row(
-            "SELECT auth_hash FROM decision_log WHERE seq = ?1",
+            "SELECT auth_hash >> 32 FROM decision_log WHERE seq = ?1",
             [seq],
             |r| r.get(0),
         )
@@ -162,8 +177,8 @@ pub fn flush(c: &mut Connection, keys_max: i64) -> Result<i64, StoreError> {
     for (table, column) in [("auth_keys", "auth_hash"), ("card_keys", "card_hash")] {
         tx.execute(
             &format!(
-                "INSERT INTO keys.{table} (bucket, hash, seq)
-                 SELECT seq >> {BUCKET_BITS}, {column}, seq FROM decision_log
+                "INSERT INTO keys.{table} (bucket, hash, low)
+                 SELECT seq >> {BUCKET_BITS}, {column} >> 32, seq & 65535 FROM decision_log
                  WHERE seq > ?1 AND seq <= ?2 ORDER BY 1, 2, 3"
             ),
             [mark, upper],
@@ -191,15 +206,16 @@ impl KeysReader {
         Ok(KeysReader { conn })
     }
 
-    /// The watermark and the keyed decisions whose authorization id hashes to `hash`:
-    /// any other such decision is after the watermark.
+    /// The watermark and the keyed decisions whose authorization id's hash begins like
+    /// `hash` (the caller matches the whole hash): any other such decision is after the
+    /// watermark.
     pub fn auth_seqs(&mut self, hash: i64) -> Result<(i64, Vec<i64>), StoreError> {
         let tx = self.conn.transaction()?;
         let mark: i64 = tx.query_row("SELECT seq FROM keyed", [], |r| r.get(0))?;
         let seqs = {
             let mut st = tx.prepare_cached(
                 "WITH RECURSIVE b(n) AS (SELECT ?1 UNION ALL SELECT n - 1 FROM b WHERE n > 0)
-                 SELECT k.seq FROM b JOIN auth_keys k ON k.bucket = b.n AND k.hash = ?2",
+                 SELECT (b.n << 16) | k.low FROM b JOIN auth_keys k ON k.bucket = b.n AND k.hash = ?2 >> 32",
             )?;
             let rows = st.query_map([mark >> BUCKET_BITS, hash], |r| r.get(0))?;
             rows.collect::<Result<Vec<i64>, _>>()?
@@ -236,7 +252,15 @@ mod tests {
     use super::*;
     use crate::store::sql::Db;
 
-    /// A log of `n` decisions: authorization hash = seq, card hash = seq % 7.
+    fn auth(seq: i64) -> i64 {
+        crate::store::id_hash(&format!("auth_{seq}"))
+    }
+
+    fn card(seq: i64) -> i64 {
+        crate::store::id_hash(&format!("card_{}", seq % 7))
+    }
+
+    /// A log of `n` decisions: `auth_{seq}` on `card_{seq % 7}`.
     fn log(dir: &Path, n: i64) -> PathBuf {
         let path = dir.join(crate::store::DB_FILE);
         let c = Connection::open(&path).unwrap();
@@ -258,7 +282,7 @@ mod tests {
         for seq in top + 1..=top + n {
             c.execute(
                 "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?2, x'00', ?3)",
-                rusqlite::params![seq, seq % 7, seq.to_le_bytes().to_vec()],
+                rusqlite::params![auth(seq), card(seq), seq.to_le_bytes().to_vec()],
             )
             .unwrap();
         }
@@ -289,19 +313,46 @@ mod tests {
         let mut r = reader(&path);
         for seq in [1, 65_535, 65_536, 69_000, 69_001, 70_000] {
             assert_eq!(
-                bodies(&mut r, AUTH_RECORDS, &[seq.into()]),
+                bodies(&mut r, AUTH_RECORDS, &[auth(seq).into()]),
                 vec![seq],
                 "seq {seq}"
             );
         }
-        assert!(bodies(&mut r, AUTH_RECORDS, &[70_001i64.into()]).is_empty());
+        assert!(bodies(&mut r, AUTH_RECORDS, &[auth(70_001).into()]).is_empty());
         // Card 3: every seventh decision, newest first, across the watermark.
-        let newest = bodies(&mut r, CARD_RECORDS, &[3i64.into(), 5i64.into()]);
+        let newest = bodies(&mut r, CARD_RECORDS, &[card(3).into(), 5i64.into()]);
         let expected: Vec<i64> = (1..=70_000).rev().filter(|s| s % 7 == 3).take(5).collect();
         assert_eq!(newest, expected);
-        let all = bodies(&mut r, CARD_RECORDS, &[3i64.into(), 100_000i64.into()]);
+        let all = bodies(&mut r, CARD_RECORDS, &[card(3).into(), 100_000i64.into()]);
         assert_eq!(all.len(), 10_000);
         assert!(all.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn ids_whose_hashes_share_the_keyed_half_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 0);
+        let (a, b) = ((7i64 << 32) | 1, (7i64 << 32) | 2);
+        let c = Connection::open(&path).unwrap();
+        for (seq, h) in [(1i64, a), (2, b)] {
+            c.execute(
+                "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, ?1, x'00', ?2)",
+                rusqlite::params![h, seq.to_le_bytes().to_vec()],
+            )
+            .unwrap();
+        }
+        let mut ix = open_indexer(&path).unwrap();
+        flush(&mut ix, 100).unwrap();
+        let mut r = reader(&path);
+        assert_eq!(bodies(&mut r, AUTH_RECORDS, &[a.into()]), vec![1]);
+        assert_eq!(
+            bodies(&mut r, CARD_RECORDS, &[b.into(), 10i64.into()]),
+            vec![2]
+        );
+        assert_eq!(
+            KeysReader::open(&path).unwrap().auth_seqs(a).unwrap(),
+            (2, vec![1, 2])
+        );
     }
 
     #[test]
@@ -311,8 +362,8 @@ mod tests {
         let mut ix = open_indexer(&path).unwrap();
         flush(&mut ix, 50).unwrap();
         let mut k = KeysReader::open(&path).unwrap();
-        assert_eq!(k.auth_seqs(40).unwrap(), (50, vec![40]));
-        assert_eq!(k.auth_seqs(60).unwrap(), (50, vec![]));
+        assert_eq!(k.auth_seqs(auth(40)).unwrap(), (50, vec![40]));
+        assert_eq!(k.auth_seqs(auth(60)).unwrap(), (50, vec![]));
     }
 
     #[test]
@@ -329,7 +380,7 @@ mod tests {
         for seq in 1..=10i64 {
             c.execute(
                 "INSERT INTO decision_log (auth_hash, card_hash, answer, body) VALUES (?1, 0, x'00', x'00')",
-                [seq + 1_000],
+                [crate::store::id_hash(&format!("other_{seq}"))],
             )
             .unwrap();
         }
