@@ -88,8 +88,26 @@ pub fn attach(conn: &Connection, db_path: &Path) -> Result<(), StoreError> {
 }
 
 /// The keys file's own connection (the indexer's): the log read, the keys written.
-/// Creates the file, and empties it when it does not describe this log.
+/// Creates the file, and empties it when it does not describe this log. A file SQLite
+/// cannot open or read (damaged) is deleted and made again: it is derived data, and the
+/// service must not stay down for it.
 pub fn open_indexer(db_path: &Path) -> Result<Connection, StoreError> {
+    open_keys(db_path).or_else(|e| {
+        tracing::warn!(error = %e, "the decision keys file is unreadable; rebuilding it");
+        let keys = keys_path(db_path);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = keys.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        open_keys(db_path)
+    })
+}
+
+fn open_keys(db_path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(db_path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     attach(&conn, db_path)?;
@@ -397,6 +415,15 @@ mod tests {
             .unwrap();
         let ix = open_indexer(&path).unwrap();
         assert_eq!(unkeyed(&ix).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_damaged_keys_file_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 10);
+        std::fs::write(keys_path(&path), b"not a database at all. ".repeat(400)).unwrap();
+        let ix = open_indexer(&path).unwrap();
+        assert_eq!(unkeyed(&ix).unwrap(), 10);
     }
 
     #[test]

@@ -199,7 +199,11 @@ fn write_one(c: &mut dyn Db, keys: Option<&mut KeysReader>, w: &Write) -> Result
             // indexes the hashes; SQLite's keys give the keyed candidates, and a scan of
             // the unkeyed tail the rest (without them, a scan of the whole log).
             let (mark, seqs) = match (c.backend(), keys) {
-                (Backend::Sqlite, Some(k)) => k.auth_seqs(*auth_hash)?,
+                // Derived data must not stop the writer: without the keys, scan the log.
+                (Backend::Sqlite, Some(k)) => k.auth_seqs(*auth_hash).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "decision keys unreadable; scanning the log");
+                    (0, Vec::new())
+                }),
                 _ => (0, Vec::new()),
             };
             for seq in seqs {
