@@ -8,9 +8,11 @@
 //! fall into the newest bucket, so a flush of thousands of them touches at most that
 //! bucket's few hundred pages, however large the log. `hash` is the id hash's upper 32
 //! bits (≈ 10 B per decision less on disk): a lookup compares the whole hash in the log's
-//! row, so a shared prefix costs a row read, never a wrong answer. The file is derived data: it may lag (the decisions after
-//! its watermark are read from the log's short unindexed tail), it is written without
-//! syncs, and it is rebuilt from the log when it is missing or does not match it.
+//! row, so a shared prefix costs a row read, never a wrong answer.
+//!
+//! The file is derived data: it may lag (the decisions after its watermark are read from
+//! the log's short unindexed tail), it is written without syncs, and it is rebuilt from
+//! the log when it is missing, damaged, or does not match it.
 //!
 //! Lookups run on a connection that has the file attached as `keys`: the keyed part and
 //! the tail in one statement. Any order of the two files' snapshots gives every decision
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::StoreError;
 
@@ -145,11 +147,7 @@ fn describes_log(c: &Connection) -> Result<bool, StoreError> {
             [mark >> BUCKET_BITS],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
+        .optional()?;
     let Some((seq, hash)) = last else {
         // A bucket with no keys at all: only gaps in the sequence could explain it.
         let top: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM decision_log", [], |r| {
@@ -163,11 +161,7 @@ fn describes_log(c: &Connection) -> Result<bool, StoreError> {
             [seq],
             |r| r.get(0),
         )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
+        .optional()?;
     Ok(logged == Some(hash))
 }
 
