@@ -11,8 +11,9 @@
 //! row, so a shared prefix costs a row read, never a wrong answer.
 //!
 //! The file is derived data: it may lag (the decisions after its watermark are read from
-//! the log's short unindexed tail), it is written without syncs, and it is rebuilt from
-//! the log when it is missing, damaged, or does not match it.
+//! the log's short unindexed tail), it is synced only at its own checkpoints
+//! (`synchronous = NORMAL`), and it is rebuilt from the log when it is missing, damaged,
+//! or does not match it.
 //!
 //! Lookups run on a connection that has the file attached as `keys`: the keyed part and
 //! the tail in one statement. Any order of the two files' snapshots gives every decision
