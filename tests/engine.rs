@@ -664,3 +664,115 @@ fn script_history_is_exact_on_a_busy_card_and_windows_are_declared() {
         errors[0]
     );
 }
+
+/// A program-wide and a cardholder-wide budget, nothing else.
+const SHARED_BUDGETS: &str = r#"
+policy: shared-budgets
+currency: USD
+timezone: Africa/Lagos
+rules:
+  - id: program_budget
+    velocity: { window: 1h, amount_max: 100.00, scope: program }
+    decline: "61"
+  - id: holder_budget
+    velocity: { window: 1h, amount_max: 30.00, scope: cardholder }
+    decline: "61"
+"#;
+
+#[test]
+fn many_cards_never_exceed_a_shared_budget_together() {
+    // Each thread spends on a card of its own, so only the shared windows are common:
+    // 4 cardholders with 2 cards each, ≤ 30.00 per holder and ≤ 100.00 in the program.
+    let dir = tempfile::tempdir().unwrap();
+    common::rules_with_daily_spend(dir.path(), common::DAILY_SPEND);
+    std::fs::write(dir.path().join("shared_budgets.yaml"), SHARED_BUDGETS).unwrap();
+    let e = Engine::new(spendgate::policy::load_policy_dir(dir.path()).unwrap())
+        .with_clock(fresh_clock());
+    e.create_program(Program {
+        id: "budgets".into(),
+        policy: "shared-budgets".into(),
+        currency: Currency::USD,
+    })
+    .map(Pending::wait)
+    .unwrap();
+    e.deposit("d", "budgets", amount("8000.00"), Currency::USD)
+        .map(Pending::wait)
+        .unwrap();
+    let mut cards = Vec::new();
+    for i in 0..8 {
+        let holder = format!("holder-{}", i / 2);
+        if i % 2 == 0 {
+            e.create_cardholder(
+                &format!("h{i}"),
+                Cardholder {
+                    id: holder.clone(),
+                    program: "budgets".into(),
+                    name: "Ada Obi".into(),
+                    kyc: KycStatus::Verified,
+                    blocked: false,
+                },
+            )
+            .map(Pending::wait)
+            .unwrap();
+        }
+        let json = e
+            .issue_card(
+                &format!("k{i}"),
+                NewCard {
+                    program: "budgets".into(),
+                    cardholder_id: holder,
+                    kind: CardKind::Virtual,
+                    currency: Some(Currency::USD),
+                    controls: None,
+                    active: true,
+                    expiry: None,
+                    processor_card_token: None,
+                },
+            )
+            .map(Pending::wait)
+            .unwrap();
+        let card: CardResponse = serde_json::from_str(&json).unwrap();
+        e.move_funds(
+            &format!("f{i}"),
+            &card.id,
+            TransferKind::TopUp,
+            amount("1000.00"),
+        )
+        .map(Pending::wait)
+        .unwrap();
+        cards.push(card.id);
+    }
+    let approved: Vec<u64> = std::thread::scope(|s| {
+        let threads: Vec<_> = cards
+            .iter()
+            .enumerate()
+            .map(|(th, card)| {
+                let e = &e;
+                s.spawn(move || {
+                    let mut approved = 0;
+                    for i in 0..40 {
+                        let d = auth_now(e, &txn(&format!("t{th}-{i}"), card, "1.00", "USD"));
+                        if d.approved {
+                            approved += 1;
+                        } else {
+                            assert_eq!(d.response_code, "61", "{:?}", d.rule);
+                        }
+                    }
+                    approved
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (holder, pair) in approved.chunks(2).enumerate() {
+        assert!(
+            pair.iter().sum::<u64>() <= 30,
+            "holder {holder} spent {pair:?} × 1.00 of its 30.00"
+        );
+    }
+    assert_eq!(
+        approved.iter().sum::<u64>(),
+        100,
+        "the program's 100.00 is spent exactly, never more: {approved:?}"
+    );
+}

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::decision_record;
 use super::idempotency::{authorization_digest, Kept, RequestDigest};
 use super::responses::{authorization_response, step_decline, AuthorizationResponse};
+use super::shared_velocity::decide_then_record;
 use super::{Engine, Pending, Rejection};
 use crate::decision::{Authorization, DecisionSummary, TraceLine};
 use crate::domain::VelocityScope;
@@ -92,17 +93,17 @@ impl Engine {
                 .then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
             let program = uses(VelocityScope::Program)
                 .then(|| Self::shared(&self.program_velocity, &c.program));
-            let mut hg = holder.as_ref().map(|h| h.lock());
-            let mut pg = program.as_ref().map(|p| p.lock());
-            let (d, hold) = c.authorize(
-                &policy,
-                txn,
-                now,
-                hg.as_deref_mut(),
-                pg.as_deref_mut(),
-                self.config.hold_expiry_days,
+            // The shared scopes are locked exclusively only to record (see `shared_velocity`).
+            let (d, hold) = decide_then_record(
+                &mut *c,
+                holder.as_deref(),
+                program.as_deref(),
+                |c, h, p| c.decide(&policy, txn, now, h, p),
+                |c, d, h, p| {
+                    let hold = c.record(&d, txn, h, p, self.config.hold_expiry_days);
+                    (d, hold)
+                },
             );
-            drop((hg, pg));
             let mut writes = Vec::new();
             let mut voided_early = false;
             if let Some(h) = hold {
@@ -269,8 +270,8 @@ impl Engine {
             .get(&c.cardholder_id)
             .map(|h| h.clone());
         let program = self.program_velocity.get(&c.program).map(|p| p.clone());
-        let hg = holder.as_ref().map(|h| h.lock());
-        let pg = program.as_ref().map(|p| p.lock());
+        let hg = holder.as_ref().map(|h| h.read().0);
+        let pg = program.as_ref().map(|p| p.read().0);
         Ok(f(&c, &policy, hg.as_deref(), pg.as_deref(), now))
     }
 }

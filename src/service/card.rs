@@ -192,12 +192,33 @@ impl CardState {
         program: Option<&mut VelocityState>,
         hold_expiry_days: u32,
     ) -> (crate::decision::Decision, Option<crate::ledger::Hold>) {
-        let d = crate::decision::decide(
-            policy,
-            &self.view(cardholder.as_deref(), program.as_deref()),
-            txn,
-            now,
-        );
+        let d = self.decide(policy, txn, now, cardholder.as_deref(), program.as_deref());
+        let hold = self.record(&d, txn, cardholder, program, hold_expiry_days);
+        (d, hold)
+    }
+
+    /// The decision on `txn`, changing nothing.
+    pub fn decide(
+        &self,
+        policy: &CompiledPolicy,
+        txn: &crate::decision::Authorization,
+        now: chrono::DateTime<chrono::Utc>,
+        cardholder: Option<&VelocityState>,
+        program: Option<&VelocityState>,
+    ) -> crate::decision::Decision {
+        crate::decision::decide(policy, &self.view(cardholder, program), txn, now)
+    }
+
+    /// Applies a decision's effects to the card and its shared scopes, and places its
+    /// hold (approved and funds tracked).
+    pub fn record(
+        &mut self,
+        d: &crate::decision::Decision,
+        txn: &crate::decision::Authorization,
+        cardholder: Option<&mut VelocityState>,
+        program: Option<&mut VelocityState>,
+        hold_expiry_days: u32,
+    ) -> Option<crate::ledger::Hold> {
         self.apply(d.approved, &d.effects, cardholder, program);
         let mut hold = None;
         if d.approved
@@ -224,6 +245,6 @@ impl CardState {
                 hold_expiry_days,
             ));
         }
-        (d, hold)
+        hold
     }
 }

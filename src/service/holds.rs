@@ -95,8 +95,8 @@ impl Engine {
             .get(&c.cardholder_id)
             .map(|h| h.clone());
         let program = self.program_velocity.get(&c.program).map(|p| p.clone());
-        let mut hg = holder.as_ref().map(|h| h.lock());
-        let mut pg = program.as_ref().map(|p| p.lock());
+        let mut hg = holder.as_ref().map(|h| h.write());
+        let mut pg = program.as_ref().map(|p| p.write());
         c.release_velocity(auth_id, ratio, hg.as_deref_mut(), pg.as_deref_mut());
     }
 

@@ -2,14 +2,16 @@
 //!
 //! Lock order is always card → cardholder velocity → program velocity → house accounts,
 //! so operations never deadlock, and a card's decision, its hold and its effects happen in
-//! one critical section. Writes are submitted to the store inside that section (so commit
+//! one critical section of the card's lock. The shared velocity scopes are read while
+//! deciding and locked exclusively only to record (`shared_velocity`). Writes are submitted to the store inside that section (so commit
 //! order matches memory order); every operation returns a [`Pending`] answer that the
 //! caller releases only once its writes are durable.
 //!
 //! One file per capability: `cards` (programs, cardholders, cards, lifecycle, controls,
 //! API keys), `funds` (deposit, top-up, withdrawal), `authorize` (decide, abandon,
 //! simulate), `holds` (capture, reversal, refund, advice, expiry), `recovery`,
-//! `idempotency`, `effects` (the stored effects codec) and `errors`.
+//! `idempotency`, `effects` (the stored effects codec), `shared_velocity` (cardholder and
+//! program windows) and `errors`.
 
 mod authorize;
 mod card;
@@ -28,6 +30,7 @@ mod rebuild;
 mod recovery;
 mod recovery_point;
 pub mod responses;
+mod shared_velocity;
 mod stored_ids;
 pub mod webhooks;
 
@@ -59,7 +62,7 @@ use crate::issuing::{CardRecord, Cardholder, Program};
 use crate::ledger::{AccountId, Transfer};
 use crate::policy::PolicySet;
 use crate::store::{Snapshot, Store, Write};
-use crate::velocity::VelocityState;
+use shared_velocity::SharedVelocity;
 
 /// The engine's settings (the `engine:` section of the service's config file).
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
@@ -194,8 +197,8 @@ type CardGuard = parking_lot::ArcMutexGuard<parking_lot::RawMutex, CardState>;
 pub struct Engine {
     cards: FastMap<String, Shared<CardState>>,
     records: FastMap<String, CardRecord>,
-    holder_velocity: FastMap<String, Shared<VelocityState>>,
-    program_velocity: FastMap<String, Shared<VelocityState>>,
+    holder_velocity: FastMap<String, Arc<SharedVelocity>>,
+    program_velocity: FastMap<String, Arc<SharedVelocity>>,
     programs: FastMap<String, Program>,
     cardholders: FastMap<String, Cardholder>,
     /// `program/authorization id` → card id, for captures and reversals; at most
@@ -406,7 +409,7 @@ impl Engine {
             .iter()
             .chain(self.program_velocity.iter())
         {
-            m.velocity_events += v.value().lock().event_count();
+            m.velocity_events += v.value().read().0.event_count();
         }
         m
     }
@@ -454,7 +457,7 @@ impl Engine {
             .ok_or_else(|| Rejection::UnknownCard(card_id.to_string()))
     }
 
-    fn shared(map: &FastMap<String, Shared<VelocityState>>, key: &str) -> Shared<VelocityState> {
+    fn shared(map: &FastMap<String, Arc<SharedVelocity>>, key: &str) -> Arc<SharedVelocity> {
         if let Some(s) = map.get(key) {
             return s.clone();
         }

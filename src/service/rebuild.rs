@@ -254,10 +254,10 @@ impl Engine {
                 }
                 c.velocity.reverse_in(&plan.keys, auth, ratio);
                 if let Some(h) = self.holder_velocity.get(&c.cardholder_id) {
-                    h.lock().reverse_in(&plan.keys, auth, ratio);
+                    h.write().reverse_in(&plan.keys, auth, ratio);
                 }
                 if let Some(p) = self.program_velocity.get(&c.program) {
-                    p.lock().reverse_in(&plan.keys, auth, ratio);
+                    p.write().reverse_in(&plan.keys, auth, ratio);
                 }
                 continue;
             }
@@ -277,10 +277,10 @@ impl Engine {
                     }
                 }
                 VelocityScope::Cardholder => Self::shared(&self.holder_velocity, &u.holder)
-                    .lock()
+                    .write()
                     .record(e.key, e.start_ms, u.at_ms, e.amount, u.auth_key),
                 VelocityScope::Program => Self::shared(&self.program_velocity, &u.program)
-                    .lock()
+                    .write()
                     .record(e.key, e.start_ms, u.at_ms, e.amount, u.auth_key),
             }
         }

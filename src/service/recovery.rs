@@ -192,8 +192,8 @@ impl Engine {
             let uses_program = e.velocity.iter().any(|v| v.scope == VelocityScope::Program);
             let holder = uses_holder.then(|| Self::shared(&self.holder_velocity, &c.cardholder_id));
             let program = uses_program.then(|| Self::shared(&self.program_velocity, &c.program));
-            let mut hg = holder.as_ref().map(|h| h.lock());
-            let mut pg = program.as_ref().map(|p| p.lock());
+            let mut hg = holder.as_ref().map(|h| h.write());
+            let mut pg = program.as_ref().map(|p| p.write());
             c.apply(d.approved, &e, hg.as_deref_mut(), pg.as_deref_mut());
         }
         for (hash, program) in s.api_keys {

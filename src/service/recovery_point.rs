@@ -120,10 +120,10 @@ impl Engine {
             }
         };
         for h in self.holder_velocity.iter() {
-            put("cardholder", h.key(), encode(&*h.value().lock()));
+            put("cardholder", h.key(), encode(&*h.value().read().0));
         }
         for p in self.program_velocity.iter() {
-            put("program", p.key(), encode(&*p.value().lock()));
+            put("program", p.key(), encode(&*p.value().read().0));
         }
         let house: Vec<(String, String)> = self
             .house
@@ -187,7 +187,10 @@ impl Engine {
                     } else {
                         &self.holder_velocity
                     };
-                    map.insert(id.clone(), std::sync::Arc::new(parking_lot::Mutex::new(v)));
+                    map.insert(
+                        id.clone(),
+                        std::sync::Arc::new(super::SharedVelocity::new(v)),
+                    );
                 }
                 "house" => {
                     let v: Vec<(String, String)> = postcard::from_bytes(&bytes).map_err(fail)?;
