@@ -182,7 +182,8 @@ impl CardState {
 
 impl CardState {
     /// Decides and applies everything in memory: effects, and the hold when funds are
-    /// tracked. The caller holds the card's lock (and the shared scopes' locks).
+    /// tracked. For callers that hold every state exclusively (policy tests, benches); the
+    /// engine decides and records in two steps (`shared_velocity::decide_then_record`).
     pub fn authorize(
         &mut self,
         policy: &CompiledPolicy,
