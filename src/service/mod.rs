@@ -3,9 +3,10 @@
 //! Lock order is always card → cardholder velocity → program velocity → house accounts,
 //! so operations never deadlock, and a card's decision, its hold and its effects happen in
 //! one critical section of the card's lock. The shared velocity scopes are read while
-//! deciding and locked exclusively only to record (`shared_velocity`). Writes are submitted to the store inside that section (so commit
-//! order matches memory order); every operation returns a [`Pending`] answer that the
-//! caller releases only once its writes are durable.
+//! deciding and locked exclusively only to record (`shared_velocity`). Writes are
+//! submitted to the store inside that section (so commit order matches memory order);
+//! every operation returns a [`Pending`] answer that the caller releases only once its
+//! writes are durable.
 //!
 //! One file per capability: `cards` (programs, cardholders, cards, lifecycle, controls,
 //! API keys), `funds` (deposit, top-up, withdrawal), `authorize` (decide, abandon,
