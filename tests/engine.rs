@@ -688,60 +688,7 @@ fn many_cards_never_exceed_a_shared_budget_together() {
     std::fs::write(dir.path().join("shared_budgets.yaml"), SHARED_BUDGETS).unwrap();
     let e = Engine::new(spendgate::policy::load_policy_dir(dir.path()).unwrap())
         .with_clock(fresh_clock());
-    e.create_program(Program {
-        id: "budgets".into(),
-        policy: "shared-budgets".into(),
-        currency: Currency::USD,
-    })
-    .map(Pending::wait)
-    .unwrap();
-    e.deposit("d", "budgets", amount("8000.00"), Currency::USD)
-        .map(Pending::wait)
-        .unwrap();
-    let mut cards = Vec::new();
-    for i in 0..8 {
-        let holder = format!("holder-{}", i / 2);
-        if i % 2 == 0 {
-            e.create_cardholder(
-                &format!("h{i}"),
-                Cardholder {
-                    id: holder.clone(),
-                    program: "budgets".into(),
-                    name: "Ada Obi".into(),
-                    kyc: KycStatus::Verified,
-                    blocked: false,
-                },
-            )
-            .map(Pending::wait)
-            .unwrap();
-        }
-        let json = e
-            .issue_card(
-                &format!("k{i}"),
-                NewCard {
-                    program: "budgets".into(),
-                    cardholder_id: holder,
-                    kind: CardKind::Virtual,
-                    currency: Some(Currency::USD),
-                    controls: None,
-                    active: true,
-                    expiry: None,
-                    processor_card_token: None,
-                },
-            )
-            .map(Pending::wait)
-            .unwrap();
-        let card: CardResponse = serde_json::from_str(&json).unwrap();
-        e.move_funds(
-            &format!("f{i}"),
-            &card.id,
-            TransferKind::TopUp,
-            amount("1000.00"),
-        )
-        .map(Pending::wait)
-        .unwrap();
-        cards.push(card.id);
-    }
+    let cards = common::issue_cards(&e, "budgets", "shared-budgets", 8, 2, amount("1000.00"));
     let approved: Vec<u64> = std::thread::scope(|s| {
         let threads: Vec<_> = cards
             .iter()
