@@ -684,7 +684,6 @@ fn many_cards_never_exceed_a_shared_budget_together() {
     // Each thread spends on a card of its own, so only the shared windows are common:
     // 4 cardholders with 2 cards each, ≤ 30.00 per holder and ≤ 100.00 in the program.
     let dir = tempfile::tempdir().unwrap();
-    common::rules_with_daily_spend(dir.path(), common::DAILY_SPEND);
     std::fs::write(dir.path().join("shared_budgets.yaml"), SHARED_BUDGETS).unwrap();
     let e = Engine::new(spendgate::policy::load_policy_dir(dir.path()).unwrap())
         .with_clock(fresh_clock());
